@@ -1,0 +1,164 @@
+"""The adapter contract: what differs between MoE families, and the shared conversion steps.
+
+A family adapter says where a MoE block keeps its router, experts and shared experts and how the
+family routes (a :class:`RoutingSpec`). transformers-5 fused experts need no per-family code: the
+``@use_experts_implementation`` decorator records their layout on the instance
+(``has_gate``, ``has_bias``, ``is_transposed``, ``is_concatenated``), which
+:func:`fused_expert_weights` reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .routing import RoutingSpec
+
+if TYPE_CHECKING:
+    from ..analog.matrix import WeightMatrix
+
+__all__ = ["MoEAdapter", "ConversionContext", "fused_expert_weights", "convert_linears", "UnsupportedLayoutError"]
+
+
+class UnsupportedLayoutError(ValueError):
+    """A MoE block whose layout this adapter cannot convert faithfully."""
+
+
+@dataclass
+class ConversionContext:
+    """What an adapter needs to build matrices for one MoE block."""
+
+    rpu_config_factory: object
+    """Callable returning a fresh ``TorchInferenceRPUConfig``."""
+    layer_index: int
+    """Index of this MoE block among the model's MoE blocks."""
+    block_name: str
+    """Fully qualified module name of the block."""
+    analog_router: bool = True
+    digital_experts: frozenset[int] = field(default_factory=frozenset)
+    """Experts of this block kept digital."""
+
+    def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True) -> "WeightMatrix":
+        from ..analog.matrix import make_matrix
+
+        rpu = self.rpu_config_factory() if analog else None
+        return make_matrix(weight, bias, role, f"{self.block_name}.{name}", rpu_config=rpu, analog=analog)
+
+    def experts(self, gate_up: list[torch.Tensor], down: list[torch.Tensor], act_fn, has_gate: bool = True,
+                gate_up_bias: list[torch.Tensor | None] | None = None, down_bias: list[torch.Tensor | None] | None = None):
+        from ..analog.experts import AnalogExperts
+
+        n = len(gate_up)
+        gate_up_bias = gate_up_bias or [None] * n
+        down_bias = down_bias or [None] * n
+        gu = [self.matrix(gate_up[e], gate_up_bias[e], "expert", f"experts.{e}.gate_up", e not in self.digital_experts) for e in range(n)]
+        dn = [self.matrix(down[e], down_bias[e], "expert", f"experts.{e}.down", e not in self.digital_experts) for e in range(n)]
+        return AnalogExperts(gu, dn, act_fn, has_gate=has_gate)
+
+    def router(self, weight: torch.Tensor, spec: RoutingSpec, correction_bias: torch.Tensor | None = None):
+        from ..analog.router import AnalogRouter
+
+        matrix = self.matrix(weight, None, "router", "router", analog=self.analog_router)
+        return AnalogRouter(matrix, spec, correction_bias, layer_index=self.layer_index, name=self.block_name)
+
+
+def fused_expert_weights(experts: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list | None, list | None, bool]:
+    """Per-expert ``gate_up [2I or I, H]`` and ``down [H, I]`` matrices of a transformers-5 experts module.
+
+    Returns ``(gate_up, down, gate_up_bias, down_bias, has_gate)``.
+    """
+    from transformers.integrations.moe import _default_apply_gate
+
+    has_gate = bool(getattr(experts, "has_gate", hasattr(experts, "gate_up_proj")))
+    if getattr(experts, "has_post_expert_norm", False):
+        raise UnsupportedLayoutError(f"{type(experts).__name__}: post-expert norms are not supported yet")
+    if has_gate and getattr(type(experts), "_apply_gate", _default_apply_gate) is not _default_apply_gate:
+        raise UnsupportedLayoutError(
+            f"{type(experts).__name__} has a custom gating function; write an adapter that converts it"
+        )
+    transposed = bool(getattr(experts, "is_transposed", False))
+    first = experts.gate_up_proj if has_gate else experts.up_proj
+    down = experts.down_proj
+    if transposed:
+        first, down = first.transpose(1, 2), down.transpose(1, 2)
+    if has_gate and not getattr(experts, "is_concatenated", True):
+        # interleaved [g0, u0, g1, u1, ...] -> concatenated [g; u]
+        first = torch.cat([first[:, 0::2], first[:, 1::2]], dim=1)
+    bias_first = bias_down = None
+    if getattr(experts, "has_bias", False):
+        b1 = experts.gate_up_proj_bias if has_gate else experts.up_proj_bias
+        if has_gate and not getattr(experts, "is_concatenated", True):
+            b1 = torch.cat([b1[:, 0::2], b1[:, 1::2]], dim=1)
+        bias_first, bias_down = list(b1.detach()), list(experts.down_proj_bias.detach())
+    return list(first.detach()), list(down.detach()), bias_first, bias_down, has_gate
+
+
+def convert_linears(module: nn.Module, ctx: ConversionContext, role: str, prefix: str, analog: bool = True) -> int:
+    """Replace every ``nn.Linear`` below ``module`` with a matrix of ``role``; returns how many."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(module, name, ctx.matrix(child.weight, child.bias, role, f"{prefix}.{name}", analog=analog))
+            count += 1
+        else:
+            count += convert_linears(child, ctx, role, f"{prefix}.{name}", analog)
+    return count
+
+
+class MoEAdapter:
+    """Describes one MoE family. Subclass, set the class attributes, implement :meth:`routing_spec`.
+
+    The default :meth:`convert` handles transformers-5 blocks (router module with a ``weight``
+    returning ``(logits, weights, indices)``, fused experts, optional shared experts) in place,
+    keeping the block's own forward.
+    """
+
+    family: str = ""
+    """Short unique name, e.g. ``"olmoe"``."""
+    routing_doc: str = ""
+    """One line on how the family routes."""
+    router_attr: str = "gate"
+    experts_attr: str = "experts"
+    shared_expert_attrs: tuple[str, ...] = ()
+
+    def block_types(self) -> tuple[type, ...]:
+        """The MoE block classes this adapter converts (subclasses match too)."""
+        return ()
+
+    def matches(self, module: nn.Module) -> bool:
+        types = self.block_types()
+        return bool(types) and isinstance(module, types)
+
+    def routing_spec(self, block: nn.Module) -> RoutingSpec:
+        raise NotImplementedError
+
+    def correction_bias(self, block: nn.Module) -> torch.Tensor | None:
+        return getattr(getattr(block, self.router_attr), "e_score_correction_bias", None)
+
+    def num_experts(self, block: nn.Module) -> int:
+        return int(getattr(block, self.router_attr).weight.shape[0])
+
+    def convert(self, block: nn.Module, ctx: ConversionContext) -> nn.Module:
+        router = getattr(block, self.router_attr)
+        spec = self.routing_spec(block)
+        gate_up, down, b1, b2, has_gate = fused_expert_weights(getattr(block, self.experts_attr))
+        act_fn = getattr(block, self.experts_attr).act_fn
+        setattr(block, self.router_attr, ctx.router(router.weight, spec, self.correction_bias(block)))
+        original = getattr(block, self.experts_attr)
+        experts = ctx.experts(gate_up, down, act_fn, has_gate, b1, b2)
+        experts.layout = {
+            "kind": "fused",
+            "has_gate": has_gate,
+            "transposed": bool(getattr(original, "is_transposed", False)),
+            "concatenated": bool(getattr(original, "is_concatenated", True)),
+            "has_bias": b1 is not None,
+        }
+        setattr(block, self.experts_attr, experts)
+        for attr in self.shared_expert_attrs:
+            shared = getattr(block, attr, None)
+            if shared is not None:
+                convert_linears(shared, ctx, "shared_expert", attr)
+        return block

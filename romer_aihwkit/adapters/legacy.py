@@ -1,0 +1,98 @@
+"""The older MoE layout: experts as an ``nn.ModuleList`` of MLPs and a router with a ``weight``.
+
+Covers transformers-4 Mixtral / Qwen2-MoE blocks (``w1/w3/w2`` or ``gate_proj/up_proj/down_proj``
+experts, ``nn.Linear`` router) and DeepSeek-MoE's remote code (``MoEGate`` with a ``weight``,
+``shared_experts``). Such blocks route inside their own forward, so the whole block is replaced by
+an :class:`~romer_aihwkit.analog.block.AnalogMoEBlock` that routes through the analog router.
+
+Routing: ``softmax`` (or the gate's ``scoring_func``), top-k from the block or gate
+(``top_k``/``num_experts_per_tok``), renormalised when ``norm_topk_prob`` is set (Mixtral, which
+has no such flag, always renormalises). Whether the block returns ``(hidden, router_logits)``
+is probed once on a zero input at conversion time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import ConversionContext, MoEAdapter, UnsupportedLayoutError, convert_linears
+from .routing import RoutingSpec
+
+_NAMES = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))
+
+
+def _expert_names(expert: nn.Module) -> tuple[str, str, str] | None:
+    for names in _NAMES:
+        if all(isinstance(getattr(expert, n, None), nn.Linear) for n in names):
+            return names
+    return None
+
+
+def _first_attr(objs, names, default=None):
+    for obj in objs:
+        for name in names:
+            value = getattr(obj, name, None)
+            if value is not None:
+                return value
+    return default
+
+
+class LegacyModuleListAdapter(MoEAdapter):
+    family = "legacy_modulelist"
+    routing_doc = (
+        "softmax (or the gate's scoring_func) top-k; renormalised per norm_topk_prob (default on); "
+        "shared experts (+ sigmoid shared gate) added; whole block replaced"
+    )
+
+    def matches(self, module: nn.Module) -> bool:
+        experts = getattr(module, "experts", None)
+        gate = getattr(module, "gate", None)
+        if not isinstance(experts, nn.ModuleList) or len(experts) == 0 or gate is None:
+            return False
+        weight = getattr(gate, "weight", None)
+        return (
+            isinstance(weight, torch.Tensor)
+            and weight.dim() == 2
+            and weight.shape[0] == len(experts)
+            and all(_expert_names(e) is not None for e in experts)
+        )
+
+    def routing_spec(self, block: nn.Module) -> RoutingSpec:
+        gate = block.gate
+        top_k = _first_attr((block, gate), ("top_k", "num_experts_per_tok"))
+        if top_k is None:
+            top_k = getattr(getattr(block, "config", None), "num_experts_per_tok", None)
+        if top_k is None:
+            raise UnsupportedLayoutError(f"{type(block).__name__}: cannot find top_k on the block or its gate")
+        norm = _first_attr((block, gate), ("norm_topk_prob",), default=True)
+        scoring = getattr(gate, "scoring_func", "softmax")
+        if scoring not in ("softmax", "sigmoid"):
+            raise UnsupportedLayoutError(f"{type(block).__name__}: scoring_func {scoring!r} is not supported")
+        return RoutingSpec(len(block.experts), int(top_k), scoring, bool(norm))
+
+    def convert(self, block: nn.Module, ctx: ConversionContext) -> nn.Module:
+        from ..analog.block import AnalogMoEBlock
+
+        spec = self.routing_spec(block)
+        names = _expert_names(block.experts[0])
+        gate_up = [torch.cat([getattr(e, names[0]).weight, getattr(e, names[1]).weight]) for e in block.experts]
+        down = [getattr(e, names[2]).weight for e in block.experts]
+        act_fn = _first_attr((block.experts[0],), ("act_fn", "act"))
+        if act_fn is None:
+            raise UnsupportedLayoutError(f"{type(block.experts[0]).__name__}: no act_fn/act attribute")
+        hidden = block.gate.weight.shape[1]
+        with torch.no_grad():
+            probe = block(torch.zeros(1, 1, hidden, dtype=block.gate.weight.dtype, device=block.gate.weight.device))
+        shared = _first_attr((block,), ("shared_experts", "shared_expert"))
+        if shared is not None:
+            convert_linears(shared, ctx, "shared_expert", "shared_experts")
+        experts = ctx.experts(gate_up, down, act_fn)
+        experts.layout = {"kind": "modulelist", "names": names}
+        return AnalogMoEBlock(
+            router=ctx.router(block.gate.weight, spec),
+            experts=experts,
+            shared_experts=shared,
+            shared_expert_gate=getattr(block, "shared_expert_gate", None),
+            returns_router_logits=isinstance(probe, tuple),
+        )

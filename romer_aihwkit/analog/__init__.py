@@ -1,0 +1,41 @@
+"""Analog MoE modules and the conversion of Hugging Face models onto AIHWKit tiles."""
+
+from .block import AnalogMoEBlock
+from .convert import (
+    AnalogState,
+    NoMoEBlocksError,
+    UnsupportedMoEError,
+    analog_state,
+    analog_summary,
+    convert_to_analog_moe,
+    drift_analog_weights,
+    program_analog_weights,
+)
+from .experts import AnalogExperts
+from .matrix import AnalogMatrix, DigitalMatrix, WeightMatrix
+from .router import AnalogRouter
+from .state_io import digital_state_dict, load_analog_state, save_analog_state
+from .trace import RouterEvent, find_routers, trace_routing
+
+__all__ = [
+    "AnalogExperts",
+    "AnalogMatrix",
+    "AnalogMoEBlock",
+    "AnalogRouter",
+    "AnalogState",
+    "DigitalMatrix",
+    "NoMoEBlocksError",
+    "RouterEvent",
+    "UnsupportedMoEError",
+    "WeightMatrix",
+    "analog_state",
+    "analog_summary",
+    "convert_to_analog_moe",
+    "digital_state_dict",
+    "drift_analog_weights",
+    "load_analog_state",
+    "save_analog_state",
+    "find_routers",
+    "program_analog_weights",
+    "trace_routing",
+]

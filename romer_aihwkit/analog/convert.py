@@ -1,0 +1,282 @@
+"""``convert_to_analog_moe``: put every MoE router and expert of a Hugging Face model on analog tiles."""
+
+from __future__ import annotations
+
+import types
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..adapters import ConversionContext, MoEAdapter, find_adapter, list_adapters
+from ..adapters.base import convert_linears
+from .experts import AnalogExperts
+from .matrix import ROLES, AnalogMatrix, WeightMatrix
+from .router import AnalogRouter
+from .trace import find_routers
+
+__all__ = [
+    "convert_to_analog_moe",
+    "analog_summary",
+    "program_analog_weights",
+    "drift_analog_weights",
+    "NoMoEBlocksError",
+    "UnsupportedMoEError",
+    "AnalogState",
+    "analog_state",
+]
+
+
+class NoMoEBlocksError(ValueError):
+    """The model has no Mixture-of-Experts block."""
+
+
+class UnsupportedMoEError(ValueError):
+    """The model has MoE-looking blocks that no registered adapter converts."""
+
+
+@dataclass
+class AnalogState:
+    """Chip-instance bookkeeping attached to a converted model as ``model.analog_state``."""
+
+    device_config: object
+    blocks: list[tuple[str, str]] = field(default_factory=list)
+    """``(module name, adapter family)`` of each converted MoE block, in layer order."""
+    seed: int | None = None
+    t_inference: float | None = None
+    analog_attention: bool = False
+    analog_router: bool = True
+    digital_experts: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def programmed(self) -> bool:
+        return self.seed is not None
+
+
+def analog_state(model: nn.Module) -> AnalogState:
+    state = getattr(model, "analog_state", None)
+    if not isinstance(state, AnalogState):
+        raise ValueError(
+            f"{type(model).__name__} is not a converted model: call romer_aihwkit.convert_to_analog_moe(model, ...) first"
+        )
+    return state
+
+
+def _normalise_digital_experts(digital_experts, n_blocks: int, n_experts: list[int]) -> dict[int, frozenset[int]]:
+    if digital_experts is None:
+        return {}
+    pairs: list[tuple[int, int]] = []
+    if isinstance(digital_experts, Mapping):
+        for layer, experts in digital_experts.items():
+            pairs.extend((int(layer), int(e)) for e in experts)
+    else:
+        for item in digital_experts:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise ValueError(f"digital_experts entries must be (layer, expert) pairs, got {item!r}")
+            pairs.append((int(item[0]), int(item[1])))
+    out: dict[int, set[int]] = {}
+    for layer, expert in pairs:
+        if not 0 <= layer < n_blocks:
+            raise ValueError(f"digital_experts: MoE layer {layer} out of range (model has {n_blocks} MoE layers)")
+        if not 0 <= expert < n_experts[layer]:
+            raise ValueError(f"digital_experts: expert {expert} out of range for MoE layer {layer} ({n_experts[layer]} experts)")
+        out.setdefault(layer, set()).add(expert)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def _looks_like_moe(module: nn.Module) -> bool:
+    name = type(module).__name__.lower()
+    return ("moe" in name and "model" not in name and "decoder" not in name) or isinstance(getattr(module, "experts", None), nn.Module)
+
+
+def _find_blocks(model: nn.Module) -> list[tuple[str, nn.Module, MoEAdapter]]:
+    found: list[tuple[str, nn.Module, MoEAdapter]] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix, _, _ in found):
+            continue
+        adapter = find_adapter(module)
+        if adapter is not None:
+            found.append((name, module, adapter))
+    if found:
+        return found
+    suspects = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if n and _looks_like_moe(m)]
+    if suspects:
+        raise UnsupportedMoEError(
+            f"{type(model).__name__} has MoE blocks no adapter converts, e.g. {suspects[0]}. "
+            f"Supported families: {', '.join(list_adapters())}. To add one, subclass "
+            "romer_aihwkit.adapters.MoEAdapter (where the router/experts are, a RoutingSpec) and call "
+            "romer_aihwkit.register_adapter(YourAdapter())."
+        )
+    raise NoMoEBlocksError(
+        f"{type(model).__name__} has no Mixture-of-Experts block to convert "
+        f"(supported families: {', '.join(list_adapters())})"
+    )
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.device.type != "meta":
+            return tensor.device
+    return torch.device("cpu")
+
+
+def _hook_router_logits(model: nn.Module, routers: list[AnalogRouter]) -> None:
+    """Keep ``output_router_logits=True`` working: transformers records router outputs by class."""
+    try:
+        from transformers.utils.output_capturing import install_output_capuring_hook
+    except ImportError:  # pragma: no cover - older transformers
+        return
+    records = getattr(model, "_can_record_outputs", None) or {}
+    if "router_logits" not in records:
+        return
+    for router in routers:
+        install_output_capuring_hook(router, "router_logits", 0)
+
+
+def convert_to_analog_moe(
+    model: nn.Module,
+    device_config="pcm",
+    analog_router: bool = True,
+    analog_attention: bool = False,
+    digital_experts: Iterable[tuple[int, int]] | Mapping[int, Iterable[int]] | None = None,
+) -> nn.Module:
+    """Map the router and every expert of each MoE block of ``model`` onto AIHWKit analog tiles.
+
+    The model is converted in place and returned. Each expert matrix and each router gets its own
+    tile(s); shared experts go analog too; attention and ``lm_head`` stay digital unless
+    ``analog_attention``. Call ``model.program_analog_weights(seed=...)`` and
+    ``model.drift_analog_weights(t_inference=...)`` to simulate one chip instance.
+
+    Args:
+        model: a Hugging Face causal LM (or any module) with MoE blocks of a registered family.
+        device_config: a preset name, a YAML path or a :class:`~romer_aihwkit.devices.DeviceConfig`.
+        analog_router: put the routers on tiles (``False``: digital routers, the ``digital-router`` baseline).
+        analog_attention: put attention projections on tiles too.
+        digital_experts: ``(moe_layer, expert)`` pairs (or ``{layer: [experts]}``) kept digital.
+
+    Returns:
+        The converted model.
+
+    Raises:
+        NoMoEBlocksError: the model has no MoE block.
+        UnsupportedMoEError: it has MoE blocks of an unregistered family.
+    """
+    from ..devices import load_device_config
+
+    if isinstance(getattr(model, "analog_state", None), AnalogState):
+        raise ValueError("this model is already converted; load a fresh copy to convert it again")
+    config = load_device_config(device_config)
+    blocks = _find_blocks(model)
+    n_experts = [adapter.num_experts(block) for _, block, adapter in blocks]
+    digital = _normalise_digital_experts(digital_experts, len(blocks), n_experts)
+
+    try:  # install transformers' own output hooks now, so they are not re-attached by class later
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+
+        for module in model.modules():
+            if getattr(module, "_can_record_outputs", None):
+                maybe_install_capturing_hooks(module)
+    except ImportError:  # pragma: no cover
+        pass
+
+    state = AnalogState(
+        device_config=config,
+        analog_attention=analog_attention,
+        analog_router=analog_router,
+        digital_experts={k: sorted(v) for k, v in digital.items()},
+    )
+    for index, (name, block, adapter) in enumerate(blocks):
+        device = _module_device(block)
+        ctx = ConversionContext(
+            rpu_config_factory=config.rpu_config,
+            layer_index=index,
+            block_name=name,
+            analog_router=analog_router,
+            digital_experts=digital.get(index, frozenset()),
+        )
+        new = adapter.convert(block, ctx)
+        new.to(device)
+        if new is not block:
+            model.set_submodule(name, new)
+        state.blocks.append((name, adapter.family))
+
+    if analog_attention:
+        converted = 0
+        moe_names = [n for n, _ in state.blocks]
+        for name, module in list(model.named_modules()):
+            last = name.rsplit(".", 1)[-1].lower()
+            if ("attn" in last or "attention" in last) and not any(name.startswith(p + ".") for p in moe_names):
+                device = _module_device(module)
+                n = convert_linears(
+                    module,
+                    ConversionContext(config.rpu_config, -1, name),
+                    "attention",
+                    prefix="",
+                )
+                module.to(device)
+                converted += n
+        if converted == 0:
+            warnings.warn("analog_attention=True but no attention projections were found to convert", stacklevel=2)
+
+    _hook_router_logits(model, find_routers(model))
+    model.analog_state = state
+    model.program_analog_weights = types.MethodType(program_analog_weights, model)
+    model.drift_analog_weights = types.MethodType(drift_analog_weights, model)
+    from .state_io import save_pretrained_digital
+
+    model.save_pretrained = types.MethodType(save_pretrained_digital, model)
+    return model
+
+
+def _named_matrices(model: nn.Module) -> list[tuple[str, WeightMatrix]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, WeightMatrix)]
+
+
+@torch.no_grad()
+def program_analog_weights(model: nn.Module, seed: int = 0) -> None:
+    """Program every analog matrix with programming noise: one simulated chip instance.
+
+    Reproducible: matrix ``name`` draws its noise from ``(seed, name)``. Calibration installed in
+    the routers and expert replicas are reset, since they belonged to the previous chip instance.
+    """
+    state = analog_state(model)
+    for experts in (m for m in model.modules() if isinstance(m, AnalogExperts)):
+        experts.clear_replicas()
+    for router in find_routers(model):
+        router.reset_calibration()
+    for _, matrix in _named_matrices(model):
+        matrix.program(seed)
+    state.seed = int(seed)
+    state.t_inference = 0.0
+
+
+@torch.no_grad()
+def drift_analog_weights(model: nn.Module, t_inference: float | None = None) -> None:
+    """Drift every programmed matrix to ``t_inference`` seconds after programming (default: the device's)."""
+    state = analog_state(model)
+    if not state.programmed:
+        raise RuntimeError("call program_analog_weights(seed=...) before drift_analog_weights(...)")
+    t = float(state.device_config.t_inference if t_inference is None else t_inference)
+    state.device_config.check_t_inference(t)
+    for _, matrix in _named_matrices(model):
+        matrix.drift(t, state.seed)
+    state.t_inference = t
+
+
+def analog_summary(model: nn.Module) -> dict[str, int]:
+    """Counts of weight matrices by role: analog router / expert / shared_expert / attention, and digital.
+
+    ``digital`` counts every weight matrix left digital: converted matrices kept digital (e.g.
+    hetero experts, digital routers) plus the model's remaining ``nn.Linear`` layers (attention,
+    ``lm_head``, dense MLPs, gates).
+    """
+    counts = {role: 0 for role in ROLES}
+    counts["digital"] = 0
+    for module in model.modules():
+        if isinstance(module, AnalogMatrix):
+            counts[module.role] += 1
+        elif isinstance(module, WeightMatrix) or isinstance(module, nn.Linear):
+            counts["digital"] += 1
+    return counts

@@ -1,0 +1,138 @@
+"""Routed experts, each on its own tiles, run once per forward on the tokens routed to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .matrix import WeightMatrix
+
+__all__ = ["AnalogExperts", "REPLICA_MODES"]
+
+REPLICA_MODES = ("average", "split")
+
+
+class AnalogExperts(nn.Module):
+    """E experts; expert ``e`` is ``down[e](act(gate(x)) * up(x))`` with ``gate_up[e]`` one matrix.
+
+    Has the forward signature of transformers-5 fused experts
+    ``(hidden_states [T, H], top_k_index [T, k], top_k_weights [T, k]) -> [T, H]``.
+    Tokens are gathered per expert (one sort), so each expert's tiles run once per forward.
+
+    Replicas (ROMER expert replacement): ``replica_of[h] = u`` means expert ``u``'s tiles hold a
+    second programmed copy of hot expert ``h``. Tokens routed to ``h`` use both copies:
+    ``"average"`` runs both and averages, ``"split"`` alternates tokens between them.
+    """
+
+    def __init__(
+        self,
+        gate_up: list[WeightMatrix],
+        down: list[WeightMatrix],
+        act_fn: Callable[[torch.Tensor], torch.Tensor],
+        has_gate: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(gate_up) != len(down) or not gate_up:
+            raise ValueError("need one gate_up and one down matrix per expert")
+        self.gate_up = nn.ModuleList(gate_up)
+        self.down = nn.ModuleList(down)
+        self.act_fn = act_fn
+        self.has_gate = has_gate
+        self.num_experts = len(gate_up)
+        self.register_buffer("replica_of", torch.full((self.num_experts,), -1, dtype=torch.long))
+        self.replica_mode = "average"
+        self.layout: dict = {"kind": "fused", "has_gate": has_gate, "transposed": False, "concatenated": True, "has_bias": False}
+        """How the original model stored these experts (used to write its digital weights back)."""
+        self._displaced: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def expert_forward(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        h = self.gate_up[e](x)
+        if self.has_gate:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act_fn(gate) * up
+        else:
+            h = self.act_fn(h)
+        return self.down[e](h)
+
+    def _run(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        u = int(self._replicas.get(e, -1))
+        if u < 0:
+            return self.expert_forward(e, x)
+        if self.replica_mode == "average":
+            return 0.5 * (self.expert_forward(e, x) + self.expert_forward(u, x))
+        out = torch.empty(x.shape[0], self.down[e].out_features, dtype=x.dtype, device=x.device)
+        out[0::2] = self.expert_forward(e, x[0::2])
+        if x.shape[0] > 1:
+            out[1::2] = self.expert_forward(u, x[1::2])
+        return out
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(hidden_states)
+        k = top_k_index.shape[-1]
+        flat = top_k_index.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        token_of = order // k
+        flat_weights = top_k_weights.reshape(-1)[order]
+        self._replicas = {h: u for h, u in enumerate(self.replica_of.tolist()) if u >= 0}
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            tokens = token_of[start : start + n]
+            y = self._run(e, hidden_states[tokens])
+            out.index_add_(0, tokens, (y * flat_weights[start : start + n, None]).to(out.dtype))
+            start += n
+        return out
+
+    def set_replica(self, hot: int, cold: int) -> None:
+        """Make expert ``cold``'s tiles a replica of expert ``hot`` (re-program them afterwards)."""
+        if hot == cold or self.replica_of[hot] >= 0 or cold in self._displaced:
+            raise ValueError(f"cannot replicate expert {hot} onto expert {cold}")
+        self._displaced[cold] = tuple(m[cold].weight.detach().clone() for m in (self.gate_up, self.down))
+        for matrices in (self.gate_up, self.down):
+            matrices[cold].set_reference(matrices[hot].weight, matrices[hot].bias)
+        self.replica_of[hot] = cold
+
+    def own_weights(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert ``e``'s own digital ``(gate_up, down)`` weights, even while its tiles hold a replica."""
+        if e in self._displaced:
+            return self._displaced[e]
+        return self.gate_up[e].weight.detach(), self.down[e].weight.detach()
+
+    def digital_state(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The experts' weights under the original model's parameter names."""
+        gate_up, down = zip(*(self.own_weights(e) for e in range(self.num_experts)))
+        if self.layout["kind"] == "modulelist":
+            g, u, d = self.layout["names"]
+            out = {}
+            for e in range(self.num_experts):
+                first, second = gate_up[e].chunk(2, dim=0)
+                out[f"{prefix}{e}.{g}.weight"] = first
+                out[f"{prefix}{e}.{u}.weight"] = second
+                out[f"{prefix}{e}.{d}.weight"] = down[e]
+            return out
+        first, second = torch.stack(gate_up), torch.stack(down)
+        if self.layout["has_gate"] and not self.layout["concatenated"]:
+            g, u = first.chunk(2, dim=1)
+            first = torch.stack([g, u], dim=2).reshape(first.shape)
+        if self.layout["transposed"]:
+            first, second = first.transpose(1, 2), second.transpose(1, 2)
+        name = "gate_up_proj" if self.layout["has_gate"] else "up_proj"
+        out = {f"{prefix}{name}": first.contiguous(), f"{prefix}down_proj": second.contiguous()}
+        if self.layout.get("has_bias"):
+            out[f"{prefix}{name}_bias"] = torch.stack([m.bias for m in self.gate_up])
+            out[f"{prefix}down_proj_bias"] = torch.stack([m.bias for m in self.down])
+        return out
+
+    def clear_replicas(self) -> list[int]:
+        """Give every replaced expert its own weights back; returns the experts to re-program."""
+        restored = sorted(self._displaced)
+        for cold, (gate_up_w, down_w) in self._displaced.items():
+            self.gate_up[cold].set_reference(gate_up_w)
+            self.down[cold].set_reference(down_w)
+        self._displaced.clear()
+        self.replica_of.fill_(-1)
+        return restored

@@ -1,0 +1,16 @@
+"""Calibration callbacks over a converted model: the protocol, the loop, ROMER, save/load."""
+
+from .base import CalibrationCallback, CalibrationReport, calibrate
+from .io import load_calibration, save_calibration
+from .romer import Romer, reset_replacements, routing_metrics
+
+__all__ = [
+    "CalibrationCallback",
+    "CalibrationReport",
+    "Romer",
+    "calibrate",
+    "load_calibration",
+    "reset_replacements",
+    "routing_metrics",
+    "save_calibration",
+]

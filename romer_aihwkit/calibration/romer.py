@@ -1,0 +1,239 @@
+"""ROMER: percentile-based router normalization and expert replacement (DESIGN.md section 6)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapters.routing import route
+from ..analog.experts import REPLICA_MODES, AnalogExperts
+from ..analog.trace import RouterEvent
+from .base import CalibrationCallback
+from .reservoir import RowReservoir
+
+__all__ = ["Romer", "routing_metrics"]
+
+
+def routing_metrics(selected: torch.Tensor, reference: torch.Tensor, num_experts: int) -> dict[str, Any]:
+    """Load balance and fidelity of one layer's selections ``[T, k]`` against a reference ``[T, k]``."""
+    k = selected.shape[1]
+    counts = torch.bincount(selected.reshape(-1), minlength=num_experts).double()
+    load = counts / counts.sum()
+    mean = load.mean()
+    overlap = (selected.unsqueeze(-1) == reference.unsqueeze(-2)).any(-1).sum(-1).double() / k
+    return {
+        "load": load.tolist(),
+        "load_cv": float(load.std(unbiased=False) / mean),
+        "max_load_ratio": float(load.max() * num_experts),
+        "router_fidelity": float(overlap.mean()),
+    }
+
+
+class Romer(CalibrationCallback):
+    """ROMER as a calibration callback.
+
+    Args:
+        percentiles: ``(low, mid, high)`` percentiles matched between noisy and reference logits.
+        tau: an expert is under-activated when its noisy load (after normalization) is below ``tau / E``.
+        replacement: ``"average"`` (hot expert = mean of both replicas), ``"split"`` (tokens
+            alternate between them) or ``"none"``.
+        normalize: install the per-expert affine logit map.
+        capacity: rows of router logits kept per layer for statistics (reservoir sample; memory
+            does not grow with calibration tokens, exact quantiles up to this many tokens).
+        seed: seed of the reservoir sampling.
+    """
+
+    name = "romer"
+
+    def __init__(
+        self,
+        percentiles: tuple[float, float, float] = (5.0, 50.0, 95.0),
+        tau: float = 0.25,
+        replacement: str = "average",
+        normalize: bool = True,
+        capacity: int = 16384,
+        seed: int = 0,
+    ) -> None:
+        if len(percentiles) != 3:
+            raise ValueError(f"percentiles must be (low, mid, high), got {percentiles!r}")
+        lo, mid, hi = (float(p) for p in percentiles)
+        if not 0.0 < lo < mid < hi < 100.0:
+            raise ValueError(f"percentiles must satisfy 0 < low < mid < high < 100, got {percentiles!r}")
+        if not 0.0 <= float(tau) < 1.0:
+            raise ValueError(f"tau must be in [0, 1), got {tau!r}")
+        if replacement not in (*REPLICA_MODES, "none"):
+            raise ValueError(f"replacement must be one of {(*REPLICA_MODES, 'none')}, got {replacement!r}")
+        if replacement == "none" and not normalize:
+            raise ValueError("Romer with normalize=False and replacement='none' would do nothing")
+        self.percentiles = (lo, mid, hi)
+        self.tau = float(tau)
+        self.replacement = replacement
+        self.normalize = normalize
+        self.capacity = int(capacity)
+        self.seed = int(seed)
+        if not normalize:
+            self.name = "romer-replace"
+        elif replacement == "none":
+            self.name = "romer-norm"
+
+    def start(self, model: nn.Module, routers: list) -> None:
+        reset_replacements(model)
+        self._model = model
+        self._routers = routers
+        self._reservoirs = [RowReservoir(self.capacity, 2 * r.num_experts, seed=self.seed + i) for i, r in enumerate(routers)]
+        self._before: list[dict[str, torch.Tensor]] = [
+            {"counts": torch.zeros(r.num_experts, dtype=torch.float64), "overlap": torch.zeros((), dtype=torch.float64), "tokens": 0}
+            for r in routers
+        ]
+        self._index = {id(r): i for i, r in enumerate(routers)}
+
+    def observe(self, event: RouterEvent) -> None:
+        i = self._index[id(event.router)]
+        noisy = event.noisy_logits
+        if not torch.isfinite(noisy).all():
+            raise FloatingPointError(f"MoE layer {i}: noisy router logits contain NaN/inf; cannot calibrate")
+        self._reservoirs[i].add(torch.cat([noisy, event.reference_logits.to(noisy)], dim=1))
+        stats = self._before[i]
+        stats["counts"] += torch.bincount(event.selected.reshape(-1).cpu(), minlength=event.num_experts).double()
+        ref = event.reference_selected
+        k = event.selected.shape[1]
+        stats["overlap"] += ((event.selected.unsqueeze(-1) == ref.unsqueeze(-2)).any(-1).sum().double() / k).cpu()
+        stats["tokens"] += event.selected.shape[0]
+
+    def _affine(self, noisy: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = torch.tensor(self.percentiles, dtype=torch.float64) / 100.0
+        pn = torch.quantile(noisy.double(), q, dim=0)
+        pr = torch.quantile(reference.double(), q, dim=0)
+        spread_n, spread_r = pn[2] - pn[0], pr[2] - pr[0]
+        scale = torch.where(spread_n.abs() > 1e-12, spread_r / spread_n.where(spread_n.abs() > 1e-12, torch.ones_like(spread_n)), torch.ones_like(spread_n))
+        bias = pr[1] - scale * pn[1]
+        return scale.float(), bias.float()
+
+    def _pairs(self, load: torch.Tensor, router, analog: list[bool]) -> list[tuple[int, int]]:
+        """(cold, hot) pairs: coldest under-activated experts matched with the hottest experts.
+
+        Experts kept digital (e.g. by the hetero baseline) neither give up their tile nor get a replica.
+        """
+        spec = router.spec
+        e = spec.num_experts
+        threshold = self.tau / e
+        cold = [int(i) for i in torch.argsort(load) if load[i] < threshold and analog[int(i)]]
+        hot = [int(i) for i in torch.argsort(load, descending=True) if load[i] >= threshold and analog[int(i)]]
+        group_size = e // spec.n_group
+        min_left = math.ceil(spec.top_k / spec.topk_group) if spec.n_group > 1 else spec.top_k
+        unmasked = [group_size] * spec.n_group
+        pairs = []
+        for c in cold:
+            if len(pairs) == len(hot):
+                break
+            g = c // group_size
+            if unmasked[g] - 1 < (min_left if spec.n_group > 1 else 0) or sum(unmasked) - 1 < spec.top_k:
+                continue  # masking it would leave too few experts to route to
+            unmasked[g] -= 1
+            pairs.append((c, hot[len(pairs)]))
+        return pairs
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module) -> dict[str, Any]:
+        from ..analog.convert import analog_state
+
+        state = analog_state(model)
+        layers = []
+        for i, router in enumerate(self._routers):
+            e = router.num_experts
+            rows = self._reservoirs[i].rows
+            if rows.shape[0] == 0:
+                raise RuntimeError(f"MoE layer {i} ({router.name}) saw no tokens during calibration")
+            noisy, reference = rows[:, :e], rows[:, e:]
+            cbias = None if router.e_score_correction_bias is None else router.e_score_correction_bias.cpu()
+            stats = self._before[i]
+            before_load = stats["counts"] / stats["counts"].sum()
+            ref_weights, ref_sel = route(router.spec, reference, cbias)
+            before = routing_metrics(route(router.spec, noisy, cbias)[1], ref_sel, e)
+            before["router_fidelity_stream"] = float(stats["overlap"] / stats["tokens"])
+            before["load"] = before_load.tolist()
+
+            scale, bias = (torch.ones(e), torch.zeros(e))
+            if self.normalize:
+                scale, bias = self._affine(noisy, reference)
+            device = router.logit_scale.device
+            router.logit_scale.copy_(scale.to(device))
+            router.logit_bias.copy_(bias.to(device))
+            corrected = noisy * scale + bias
+            _, sel = route(router.spec, corrected, cbias)
+            normalized_load = torch.bincount(sel.reshape(-1), minlength=e).double() / sel.numel()
+
+            pairs: list[tuple[int, int]] = []
+            if self.replacement != "none":
+                experts = _experts_of(model, router)
+                pairs = self._pairs(normalized_load, router, [m.is_analog for m in experts.gate_up])
+                for cold, hot in pairs:
+                    experts.set_replica(hot, cold)
+                    router.expert_mask[cold] = True
+                    for matrix in (experts.gate_up[cold], experts.down[cold]):
+                        matrix.program(state.seed)
+                        if state.t_inference:
+                            matrix.drift(state.t_inference, state.seed)
+                experts.replica_mode = self.replacement
+            _, sel_after = route(router.spec, corrected, cbias, router.expert_mask.cpu())
+            after = routing_metrics(sel_after, ref_sel, e)
+            layers.append(
+                {
+                    "layer": i,
+                    "name": router.name,
+                    "tokens": int(self._reservoirs[i].seen),
+                    "scale": scale.tolist(),
+                    "bias": bias.tolist(),
+                    "normalized_load": normalized_load.tolist(),
+                    "threshold": self.tau / e,
+                    "replaced": [{"cold": c, "hot": h} for c, h in pairs],
+                    "before": before,
+                    "after": after,
+                }
+            )
+        summary = {
+            key: {
+                when: sum(layer[when][key] for layer in layers) / len(layers) for when in ("before", "after")
+            }
+            for key in ("load_cv", "max_load_ratio", "router_fidelity")
+        }
+        return {
+            "settings": {
+                "percentiles": list(self.percentiles),
+                "tau": self.tau,
+                "replacement": self.replacement,
+                "normalize": self.normalize,
+                "capacity": self.capacity,
+            },
+            "replaced_experts": sum(len(layer["replaced"]) for layer in layers),
+            "summary": summary,
+            "layers": layers,
+        }
+
+
+@torch.no_grad()
+def reset_replacements(model: nn.Module) -> None:
+    """Undo expert replacement: masked experts route again and get their own weights re-programmed."""
+    from ..analog.convert import analog_state
+
+    state = analog_state(model)
+    for router in (m for m in model.modules() if hasattr(m, "expert_mask") and hasattr(m, "spec")):
+        router.expert_mask.zero_()
+    for experts in (m for m in model.modules() if isinstance(m, AnalogExperts)):
+        for cold in experts.clear_replicas():
+            for matrix in (experts.gate_up[cold], experts.down[cold]):
+                matrix.program(state.seed)
+                if state.t_inference:
+                    matrix.drift(state.t_inference, state.seed)
+
+
+def _experts_of(model: nn.Module, router) -> AnalogExperts:
+    block_name = router.name
+    block = model.get_submodule(block_name) if block_name else model
+    experts = [m for m in block.modules() if isinstance(m, AnalogExperts)]
+    if len(experts) != 1:
+        raise RuntimeError(f"cannot find the experts of MoE block {block_name!r}")
+    return experts[0]

@@ -1,0 +1,206 @@
+"""ROMER: percentile router normalization and expert replacement."""
+
+import pytest
+import torch
+
+import romer_aihwkit as ra
+from romer_aihwkit.analog import AnalogExperts, DigitalMatrix, find_routers, trace_routing
+from romer_aihwkit.calibration import routing_metrics
+from tiny_models import tiny_model
+
+
+class DistortedMatrix(DigitalMatrix):
+    """A router 'tile' whose logits are a per-expert affine distortion of the digital ones."""
+
+    def __init__(self, matrix, scale, shift):
+        super().__init__(matrix.weight, None, "router", matrix.matrix_name)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x):
+        return super().forward(x) * self.scale + self.shift
+
+
+def converted(family="olmoe", device="ideal", seed=0):
+    model = ra.convert_to_analog_moe(tiny_model(family), device)
+    model.program_analog_weights(seed=seed)
+    return model
+
+
+def calib_tokens(n=16, length=32, seed=5):
+    return torch.randint(3, 96, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def fidelity(model, tokens):
+    events = []
+    with trace_routing(model, events.append), torch.no_grad():
+        model(tokens)
+    return sum(routing_metrics(e.selected, e.reference_selected, e.num_experts)["router_fidelity"] for e in events) / len(events)
+
+
+def distort(model, scale, shift):
+    for router in find_routers(model):
+        router.matrix = DistortedMatrix(router.matrix, scale, shift)
+
+
+def test_normalization_undoes_per_expert_affine_distortion():
+    model = converted()
+    g = torch.Generator().manual_seed(1)
+    distort(model, scale=torch.rand(8, generator=g) * 2.5 + 0.3, shift=torch.randn(8, generator=g))
+    tokens = calib_tokens()
+    held_out = calib_tokens(seed=9)
+    before = fidelity(model, held_out)
+    report = ra.calibrate(model, tokens, callbacks=[ra.Romer(replacement="none")], progress=False)
+    after = fidelity(model, held_out)
+    assert before < 0.85
+    assert after > 0.97, (before, after)
+    assert report["romer-norm"]["summary"]["router_fidelity"]["after"] > 0.97
+
+
+def test_ideal_device_romer_changes_nothing():
+    model = converted()
+    x = calib_tokens(4, seed=11)
+    with torch.no_grad():
+        ref = model(x).logits
+    report = ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer()], progress=False)
+    with torch.no_grad():
+        out = model(x).logits
+    assert report["romer"]["replaced_experts"] == 0
+    assert torch.allclose(out, ref, atol=1e-5)
+    for layer in report["romer"]["layers"]:
+        assert torch.allclose(torch.tensor(layer["scale"]), torch.ones(8), atol=1e-4)
+
+
+def test_replacement_picks_exactly_the_cold_experts_and_replicas_match_under_ideal():
+    model = converted()
+    shift = torch.zeros(8)
+    shift[[3, 6]] = -30.0  # experts 3 and 6 are never selected by the noisy router
+    distort(model, torch.ones(8), shift)
+    report = ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(normalize=False, tau=0.25)], progress=False)
+    for layer in report["romer-replace"]["layers"]:
+        load = torch.tensor(layer["normalized_load"])
+        cold = {i for i in range(8) if load[i] < 0.25 / 8}
+        assert cold == {3, 6}
+        assert {p["cold"] for p in layer["replaced"]} == cold
+        hottest = torch.argsort(load, descending=True)[:2].tolist()
+        assert sorted(p["hot"] for p in layer["replaced"]) == sorted(hottest)
+    experts = next(m for m in model.modules() if isinstance(m, AnalogExperts))
+    router = find_routers(model)[0]
+    assert router.expert_mask.nonzero().flatten().tolist() == [3, 6]
+    x = torch.randn(7, 32)
+    for hot, cold in enumerate(experts.replica_of.tolist()):
+        if cold >= 0:
+            assert torch.allclose(experts.expert_forward(cold, x), experts.expert_forward(hot, x), atol=1e-6)
+    # masked experts leave routing
+    events = []
+    with trace_routing(model, events.append), torch.no_grad():
+        model(calib_tokens(4, seed=3))
+    for ev in events:
+        assert not torch.isin(ev.selected, torch.tensor([3, 6])).any()
+
+
+def test_split_mode_balances_the_two_tiles():
+    model = converted()
+    shift = torch.zeros(8)
+    shift[5] = -30.0
+    distort(model, torch.ones(8), shift)
+    ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(normalize=False, replacement="split")], progress=False)
+    experts = next(m for m in model.modules() if isinstance(m, AnalogExperts))
+    hot = int((experts.replica_of >= 0).nonzero()[0])
+    cold = int(experts.replica_of[hot])
+    rows = {hot: 0, cold: 0}
+    hooks = [experts.gate_up[e].register_forward_hook(lambda m, i, o, e=e: rows.__setitem__(e, rows[e] + i[0].shape[0])) for e in rows]
+    with torch.no_grad():
+        model(calib_tokens(8, seed=4))
+    for h in hooks:
+        h.remove()
+    assert rows[hot] > 0 and abs(rows[hot] - rows[cold]) <= 1
+
+
+def test_pcm_romer_report_and_save_load_round_trip(tmp_path):
+    model = converted(device="pcm", seed=2)
+    model.drift_analog_weights(3600.0)
+    report = ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(tau=0.5)], progress=False)
+    romer = report["romer"]
+    assert len(romer["layers"]) == 2
+    for layer in romer["layers"]:
+        assert {"scale", "bias", "replaced", "before", "after"} <= set(layer)
+    x = calib_tokens(2, seed=8)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = model(x).logits
+    ra.save_calibration(model, tmp_path / "calib")
+
+    other = converted(device="pcm", seed=2)
+    other.drift_analog_weights(3600.0)
+    ra.load_calibration(other, tmp_path / "calib")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert torch.allclose(other(x).logits, expected, atol=1e-6)
+
+    wrong_seed = converted(device="pcm", seed=3)
+    wrong_seed.drift_analog_weights(3600.0)
+    with pytest.raises(ValueError, match="chip instance"):
+        ra.load_calibration(wrong_seed, tmp_path / "calib")
+    wrong_layout = ra.convert_to_analog_moe(tiny_model("deepseek_v3"), "pcm")
+    wrong_layout.program_analog_weights(seed=2)
+    with pytest.raises(ValueError, match="MoE layers"):
+        ra.load_calibration(wrong_layout, tmp_path / "calib")
+
+
+def test_reprogramming_resets_calibration():
+    model = converted(device="pcm", seed=2)
+    ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(tau=0.9)], progress=False)
+    assert any(r.is_calibrated() for r in find_routers(model))
+    model.program_analog_weights(seed=2)
+    assert not any(r.is_calibrated() for r in find_routers(model))
+    assert all((m.replica_of < 0).all() for m in model.modules() if isinstance(m, AnalogExperts))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"percentiles": (50, 5, 95)}, "percentiles"),
+        ({"percentiles": (0, 50, 95)}, "percentiles"),
+        ({"percentiles": (5, 50, 100)}, "percentiles"),
+        ({"tau": 1.0}, "tau"),
+        ({"tau": -0.1}, "tau"),
+        ({"replacement": "swap"}, "replacement"),
+    ],
+)
+def test_bad_romer_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ra.Romer(**kwargs)
+
+
+def test_bad_calibration_sets():
+    model = converted()
+    with pytest.raises(ValueError, match="empty"):
+        ra.calibrate(model, torch.zeros(0, 16, dtype=torch.long), callbacks=[ra.Romer()], progress=False)
+    with pytest.raises(ValueError, match="fewer than"):
+        ra.calibrate(model, torch.randint(3, 90, (1, 4)), callbacks=[ra.Romer()], progress=False)
+    with pytest.raises(ValueError, match="callback"):
+        ra.calibrate(model, calib_tokens(), callbacks=[], progress=False)
+
+
+def test_nan_router_logits_are_a_clear_error():
+    model = converted()
+    distort(model, torch.ones(8), torch.full((8,), float("nan")))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer()], progress=False)
+
+
+def test_calibration_streaming_memory_is_bounded():
+    from romer_aihwkit.calibration.reservoir import RowReservoir
+
+    small, large = RowReservoir(256, 16), RowReservoir(256, 16)
+    small.add(torch.randn(100, 16))
+    for _ in range(50):
+        large.add(torch.randn(100, 16))
+    assert small.nbytes() < large.nbytes() + 1 and large.nbytes() == 256 * 16 * 4
+    assert large.seen == 5000
+    exact = RowReservoir(1000, 2)
+    data = torch.randn(600, 2)
+    exact.add(data[:300])
+    exact.add(data[300:])
+    assert torch.equal(exact.rows, data)

@@ -141,6 +141,11 @@ class MoEAdapter:
     def num_experts(self, block: nn.Module) -> int:
         return int(getattr(block, self.router_attr).weight.shape[0])
 
+    def expert_weights(self, block: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
+        """Per-expert digital ``(gate_up [2I or I, H], down [H, I])`` matrices and ``has_gate``."""
+        gate_up, down, _, _, has_gate = fused_expert_weights(getattr(block, self.experts_attr))
+        return gate_up, down, has_gate
+
     def convert(self, block: nn.Module, ctx: ConversionContext) -> nn.Module:
         router = getattr(block, self.router_attr)
         spec = self.routing_spec(block)

@@ -71,13 +71,21 @@ class LegacyModuleListAdapter(MoEAdapter):
             raise UnsupportedLayoutError(f"{type(block).__name__}: scoring_func {scoring!r} is not supported")
         return RoutingSpec(len(block.experts), int(top_k), scoring, bool(norm))
 
+    def num_experts(self, block: nn.Module) -> int:
+        return len(block.experts)
+
+    def expert_weights(self, block: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
+        names = _expert_names(block.experts[0])
+        gate_up = [torch.cat([getattr(e, names[0]).weight, getattr(e, names[1]).weight]).detach() for e in block.experts]
+        down = [getattr(e, names[2]).weight.detach() for e in block.experts]
+        return gate_up, down, True
+
     def convert(self, block: nn.Module, ctx: ConversionContext) -> nn.Module:
         from ..analog.block import AnalogMoEBlock
 
         spec = self.routing_spec(block)
         names = _expert_names(block.experts[0])
-        gate_up = [torch.cat([getattr(e, names[0]).weight, getattr(e, names[1]).weight]) for e in block.experts]
-        down = [getattr(e, names[2]).weight for e in block.experts]
+        gate_up, down, _ = self.expert_weights(block)
         act_fn = _first_attr((block.experts[0],), ("act_fn", "act"))
         if act_fn is None:
             raise UnsupportedLayoutError(f"{type(block.experts[0]).__name__}: no act_fn/act attribute")

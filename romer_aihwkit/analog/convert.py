@@ -168,6 +168,7 @@ def convert_to_analog_moe(
     if isinstance(getattr(model, "analog_state", None), AnalogState):
         raise ValueError("this model is already converted; load a fresh copy to convert it again")
     config = load_device_config(device_config)
+    was_training = model.training
     blocks = _find_blocks(model)
     n_experts = [adapter.num_experts(block) for _, block, adapter in blocks]
     digital = _normalise_digital_experts(digital_experts, len(blocks), n_experts)
@@ -220,6 +221,7 @@ def convert_to_analog_moe(
         if converted == 0:
             warnings.warn("analog_attention=True but no attention projections were found to convert", stacklevel=2)
 
+    model.train(was_training)  # new modules start in training mode; match the model
     _hook_router_logits(model, find_routers(model))
     model.analog_state = state
     model.program_analog_weights = types.MethodType(program_analog_weights, model)

@@ -1,0 +1,141 @@
+"""The comparison methods: each a named, composable setting applied to one chip instance.
+
+A :class:`Method` says how to convert (device overrides, digital router, hetero experts) and what
+to run after programming + drift on each chip instance (static input-range calibration,
+calibration callbacks such as ROMER). Methods sharing a conversion share the same programming
+noise for a given seed, because every matrix draws its noise from ``(seed, matrix name)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+__all__ = ["Method", "METHODS", "get_method", "list_methods", "register_method", "prepare_model", "apply_method"]
+
+
+def _romer(**kwargs) -> Callable[[], list]:
+    def make() -> list:
+        from ..calibration import Romer
+
+        return [Romer(**kwargs)]
+
+    return make
+
+
+def _no_callbacks() -> list:
+    return []
+
+
+@dataclass(frozen=True)
+class Method:
+    """One setting of the comparison."""
+
+    name: str
+    description: str
+    device_overrides: dict[str, Any] = field(default_factory=dict)
+    """Fields of the device config to override (e.g. ``{"drift_compensation": "per-column"}``)."""
+    analog_router: bool = True
+    hetero_fraction: float = 0.0
+    """Fraction of experts per layer kept digital by maximum neuron norm (Chowdhury et al. 2026)."""
+    static_input_ranges: bool = False
+    """Calibrate static DAC input ranges from the calibration data (AIHWKit)."""
+    callbacks: Callable[[], list] = _no_callbacks
+    """Fresh calibration callbacks for one chip instance."""
+
+    @property
+    def needs_calibration_data(self) -> bool:
+        return self.static_input_ranges or bool(self.callbacks())
+
+    def conversion_key(self) -> tuple:
+        """Methods with equal keys can share one converted model."""
+        return (tuple(sorted(self.device_overrides.items(), key=str)), self.analog_router, self.hetero_fraction)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+for _m in (
+    Method("none", "plain analog: the device as configured, no drift compensation, no calibration",
+           device_overrides={"drift_compensation": "none"}),
+    Method("global", "AIHWKit global drift compensation", device_overrides={"drift_compensation": "global"}),
+    Method("per-column", "AIHWKit per-column drift compensation", device_overrides={"drift_compensation": "per-column"}),
+    Method("remap-layer", "layer-wise (instead of column-wise) weight remapping to g_max",
+           device_overrides={"weight_remap": "layerwise_symmetric"}),
+    Method("clip", "weights clipped at 2.5 sigma (layer Gaussian) before programming, global drift comp.",
+           device_overrides={"weight_clip": "layer_gaussian", "weight_clip_value": 2.5}),
+    Method("input-range", "static DAC input ranges calibrated from data (AIHWKit), no noise management",
+           device_overrides={"noise_management": "none"}, static_input_ranges=True),
+    Method("digital-router", "routers kept digital (the cost of router noise)", analog_router=False),
+    Method("hetero", "Chowdhury et al. 2026: top 12.5 % experts by max neuron norm + attention digital",
+           hetero_fraction=0.125),
+    Method("romer", "ROMER: percentile router normalization + expert replacement (average)", callbacks=_romer()),
+    Method("romer-norm", "ROMER ablation: percentile normalization only", callbacks=_romer(replacement="none")),
+    Method("romer-replace", "ROMER ablation: expert replacement only", callbacks=_romer(normalize=False)),
+    Method("romer-split", "ROMER with split replicas (halves the hottest tile's load)", callbacks=_romer(replacement="split")),
+    Method("romer+hetero", "ROMER on top of the hetero baseline", hetero_fraction=0.125, callbacks=_romer()),
+):
+    register_method(_m)
+
+
+def list_methods() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str | Method) -> Method:
+    if isinstance(name, Method):
+        return name
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}") from None
+
+
+def prepare_model(digital_model: nn.Module, device_config, method: str | Method, copy_model: bool = True) -> nn.Module:
+    """Convert (a copy of) ``digital_model`` the way ``method`` needs."""
+    from ..analog import convert_to_analog_moe
+    from ..devices import load_device_config
+    from .hetero import select_hetero_experts
+
+    method = get_method(method)
+    config = load_device_config(device_config)
+    if method.device_overrides:
+        config = config.replace(**method.device_overrides)
+    model = copy.deepcopy(digital_model) if copy_model else digital_model
+    digital = select_hetero_experts(model, method.hetero_fraction) if method.hetero_fraction > 0 else None
+    return convert_to_analog_moe(model, config, analog_router=method.analog_router, digital_experts=digital)
+
+
+def apply_method(model: nn.Module, method: str | Method, seed: int, t_inference: float, calib_batches=None,
+                 batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
+    """Program chip instance ``seed``, drift to ``t_inference`` and run the method's calibrations.
+
+    Returns:
+        The calibration report (empty when the method calibrates nothing).
+    """
+    from ..calibration import calibrate
+    from .input_range import calibrate_static_input_ranges
+
+    method = get_method(method)
+    model.program_analog_weights(seed=seed)
+    model.drift_analog_weights(t_inference)
+    report: dict[str, Any] = {}
+    if method.needs_calibration_data and calib_batches is None:
+        raise ValueError(f"method {method.name!r} needs calibration data (calib_batches)")
+    if method.static_input_ranges:
+        report["input_range_tiles"] = calibrate_static_input_ranges(model, calib_batches, batch_size)
+    callbacks = method.callbacks()
+    if callbacks:
+        report.update(calibrate(model, calib_batches, callbacks, batch_size=batch_size, progress=progress).to_dict())
+    return report

@@ -1,0 +1,66 @@
+"""Baselines: hetero selection rule, method registry, static input ranges, digital router."""
+
+import pytest
+import torch
+
+import romer_aihwkit as ra
+from romer_aihwkit.analog import AnalogExperts, find_routers
+from romer_aihwkit.baselines import apply_method, get_method, list_methods, max_neuron_norms, prepare_model, select_hetero_experts
+from tiny_models import tiny_model
+
+
+def test_max_neuron_norm_is_the_largest_norm_over_neurons():
+    # expert 0: neuron 1 has gate row [3, 0], up row [0, 4], down column [0, 0] -> norm 5
+    gate_up = torch.tensor([[0.0, 1.0], [3.0, 0.0], [0.0, 0.0], [0.0, 4.0]])
+    down = torch.zeros(2, 2)
+    # expert 1: every neuron has norm sqrt(2)
+    gate_up1 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    scores = max_neuron_norms([gate_up, gate_up1], [down, torch.zeros(2, 2)])
+    assert torch.allclose(scores, torch.tensor([5.0, 2**0.5]))
+
+
+def test_hetero_selects_experts_with_largest_max_neuron_norm():
+    model = tiny_model("olmoe")
+    with torch.no_grad():
+        model.model.layers[0].mlp.experts.down_proj[5, :, 3] = 50.0  # one huge neuron in expert 5
+        model.model.layers[1].mlp.experts.gate_up_proj[2, 7, :] = 40.0
+    selection = select_hetero_experts(model, fraction=0.125)
+    assert selection == {0: [5], 1: [2]}
+    assert len(select_hetero_experts(model, fraction=0.25)[0]) == 2
+    converted = prepare_model(model, "pcm", "hetero")
+    experts = [m for m in converted.modules() if isinstance(m, AnalogExperts)]
+    assert not experts[0].gate_up[5].is_analog and experts[0].gate_up[4].is_analog
+    assert ra.analog_summary(converted)["expert"] == 2 * 8 * 2 - 4
+
+
+def test_method_registry_and_errors():
+    assert {"none", "global", "per-column", "input-range", "digital-router", "hetero", "romer", "romer-norm",
+            "romer-replace", "romer+hetero"} <= set(list_methods())
+    with pytest.raises(ValueError, match="valid methods"):
+        get_method("magic")
+
+
+def test_digital_router_method_has_perfect_fidelity():
+    from romer_aihwkit.evaluation import routing_stats
+
+    model = prepare_model(tiny_model("olmoe"), "pcm", "digital-router")
+    apply_method(model, "digital-router", seed=0, t_inference=3600.0)
+    tokens = torch.randint(3, 90, (4, 16), generator=torch.Generator().manual_seed(0))
+    stats = routing_stats(model, tokens, progress=False)
+    assert stats["router_fidelity"] == 1.0
+    assert all(not r.matrix.is_analog for r in find_routers(model))
+
+
+def test_static_input_ranges_are_set_from_data():
+    model = prepare_model(tiny_model("olmoe"), "pcm", "input-range")
+    calib = torch.randint(3, 90, (4, 16), generator=torch.Generator().manual_seed(1))
+    report = apply_method(model, "input-range", seed=0, t_inference=3600.0, calib_batches=calib)
+    assert report["input_range_tiles"] > 0
+    tiles = [t for r in find_routers(model) for t in r.matrix.analog.analog_tiles()]
+    assert all(t.input_range is not None and float(t.input_range) > 0 for t in tiles)
+
+
+def test_methods_need_calibration_data_when_they_calibrate():
+    model = prepare_model(tiny_model("olmoe"), "pcm", "romer")
+    with pytest.raises(ValueError, match="calibration data"):
+        apply_method(model, "romer", seed=0, t_inference=3600.0)

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from tiny_models import FACTORIES, MOE_LAYERS, SHARED, tiny_model
 from torch import nn
 
 import romer_aihwkit as ra
 from romer_aihwkit.analog import AnalogExperts, NoMoEBlocksError, UnsupportedMoEError, find_routers, trace_routing
-from tiny_models import FACTORIES, MOE_LAYERS, SHARED, tiny_model
 
 FAMILIES = sorted(FACTORIES)
 

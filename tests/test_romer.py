@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 import romer_aihwkit as ra
 from romer_aihwkit.analog import AnalogExperts, DigitalMatrix, find_routers, trace_routing
 from romer_aihwkit.calibration import routing_metrics
-from tiny_models import tiny_model
 
 
 class DistortedMatrix(DigitalMatrix):

@@ -41,7 +41,7 @@ class ConversionContext:
     digital_experts: frozenset[int] = field(default_factory=frozenset)
     """Experts of this block kept digital."""
 
-    def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True) -> "WeightMatrix":
+    def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True) -> WeightMatrix:
         from ..analog.matrix import make_matrix
 
         rpu = self.rpu_config_factory() if analog else None

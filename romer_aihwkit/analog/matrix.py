@@ -11,11 +11,14 @@ chip instance is reproducible from ``(seed, matrix name)`` and independent of mo
 from __future__ import annotations
 
 import hashlib
+import os
 
 import torch
 from torch import nn
 
-__all__ = ["WeightMatrix", "AnalogMatrix", "DigitalMatrix", "ROLES", "matrix_seed"]
+from . import fast as _fast
+
+__all__ = ["WeightMatrix", "AnalogMatrix", "DigitalMatrix", "ROLES", "matrix_seed", "set_keep_programming_state"]
 
 ROLES = ("router", "expert", "shared_expert", "attention")
 
@@ -72,40 +75,100 @@ class DigitalMatrix(WeightMatrix):
 
 
 class AnalogMatrix(WeightMatrix):
-    """A matrix on AIHWKit ``TorchInferenceTile`` s (an ``aihwkit.nn.AnalogLinear``)."""
+    """A matrix on AIHWKit ``TorchInferenceTile`` s (an ``aihwkit.nn.AnalogLinear``).
+
+    Forward: by default the batched forward of :mod:`romer_aihwkit.analog.fast`, which reproduces
+    AIHWKit's eval-mode tile forward from the programmed/drifted tile state (tested against
+    ``TorchInferenceTile``); settings it does not reproduce use AIHWKit's own forward. Turn it off
+    globally with :func:`romer_aihwkit.analog.fast.set_fast_forward` (or
+    ``ROMER_AIHWKIT_FAST_FORWARD=0``), or per matrix with ``matrix.fast_forward = False``.
+
+    Memory (see :func:`set_keep_programming_state`): what is held per matrix after programming is
+    the digital reference ``weight`` (in the model's dtype) and the tiles' current weights; AIHWKit's
+    ``reference_combined_weights``, ``programmed_weights``, ``drift_noise_parameters`` and the
+    drift read-out tensor are released, and rebuilt bit-exactly when needed (a second
+    ``drift`` re-programs from the same seed first; the read-out tensor of AIHWKit's global /
+    per-column drift compensation is an identity matrix that AIHWKit re-creates on demand).
+    """
 
     is_analog = True
+    fast_forward: bool | None = None
+    """``None``: follow :func:`~romer_aihwkit.analog.fast.fast_forward_enabled`; ``True``/``False``: force."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rpu_config, role: str, name: str = "") -> None:
         super().__init__(role, name)
         from aihwkit.nn import AnalogLinear
 
         out_features, in_features = weight.shape
-        weight = weight.detach().float()
-        self.weight = nn.Parameter(weight.clone(), requires_grad=False)
+        # Digital reference in the model's own dtype: programming upcasts it to the tile dtype,
+        # which is exact, so keeping an fp32 copy of a bf16/fp16 model would only cost memory.
+        dtype = weight.dtype if weight.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float32
+        self.weight = nn.Parameter(weight.detach().to(dtype).clone(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.analog = AnalogLinear(in_features, out_features, bias=False, rpu_config=rpu_config)
         self.analog.eval()
-        self.analog.set_weights(weight)
+        self.analog.set_weights(self.weight.data.float())
         self.programmed = False
         self.t_inference: float | None = None
+        self._fast_plan = None
+        self._seed: int | None = None
+        self._needs_reprogram = False
 
     def _tiles(self):
         return list(self.analog.analog_tiles())
 
+    def train(self, mode: bool = True) -> AnalogMatrix:
+        super().train(mode)
+        self.analog.eval()  # AIHWKit tiles here are inference-only; programming requires eval mode
+        return self
+
+    def invalidate_cache(self) -> None:
+        """Forget the fast forward's layout (it is also rebuilt automatically when tiles change)."""
+        self._fast_plan = None
+
+    def _release(self, keep_programmed: bool) -> None:
+        """Drop AIHWKit tile state that is not needed for the forward (see the class docstring)."""
+        from aihwkit.inference.compensation.drift import GlobalDriftCompensation, PerColumnDriftCompensation
+
+        for tile in self._tiles():
+            tile.reference_combined_weights = None
+            if not keep_programmed:
+                tile.programmed_weights = None
+                tile.drift_noise_parameters = None
+            comp = getattr(tile.rpu_config, "drift_compensation", None)
+            if type(comp) in (GlobalDriftCompensation, PerColumnDriftCompensation):
+                tile.drift_readout_tensor = None  # eye(in_size), re-created by AIHWKit when needed
+
     @torch.no_grad()
     def program(self, seed: int) -> None:
+        self._program(seed, keep_programmed=_KEEP_PROGRAMMED)
+
+    def _program(self, seed: int, keep_programmed: bool) -> None:
         self.analog.set_weights(self.weight.data.float())
         for tile in self._tiles():
             tile.reference_combined_weights = None
             tile.programmed_weights = None
         device = self.weight.device
+        for tile in self._tiles():
+            clip = getattr(tile.rpu_config, "clip", None)
+            if clip is not None and clip.type.name != "NONE":
+                tile.tile.clip_weights(clip)  # AIHWKit's clipping, before programming
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(matrix_seed(seed, self.matrix_name, "program"))
             self.analog.program_analog_weights()
+            for tile in self._tiles():
+                noise = getattr(tile.tile, "out_noise_values", None)
+                if noise is not None:
+                    # per-column output-noise levels belong to the chip instance: redraw them from
+                    # the seed with AIHWKit's own formula (TorchSimulatorTile.__init__)
+                    out_noise = tile.rpu_config.forward.out_noise
+                    noise.copy_((out_noise * (1.0 + torch.randn(noise.shape, dtype=noise.dtype))).abs())
         self.programmed = True
         self.t_inference = 0.0
         self._seed = int(seed)
+        self._release(keep_programmed=keep_programmed)
+        self._needs_reprogram = not keep_programmed
+        self._fast_plan = None
 
     @torch.no_grad()
     def drift(self, t_inference: float, seed: int) -> None:
@@ -114,11 +177,18 @@ class AnalogMatrix(WeightMatrix):
                 f"matrix {self.matrix_name or self.role!r} is not programmed: call "
                 "program_analog_weights(seed=...) before drift_analog_weights(...)"
             )
+        if self._needs_reprogram or any(t.programmed_weights is None for t in self._tiles()):
+            # the programming state was released (or loaded without it): re-program this chip
+            # instance from its seed -- bit-identical programming noise and drift coefficients
+            self._program(seed, keep_programmed=True)
         device = self.weight.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(matrix_seed(seed, self.matrix_name, f"drift@{float(t_inference)!r}"))
             self.analog.drift_analog_weights(float(t_inference))
         self.t_inference = float(t_inference)
+        self._release(keep_programmed=_KEEP_PROGRAMMED)
+        self._needs_reprogram = not _KEEP_PROGRAMMED
+        self._fast_plan = None
 
     def set_reference(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().set_reference(weight, bias)
@@ -127,13 +197,39 @@ class AnalogMatrix(WeightMatrix):
             tile.reference_combined_weights = None
             tile.programmed_weights = None
         self.programmed = False
+        self._needs_reprogram = False
+        self._fast_plan = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = self.analog(x.reshape(-1, shape[-1]).float())
+        x2 = x.reshape(-1, shape[-1])
+        y = None
+        use_fast = _fast.fast_forward_enabled() if self.fast_forward is None else self.fast_forward
+        if use_fast:
+            y, self._fast_plan = _fast.fast_analog_forward(self.analog, x2, self._fast_plan)
+        if y is None:
+            y = self.analog(x2.float())
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
+
+
+_KEEP_PROGRAMMED = os.environ.get("ROMER_AIHWKIT_KEEP_PROGRAMMED", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def set_keep_programming_state(keep: bool) -> bool:
+    """Keep AIHWKit's per-tile programming state in memory (``True``) or release it (default).
+
+    Released (default): after ``program``/``drift`` each tile keeps only its current weights, so a
+    programmed matrix costs the digital reference plus one tile copy; a later ``drift`` to another
+    ``t_inference`` first re-programs from the same seed (bit-identical, at the cost of one more
+    programming pass). Kept: AIHWKit's ``programmed_weights`` and drift coefficients stay (two to
+    three extra weight copies), and ``save_analog_state`` writes them too. Also settable with
+    ``ROMER_AIHWKIT_KEEP_PROGRAMMED=1``. Returns the previous setting.
+    """
+    global _KEEP_PROGRAMMED
+    old, _KEEP_PROGRAMMED = _KEEP_PROGRAMMED, bool(keep)
+    return old
 
 
 def make_matrix(

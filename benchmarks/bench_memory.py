@@ -1,0 +1,125 @@
+"""Memory held per parameter: the converted analog model vs the same model left digital.
+
+Plain script (not a test):  python benchmarks/bench_memory.py [--models NAME ...] [--device pcm]
+
+Method: count the bytes of every distinct tensor storage the model holds -- parameters, buffers
+and AIHWKit's tile attributes that are neither (``reference_combined_weights``,
+``programmed_weights``, ``drift_noise_parameters``, ``drift_readout_tensor``, ``drift_baseline``,
+``alpha``, ...) plus the fast forward's cached layout -- deduplicated by storage, so views (split
+tiles sharing one block) count once. This is exact for what the model keeps alive (it does not
+see allocator slack or transient buffers inside one programming call). Stages: after conversion,
+after ``program_analog_weights`` (the window before drift), after ``drift_analog_weights`` plus
+one forward (the steady state for evaluation), each with AIHWKit's programming state released
+(default) and kept (``set_keep_programming_state(True)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+import _common
+
+
+def _tensors(obj, depth: int = 0):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif depth < 3 and isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o, depth + 1)
+    elif depth < 3 and isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o, depth + 1)
+    elif depth < 3 and hasattr(obj, "__dataclass_fields__"):
+        for name in obj.__dataclass_fields__:
+            value = getattr(obj, name)
+            if not isinstance(value, nn.Module):
+                yield from _tensors(value, depth + 1)
+
+
+def held_bytes(model: nn.Module, prefix_filter=None) -> int:
+    """Bytes of distinct storages held by the modules (all, or those ``prefix_filter(module)`` accepts)."""
+    seen: dict[int, int] = {}
+    for module in model.modules():
+        if prefix_filter is not None and not prefix_filter(module):
+            continue
+        for value in module.__dict__.values():
+            if isinstance(value, nn.Module):
+                continue
+            for t in _tensors(value):
+                if t.device.type == "meta":
+                    continue
+                storage = t.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", default=None)
+    parser.add_argument("--device", default="pcm")
+    parser.add_argument("--out", default="bench_memory")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    import romer_aihwkit as ra
+    from romer_aihwkit.analog.matrix import AnalogMatrix, set_keep_programming_state
+
+    models, note = _common.load_models(args.models)
+    if note:
+        print(note)
+    cfg = ra.load_device_config(args.device)
+    rows, results = [], []
+    for name, factory in models:
+        digital, _ = factory()
+        digital_bytes = held_bytes(digital)
+        n_params = sum(p.numel() for p in digital.parameters())
+        x = torch.randint(3, digital.config.vocab_size, (1, 32))
+        for keep in (False, True):
+            old = set_keep_programming_state(keep)
+            try:
+                analog, _ = factory()
+                ra.convert_to_analog_moe(analog, cfg)
+                matrices = [m for m in analog.modules() if isinstance(m, AnalogMatrix)]
+                analog_weights = sum(m.weight.numel() for m in matrices)
+                owned = {id(s) for m in matrices for s in m.modules()}
+                only_matrices = lambda mod: id(mod) in owned  # noqa: E731
+                stages = {}
+                stages["converted"] = (held_bytes(analog), held_bytes(analog, only_matrices))
+                analog.program_analog_weights(seed=0)
+                stages["programmed"] = (held_bytes(analog), held_bytes(analog, only_matrices))
+                analog.drift_analog_weights()
+                with torch.no_grad():
+                    analog(x)
+                stages["drifted+forward"] = (held_bytes(analog), held_bytes(analog, only_matrices))
+            finally:
+                set_keep_programming_state(old)
+            for stage, (total, mats) in stages.items():
+                res = {
+                    "model": name, "device": cfg.name, "keep_programming_state": keep, "stage": stage,
+                    "digital_bytes": digital_bytes, "analog_bytes": total,
+                    "ratio_model": total / digital_bytes,
+                    "params": n_params, "analog_matrix_weights": analog_weights,
+                    "bytes_per_analog_weight": mats / analog_weights,
+                    "ratio_per_analog_weight_vs_digital_fp32": mats / analog_weights / 4.0,
+                }
+                results.append(res)
+                rows.append([name, "kept" if keep else "released", stage, f"{digital_bytes / 2**20:.2f}",
+                             f"{total / 2**20:.2f}", f"{res['ratio_model']:.2f}x", f"{res['bytes_per_analog_weight']:.2f}",
+                             f"{res['ratio_per_analog_weight_vs_digital_fp32']:.2f}x"])
+        del digital
+    _common.table(
+        f"Memory held ({cfg.name}); digital weights are fp32 (4 B/param)",
+        ["model", "AIHWKit programming state", "stage", "digital MiB", "analog MiB", "analog/digital (model)",
+         "B per analog weight", "per analog weight vs digital"],
+        rows,
+    )
+    path = _common.write_json(args.out, {"settings": vars(args), "note": note, "method": __doc__.split("Method: ")[1].split("\n\n")[0],
+                                         "machine": _common.machine(), "results": results})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

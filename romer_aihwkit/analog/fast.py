@@ -1,0 +1,433 @@
+"""A batched eval-mode forward for AIHWKit ``TorchInferenceTile`` s, with AIHWKit's semantics.
+
+AIHWKit's torch tile is correct but slow per call: every forward goes through ``set_config``,
+autograd ``Function`` s, tensor views, a Python loop over the tiles of a ``TileModuleArray`` and a
+chain of small periphery ops. :func:`fast_analog_forward` computes the same thing for one
+``aihwkit.nn.AnalogLinear`` in eval mode with as few tensor ops as possible. It reads everything
+physical *from the tiles* (the programmed and drifted ``tile.tile.weight``, ``mapping_scales``, the
+drift-compensation ``alpha``, ``input_range``, ``out_noise_values``); programming noise and drift
+stay AIHWKit's (``program_analog_weights`` / ``drift_analog_weights``).
+
+What it reproduces (``TorchInferenceTile.forward`` -> ``joint_forward`` -> ``pre_forward`` ->
+``TorchSimulatorTile.forward`` -> ``AnalogMVM.matmul`` -> ``post_forward``, with ``is_test=True``):
+
+* ``forward.is_perfect`` / ``mv_type=IDEAL``: a plain ``x @ W.T``;
+* otherwise ``mv_type=ONE_PASS`` without bound management: noise management ``none``,
+  ``abs_max``, ``max`` or ``constant`` (with ``nm_thres``), computed per input row *and per tile
+  input slice*, including AIHWKit's "all inputs zero -> output exactly zero" shortcut; DAC
+  quantization (``inp_res``, deterministic rounding) and clipping at ``inp_bound``; output noise
+  ``out_noise`` (scalar) or the per-column ``out_noise_values`` drawn when ``out_noise_std > 0``;
+  ADC quantization (``out_res``) and clipping at ``out_bound``; ``out_scale``;
+* static input ranges (``pre_post.input_range``: clip to ``[-r, r]``, divide by ``r``, multiply back);
+* digital mapping scales (layer- or column-wise weight remapping), drift compensation ``alpha``
+  (any ``BaseDriftCompensation``), learned out scales, a digital tile bias;
+* tile splitting (``mapping.max_input_size`` / ``max_output_size``): each input slice is
+  scaled / quantized on its own, each tile's output is noised / quantized / clipped on its own, and
+  the input slices are summed digitally, as ``TileModuleArray`` does.
+
+Everything else falls back to AIHWKit's own forward, with a one-time warning naming the setting:
+bound management (``iterative``), input noise, input/output asymmetry, stochastic rounding, other
+``mv_type`` s, ``QuantizedTorchInferenceRPUConfig`` periphery quantization, tile classes other than
+``TorchInferenceTile`` / ``TileModuleArray``. It also falls back silently (AIHWKit's forward is then
+the right one) in training mode, when the input requires grad (AIHWKit back-propagates through its
+quantizers with a straight-through estimator; this forward does not), and while a forward hook is
+registered on the analog layer or its tiles (e.g. AIHWKit's ``calibrate_input_ranges``).
+
+Memory: no weight copy is made. With one tile per input slice (every matrix with
+``in_features <= max_input_size``) the cached weight *is* ``tile.tile.weight``. When a slice has
+several output tiles, their weights are concatenated once into one contiguous ``[out, in_slice]``
+tensor and each tile's ``weight.data`` is re-pointed to its row block of it, so the tiles and the
+fast path share one copy (``set_weights`` / programming / drift replace ``weight.data`` as usual,
+which the cache detects by data pointer and rebuilds).
+
+Random numbers: with one tile per matrix the output noise is drawn exactly as AIHWKit draws it
+(``randn`` of the output's shape), so a seeded run gives the same noise; with several tiles one
+draw per input slice covers all its output tiles (same distribution, different stream order).
+
+Switch: :func:`set_fast_forward` (or the environment variable ``ROMER_AIHWKIT_FAST_FORWARD=0``)
+turns this path off globally; ``AnalogMatrix.fast_forward = False`` turns it off for one matrix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FastPlan",
+    "fast_analog_forward",
+    "fast_forward",
+    "fast_forward_enabled",
+    "set_fast_forward",
+    "unsupported_reason",
+]
+
+
+def _env_enabled() -> bool:
+    value = os.environ.get("ROMER_AIHWKIT_FAST_FORWARD", "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
+_ENABLED = _env_enabled()
+_WARNED: set[str] = set()
+
+
+def set_fast_forward(enabled: bool) -> bool:
+    """Use the batched forward (``True``, default) or AIHWKit's own tile forward; returns the old value."""
+    global _ENABLED
+    old, _ENABLED = _ENABLED, bool(enabled)
+    return old
+
+
+def fast_forward_enabled() -> bool:
+    """Whether analog matrices use the batched forward (see :func:`set_fast_forward`)."""
+    return _ENABLED
+
+
+@contextmanager
+def fast_forward(enabled: bool) -> Iterator[None]:
+    """Context manager: ``with fast_forward(False): ...`` runs AIHWKit's own forward inside."""
+    old = set_fast_forward(enabled)
+    try:
+        yield
+    finally:
+        set_fast_forward(old)
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class _IO:
+    """The eval-mode forward settings of one rpu_config, in the form the forward needs."""
+
+    perfect: bool
+    nm: int  # 0 none, 1 abs_max, 2 max, 3 constant
+    nm_thres: float
+    inp_res: float  # quantization step of the DAC (0: off)
+    inp_bound: float  # clip bound (inf: off)
+    out_res: float
+    out_bound: float
+    out_noise: float
+    out_scale: float
+    drift_compensation: bool
+
+
+def _step(res: float, bound: float) -> float:
+    """AIHWKit ``UniformQuantize``'s step, computed with the same float operations."""
+    res = 1 / res if res > 1.0 else res
+    res *= 2 * bound
+    return res
+
+
+def _parse(rpu_config) -> _IO | str:
+    """The settings, or a string saying which setting is not reproduced."""
+    from aihwkit.simulator.parameters.enums import AnalogMVType, BoundManagementType, NoiseManagementType
+
+    f = getattr(rpu_config, "forward", None)
+    pre_post = getattr(rpu_config, "pre_post", None)
+    if f is None or pre_post is None:
+        return f"rpu_config {type(rpu_config).__name__} has no forward/pre_post parameters"
+    if hasattr(pre_post, "periph_quant"):
+        return "periphery quantization (QuantizedTorchInferenceRPUConfig)"
+    drift = getattr(rpu_config, "drift_compensation", None) is not None
+    if f.is_perfect or f.mv_type == AnalogMVType.IDEAL:
+        return _IO(True, 0, 0.0, 0.0, math.inf, 0.0, math.inf, 0.0, 1.0, drift)
+    if f.mv_type != AnalogMVType.ONE_PASS:
+        return f"forward.mv_type={f.mv_type}"
+    if f.bound_management != BoundManagementType.NONE:
+        return f"forward.bound_management={f.bound_management}"
+    nm = {
+        NoiseManagementType.NONE: 0,
+        NoiseManagementType.ABS_MAX: 1,
+        NoiseManagementType.MAX: 2,
+        NoiseManagementType.CONSTANT: 3,
+    }.get(f.noise_management)
+    if nm is None:
+        return f"forward.noise_management={f.noise_management}"
+    if f.inp_noise > 0.0:
+        return "forward.inp_noise > 0"
+    if f.inp_asymmetry != 0.0 or f.out_asymmetry != 0.0:
+        return "forward.inp_asymmetry / out_asymmetry"
+    if (f.inp_res > 0 and f.inp_sto_round) or (f.out_res > 0 and f.out_sto_round):
+        return "stochastic rounding (inp_sto_round / out_sto_round)"
+    if (f.inp_res > 0 and f.inp_bound <= 0) or (f.out_res > 0 and f.out_bound <= 0):
+        return "quantization without a bound (inp_res/out_res > 0 with inp_bound/out_bound <= 0)"
+    return _IO(
+        perfect=False,
+        nm=nm,
+        nm_thres=float(f.nm_thres),
+        inp_res=_step(f.inp_res, f.inp_bound) if f.inp_res > 0 else 0.0,
+        inp_bound=f.inp_bound if f.inp_bound > 0 else math.inf,
+        out_res=_step(f.out_res, f.out_bound) if f.out_res > 0 else 0.0,
+        out_bound=f.out_bound if f.out_bound > 0 else math.inf,
+        out_noise=float(f.out_noise),
+        out_scale=float(f.out_scale),
+        drift_compensation=drift,
+    )
+
+
+def unsupported_reason(rpu_config) -> str | None:
+    """``None`` when the batched forward reproduces ``rpu_config``'s eval forward, else why not."""
+    io = _parse(rpu_config)
+    return io if isinstance(io, str) else None
+
+
+def _warn_once(reason: str) -> None:
+    if reason in _WARNED:
+        return
+    _WARNED.add(reason)
+    warnings.warn(
+        f"romer_aihwkit fast analog forward does not reproduce {reason}; using AIHWKit's own "
+        "(slower) tile forward for these matrices",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+# --------------------------------------------------------------------------- the plan
+@dataclass
+class _Slice:
+    start: int
+    stop: int
+    weight: torch.Tensor  # [out_features, stop - start], shared with the tiles
+    tiles: list
+    bounds: list[tuple[int, int]]  # output rows of each tile
+
+
+@dataclass
+class FastPlan:
+    """The tiles of one analog layer laid out for the batched forward (cached per matrix)."""
+
+    module: nn.Module
+    slices: list[_Slice]
+    key: tuple
+    hook_modules: list[nn.Module]
+    tiles: list
+    array_bias: torch.Tensor | None
+
+
+def _grid(module: nn.Module):
+    """``(tiles by input slice, input sizes, output sizes, array bias)`` or a reason string."""
+    from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
+    from aihwkit.simulator.tiles.array import TileModuleArray
+    from aihwkit.simulator.tiles.inference_torch import TorchInferenceTile
+    from aihwkit.simulator.tiles.torch_tile import TorchSimulatorTile
+
+    if type(module) is TorchInferenceTile:
+        grid, in_sizes, out_sizes, bias = [[module]], [module.in_size], [module.out_size], None
+    elif type(module) is TileModuleArray:
+        grid = [list(row) for row in module.array]
+        in_sizes, out_sizes, bias = list(module.in_sizes), list(module.out_sizes), module.bias
+    else:
+        return f"tile module {type(module).__name__}"
+    for row in grid:
+        for tile in row:
+            if type(tile) is not TorchInferenceTile or type(tile.tile) is not TorchSimulatorTile:
+                return f"tile class {type(tile).__name__}/{type(tile.tile).__name__}"
+            if tile.tile._analog_mvm is not AnalogMVM:
+                return f"analog MVM class {tile.tile._analog_mvm.__name__}"
+            if tile.analog_bias or tile.in_trans or tile.out_trans:
+                return "analog bias or transposed tiles"
+    return grid, in_sizes, out_sizes, bias
+
+
+def _key(grid) -> tuple:
+    return tuple((id(t), t.tile.weight.data_ptr(), t.tile.weight.device) for row in grid for t in row)
+
+
+@torch.no_grad()
+def _build(linear: nn.Module) -> FastPlan | str:
+    module = getattr(linear, "analog_module", linear)
+    found = _grid(module)
+    if isinstance(found, str):
+        return found
+    grid, in_sizes, out_sizes, bias = found
+    slices = []
+    start = 0
+    for row, size in zip(grid, in_sizes):
+        bounds, o = [], 0
+        for tile in row:
+            bounds.append((o, o + tile.out_size))
+            o += tile.out_size
+        if len(row) == 1:
+            weight = row[0].tile.weight.detach()
+        else:  # one contiguous [out, in_slice] block; the tiles keep views of it (no extra copy)
+            weight = torch.cat([t.tile.weight.detach() for t in row], dim=0)
+            for t, (a, b) in zip(row, bounds):
+                t.tile.weight.data = weight[a:b]
+        slices.append(_Slice(start, start + size, weight, row, bounds))
+        start += size
+    hook_modules = [m for m in linear.modules()]
+    return FastPlan(
+        module=module,
+        slices=slices,
+        key=_key(grid),
+        hook_modules=hook_modules,
+        tiles=[t for row in grid for t in row],
+        array_bias=bias,
+    )
+
+
+def _has_hooks(modules: list[nn.Module]) -> bool:
+    from torch.nn.modules import module as _m
+
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+# --------------------------------------------------------------------------- the forward
+def _tile_out(x: torch.Tensor, weight: torch.Tensor, tiles: list, bounds, io: _IO) -> torch.Tensor:
+    """One input slice through its output tiles: ``[N, in_slice] -> [N, sum of tile outputs]``.
+
+    All tiles of the slice share the input processing (no static input range, or one tile).
+    """
+    tile0 = tiles[0]
+    input_range = tile0.input_range
+    if input_range is not None:  # pre_forward: clip to [-|r|, |r|], divide by r
+        r = input_range.detach()
+        x = torch.maximum(torch.minimum(x, r.abs()), -r.abs()) / r
+
+    if io.perfect:
+        y = x @ weight.T
+    else:
+        # Input side. AIHWKit: xs = quant(x / nm) (clip), y = xs @ W.T, then noise, ADC, * nm.
+        # Here the DAC levels are kept as integers k = round(x / nm / step_in) and rescaled to ADC
+        # units (step_in / step_out) before the matmul, so the output needs no division: the same
+        # values as AIHWKit up to float rounding of the last bit.
+        if io.nm in (1, 2):
+            nm = (x.abs() if io.nm == 1 else x).amax(dim=-1, keepdim=True)
+            if io.nm_thres > 0.0:
+                nm = nm.clamp(max=io.nm_thres)
+            nonzero = (nm != 0.0).any()  # AIHWKit: an all-zero input gives an exactly zero output
+            nm = nm.masked_fill(nm <= 0.0, 1.0)
+            in_mult = 1.0 / nm
+            restore = (nm * io.out_scale) * nonzero
+        else:
+            const = (io.nm_thres if io.nm_thres > 0.0 else 1.0) if io.nm == 3 else 1.0
+            in_mult, restore = 1.0 / const, io.out_scale * const
+        step_out = io.out_res if io.out_res > 0 else 1.0
+        if io.inp_res > 0:  # DAC: integer levels
+            xs = x * (in_mult / io.inp_res)
+            xs.round_()
+            # |x / abs_max| <= 1 <= inp_bound: the clip cannot bite, skip it
+            if math.isfinite(io.inp_bound) and not (io.nm == 1 and io.nm_thres <= 0.0 and io.inp_bound >= 1.0):
+                level = io.inp_bound / io.inp_res
+                xs.clamp_(-level, level)
+            xs.mul_(io.inp_res / step_out)
+        else:
+            xs = x * in_mult if not (isinstance(in_mult, float) and in_mult == 1.0) else x.clone()
+            if math.isfinite(io.inp_bound):
+                xs.clamp_(-io.inp_bound, io.inp_bound)
+            if step_out != 1.0:
+                xs.mul_(1.0 / step_out)
+
+        y = xs @ weight.T  # in ADC steps
+
+        # output noise: per-column values if the tiles drew them (out_noise_std > 0)
+        values = [t.tile.out_noise_values for t in tiles]
+        if values[0] is not None:
+            sigma = values[0] if len(values) == 1 else torch.cat(values)
+            y.addcmul_(torch.randn_like(y), sigma.to(y.dtype) / step_out)
+        elif io.out_noise > 0.0:
+            y.add_(torch.randn_like(y), alpha=io.out_noise / step_out)
+        if io.out_res > 0:  # ADC
+            y.round_()
+        if math.isfinite(io.out_bound):
+            level = io.out_bound / step_out
+            y.clamp_(-level, level)
+        restore = restore * step_out
+        if not (isinstance(restore, float) and restore == 1.0):
+            y.mul_(restore)
+
+    # post_forward (input range * mapping scales), drift compensation, learned out scales, bias
+    col = _column_scale(tiles, io, y)
+    if input_range is not None:
+        col = input_range.detach() if col is None else col * input_range.detach()
+    if col is not None:
+        y.mul_(col)
+    bias = [t.bias for t in tiles if t.digital_bias and t.bias is not None]
+    if bias:
+        y.add_(bias[0].detach() if len(tiles) == 1 else torch.cat([t.bias.detach() for t in tiles]))
+    return y
+
+
+def _column_scale(tiles: list, io: _IO, y: torch.Tensor) -> torch.Tensor | None:
+    """Mapping scale x drift alpha x learned out scale per output column (``None``: all ones)."""
+    parts = []
+    for t in tiles:
+        s = None
+        for value in (
+            t.mapping_scales,
+            t.alpha if io.drift_compensation else None,
+            t.out_scaling_alpha,
+        ):
+            if value is None:
+                continue
+            value = value.detach().reshape(-1)
+            s = value if s is None else s * value
+        parts.append((s, t.out_size))
+    if all(s is None for s, _ in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0][0]
+    return torch.cat([
+        (torch.ones(n, dtype=y.dtype, device=y.device) if s is None else s.expand(n)) for s, n in parts
+    ])
+
+
+def fast_analog_forward(linear: nn.Module, x: torch.Tensor, plan: FastPlan | None) -> tuple[torch.Tensor | None, FastPlan | None]:
+    """Eval forward of an ``aihwkit.nn.AnalogLinear`` (or a tile module) on ``x [N, in]``.
+
+    Args:
+        linear: the AIHWKit analog layer.
+        x: a 2D input.
+        plan: the plan returned by the previous call (``None`` on the first call).
+
+    Returns:
+        ``(y, plan)``; ``y`` is ``None`` when AIHWKit's own forward must be used instead.
+    """
+    if linear.training or (x.requires_grad and torch.is_grad_enabled()):
+        return None, plan
+    module = getattr(linear, "analog_module", linear)
+    if plan is None or plan.module is not module or plan.key != _key([s.tiles for s in plan.slices]):
+        built = _build(linear)
+        if isinstance(built, str):
+            _warn_once(built)
+            return None, None
+        plan = built
+    if _has_hooks(plan.hook_modules) or any(t.training for t in plan.tiles):
+        return None, plan
+    io = _parse(plan.tiles[0].rpu_config)  # each tile holds its own copy of the rpu_config
+    for tile in plan.tiles[1:]:
+        if isinstance(io, str):
+            break
+        if _parse(tile.rpu_config) != io:
+            io = "tiles of one layer with different forward settings"
+    if isinstance(io, str):
+        _warn_once(io)
+        return None, plan
+
+    with torch.no_grad():
+        dtype = plan.slices[0].weight.dtype
+        x = x.to(dtype)
+        y = None
+        for s in plan.slices:
+            xi = x if len(plan.slices) == 1 else x[:, s.start : s.stop]
+            if len(s.tiles) == 1 or all(t.input_range is None for t in s.tiles):
+                out = _tile_out(xi, s.weight, s.tiles, s.bounds, io)
+            else:  # static input ranges differ per tile: process each tile of the slice on its own
+                out = torch.cat(
+                    [_tile_out(xi, s.weight[a:b], [t], [(0, b - a)], io) for t, (a, b) in zip(s.tiles, s.bounds)],
+                    dim=-1,
+                )
+            y = out if y is None else y.add_(out)
+        if plan.array_bias is not None:
+            y = y + plan.array_bias.detach()
+    return y, plan

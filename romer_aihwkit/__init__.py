@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "calibrate": "romer_aihwkit.calibration",
     "CalibrationCallback": "romer_aihwkit.calibration",
     "Romer": "romer_aihwkit.calibration",
+    "RomerAuto": "romer_aihwkit.calibration",
     "save_calibration": "romer_aihwkit.calibration",
     "load_calibration": "romer_aihwkit.calibration",
     # evaluation

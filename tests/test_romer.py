@@ -204,3 +204,20 @@ def test_calibration_streaming_memory_is_bounded():
     exact.add(data[:300])
     exact.add(data[300:])
     assert torch.equal(exact.rows, data)
+
+
+def test_romer_auto_selects_on_held_out_blocks():
+    from romer_aihwkit.calibration import split_holdout
+
+    fit, hold = split_holdout(calib_tokens(8), 0.25, batch_size=2)
+    assert len(fit) == 3 and len(hold) == 1 and hold[0].shape == (2, 32)
+    model = converted(device="gaussian-10", seed=1)
+    g = torch.Generator().manual_seed(2)
+    distort(model, scale=torch.rand(8, generator=g) * 2 + 0.5, shift=torch.randn(8, generator=g))
+    report = ra.calibrate(model, calib_tokens(8), callbacks=[ra.RomerAuto(tau_candidates=(0.0, 0.5))], progress=False)
+    selection = report["romer-auto"]["selection"]
+    assert len(selection["trials"]) == 3 + 1
+    best = min(selection["trials"], key=lambda t: t["holdout_nll"])
+    assert selection["holdout_nll"] == best["holdout_nll"]
+    assert (selection["percentiles"], selection["tau"]) == (best["percentiles"], best["tau"])
+    assert report["romer-auto"]["settings"]["tau"] == selection["tau"]

@@ -27,6 +27,15 @@ def _romer(**kwargs) -> Callable[[], list]:
     return make
 
 
+def _romer_auto() -> Callable[[], list]:
+    def make() -> list:
+        from ..calibration import RomerAuto
+
+        return [RomerAuto()]
+
+    return make
+
+
 def _no_callbacks() -> list:
     return []
 
@@ -84,6 +93,8 @@ for _m in (
     Method("romer-norm", "ROMER ablation: percentile normalization only", callbacks=_romer(replacement="none")),
     Method("romer-replace", "ROMER ablation: expert replacement only", callbacks=_romer(normalize=False)),
     Method("romer-split", "ROMER with split replicas (halves the hottest tile's load)", callbacks=_romer(replacement="split")),
+    Method("romer-auto", "ROMER with percentiles and tau chosen on held-out calibration blocks (ours)",
+           callbacks=_romer_auto()),
     Method("romer+hetero", "ROMER on top of the hetero baseline", hetero_fraction=0.125, callbacks=_romer()),
 ):
     register_method(_m)

@@ -1,16 +1,19 @@
 """Calibration callbacks over a converted model: the protocol, the loop, ROMER, save/load."""
 
-from .base import CalibrationCallback, CalibrationReport, calibrate
+from .base import CalibrationCallback, CalibrationReport, calibrate, split_holdout
 from .io import load_calibration, save_calibration
 from .romer import Romer, reset_replacements, routing_metrics
+from .romer_auto import RomerAuto
 
 __all__ = [
     "CalibrationCallback",
     "CalibrationReport",
     "Romer",
+    "RomerAuto",
     "calibrate",
     "load_calibration",
     "reset_replacements",
     "routing_metrics",
     "save_calibration",
+    "split_holdout",
 ]

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..analog.trace import RouterEvent, find_routers, trace_routing
 
-__all__ = ["CalibrationCallback", "CalibrationReport", "calibrate"]
+__all__ = ["CalibrationCallback", "CalibrationReport", "calibrate", "split_holdout"]
 
 
 class CalibrationCallback:
@@ -25,6 +25,10 @@ class CalibrationCallback:
     """
 
     name: str = "callback"
+    holdout_fraction: float = 0.0
+    """If > 0, :func:`calibrate` observes only the first part of the calibration set and hands the
+    rest to the callback as ``self.holdout_batches`` before :meth:`finish` (for model selection)."""
+    holdout_batches: list | None = None
 
     def start(self, model: nn.Module, routers: list) -> None:  # noqa: B027
         pass
@@ -77,6 +81,22 @@ def _input_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def split_holdout(batches, fraction: float, batch_size: int = 8) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Split a calibration set into (fit, held-out) lists of batches; the held-out part is the tail."""
+    from ..data import iter_token_batches
+
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    parts = list(iter_token_batches(batches, batch_size))
+    if len(parts) == 1:
+        rows = parts[0]
+        if rows.shape[0] < 2:
+            raise ValueError("a held-out split needs at least 2 calibration blocks")
+        parts = list(rows.split(1))
+    n_hold = min(len(parts) - 1, max(1, round(len(parts) * fraction)))
+    return parts[:-n_hold], parts[-n_hold:]
+
+
 def calibrate(
     model: nn.Module,
     calib_batches,
@@ -122,8 +142,11 @@ def calibrate(
     names = [cb.name for cb in callbacks]
     for cb in callbacks:
         key = cb.name if names.count(cb.name) == 1 else f"{cb.name}#{len(report.callbacks)}"
+        fit = calib_batches
+        if cb.holdout_fraction > 0:
+            fit, cb.holdout_batches = split_holdout(calib_batches, cb.holdout_fraction, batch_size)
         cb.start(model, routers)
         with trace_routing(model, cb.observe):
-            run_batches(model, calib_batches, batch_size, progress, desc=f"calibrate [{cb.name}]")
+            run_batches(model, fit, batch_size, progress, desc=f"calibrate [{cb.name}]")
         report.callbacks[key] = cb.finish(model)
     return report

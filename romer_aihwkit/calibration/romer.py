@@ -138,6 +138,10 @@ class Romer(CalibrationCallback):
 
     @torch.no_grad()
     def finish(self, model: nn.Module) -> dict[str, Any]:
+        return self.install(model)
+
+    def install(self, model: nn.Module) -> dict[str, Any]:
+        """Compute and install the corrections for the current settings from the collected statistics."""
         from ..analog.convert import analog_state
 
         state = analog_state(model)

@@ -200,12 +200,544 @@ def _fmt_seconds(t: float) -> str:
     return f"{t:g} s"
 
 
-# --------------------------------------------------------------------------- other commands
-# Room for `convert`, `calibrate`, `evaluate`, `compare` and `demo` (added by their owners).
-# Each is an `@app.command(...)` decorated with `@handle_user_errors`, imports torch /
-# transformers / aihwkit inside the function, takes `--device-config NAME_OR_PATH` resolved with
-# `romer_aihwkit.devices.load_device_config`, and offers `--json` for machine output.
+# --------------------------------------------------------------------------- shared helpers
+# Every `--model` takes a bundled model name, a local folder or a Hugging Face hub id; list-valued
+# options take comma-separated values and may be repeated (`--methods none,romer --methods global`).
 
+DEMO_METHODS = ["none", "global", "hetero", "digital-router", "romer-norm", "romer-replace", "romer"]
+"""Methods of `romer-aihwkit demo`: baselines and the ROMER ablation."""
+
+_T_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "day": 86400.0,
+            "y": 365 * 86400.0, "year": 365 * 86400.0}
+
+ModelOpt = Annotated[
+    list[str],
+    typer.Option("--model", "-m", metavar="NAME|FOLDER|HUB_ID",
+                 help="Model(s): a bundled name, a local folder or a Hugging Face hub id; comma-separated "
+                      "or repeated."),
+]
+OutOpt = Annotated[str, typer.Option("--out", "-o", metavar="DIR", help="Output folder.")]
+EvalTextOpt = Annotated[str, typer.Option(
+    "--eval-text", metavar="bundled|FILE|FOLDER",
+    help="Evaluation text: 'bundled' (Shakespeare test plays), a .txt/.txt.gz file, a folder of them or a "
+         "saved dataset.")]
+CalibTextOpt = Annotated[str, typer.Option(
+    "--calib-text", metavar="bundled|FILE|FOLDER",
+    help="Calibration text: 'bundled' (Shakespeare validation plays, disjoint from the bundled test plays) "
+         "or a file/folder. Must not overlap the evaluation text.")]
+SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Tokens per block.")]
+EvalBlocksOpt = Annotated[int, typer.Option("--eval-blocks", help="Evaluation blocks (the first N).")]
+CalibBlocksOpt = Annotated[int, typer.Option("--calib-blocks", help="Calibration blocks (the first N).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Blocks per forward pass.")]
+SeedsOpt = Annotated[int, typer.Option("--seeds", help="Number of simulated chip instances (seeds).")]
+FirstSeedOpt = Annotated[int, typer.Option("--first-seed", help="Seed of the first chip instance.")]
+TInfListOpt = Annotated[
+    list[str] | None,
+    typer.Option("--t-inference", "-t", metavar="T[,T...]",
+                 help="Drift time(s) after programming: seconds or with a unit (1s, 1h, 1d, 1y); 'none' = the "
+                      "device's default. Comma-separated or repeated."),
+]
+TInfOpt = Annotated[
+    str | None,
+    typer.Option("--t-inference", "-t", metavar="T",
+                 help="Drift time after programming: seconds or with a unit (1h, 1d, 1y); 'none' = the device's "
+                      "default."),
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume",
+                                         help="Reuse finished rows in the output folder (same configuration).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite results of a different configuration in --out.")]
+
+
+def _split(values: list[str] | str | None) -> list[str]:
+    """Comma-separated and/or repeated option values -> a flat list without blanks."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [part.strip() for v in values for part in str(v).split(",") if part.strip()]
+
+
+def _parse_t(text: str | None) -> float | None:
+    """'3600', '1h', '1 d', '1e6', 'none' -> seconds (None = the device's default)."""
+    import re
+
+    if text is None or text.strip().lower() in ("none", "default", ""):
+        return None
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _T_UNITS:
+        raise UserError(f"invalid --t-inference {text!r}: give seconds (3600), a time with a unit "
+                        f"(1s, 1h, 1d, 1y) or 'none' for the device's default")
+    return float(match.group(1)) * _T_UNITS[unit]
+
+
+def _parse_t_list(values: list[str] | None) -> list[float | None]:
+    ts = [_parse_t(v) for v in _split(values)] or [None]
+    if len(set(ts)) != len(ts):
+        raise UserError(f"--t-inference values must be distinct, got {', '.join(_split(values))}")
+    return ts
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _warn(message: str) -> None:
+    from rich.markup import escape
+
+    _stderr_console().print(f"[bold yellow]Warning:[/bold yellow] [yellow]{escape(message)}[/yellow]")
+
+
+def _same_file(a: str, b: str) -> bool:
+    from pathlib import Path
+
+    if a.lower() in ("bundled", "shakespeare") or b.lower() in ("bundled", "shakespeare"):
+        return False
+    try:
+        return Path(a).expanduser().exists() and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except OSError:
+        return False
+
+
+class _OSErrorsAsUserErrors:
+    """Context manager: an ``OSError`` (model not found on the hub, unreadable file, disk full) is
+    the user's to fix, so it is reported as one line like the other user errors."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None and isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            raise UserError(str(exc)) from exc
+        return False
+
+
+def _load_model(name: str):
+    from romer_aihwkit.models import load_model
+
+    with _OSErrorsAsUserErrors():
+        return load_model(name)
+
+
+def _already_done(out_dir: Any, settings: Any, keys: set[tuple], resume: bool) -> int:
+    import json as _json
+
+    from romer_aihwkit.evaluation.runner import load_rows
+
+    path = out_dir / "settings.json"
+    if not resume or not path.is_file():
+        return 0
+    try:
+        if _json.loads(path.read_text()).get("fingerprint") != settings.fingerprint():
+            return 0
+    except (ValueError, OSError):
+        return 0
+    done = {(r["model"], r["device"], r["method"], float(r["t_inference"]), int(r["seed"]))
+            for r in load_rows(out_dir)}
+    return len(done & keys)
+
+
+def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output: bool) -> dict[str, Any]:
+    """Run the comparison with a progress bar, then write report.md and plots (rank 0)."""
+    import warnings
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from romer_aihwkit.evaluation.plots import write_plots
+    from romer_aihwkit.evaluation.report import print_summary, write_report
+    from romer_aihwkit.evaluation.runner import run_comparison
+
+    out_dir = Path(out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if _same_file(settings.eval_text, settings.calib_text):
+        _warn(f"--calib-text and --eval-text are the same file ({settings.eval_text}): calibration and "
+              "evaluation data overlap, so calibrated methods will look better than they are")
+    from romer_aihwkit.evaluation.distributed import process_context
+    from romer_aihwkit.evaluation.runner import planned_rows
+
+    ctx = process_context()
+    rank, world_size = ctx.rank, ctx.world_size
+    keys = set(planned_rows(settings, rank, world_size))
+    done = _already_done(out_dir, settings, keys, resume)
+    err = _stderr_console()
+    if done and rank == 0:
+        err.print(f"resuming: {done} of {len(keys)} rows already in {out_dir}")
+
+    progress = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
+                        disable=json_output and not err.is_terminal)
+    with progress:
+        label = f"rank {rank}: " if world_size > 1 else ""
+        task = progress.add_task(f"{label}loading model and text, digital perplexity", total=len(keys), completed=done)
+
+        def on_row(row: dict[str, Any]) -> None:
+            progress.update(task, advance=1, description=(
+                f"{label}{row['method']} seed {row['seed']} t={row['t_inference']:g}s ppl {row['ppl']:.2f}"))
+
+        with warnings.catch_warnings():
+            # the CLI already warned about overlapping texts, visibly
+            warnings.filterwarnings("ignore", message="calibration and evaluation text are the same file")
+            with _OSErrorsAsUserErrors():
+                results = run_comparison(settings, out_dir, resume=resume, force=force, on_row=on_row)
+        progress.update(task, description=f"{label}done")
+
+    if rank != 0:
+        return results
+    plots = write_plots(results, out_dir)
+    report = write_report(results, out_dir, plots=plots)
+    if json_output:
+        typer.echo(json.dumps(results["summary"], indent=2, default=str))
+    else:
+        print_summary(results, _stdout_console())
+    files = ["results.json", "results.csv", report.name] + [p.name for p in plots]
+    err.print(f"Wrote {', '.join(files)} to [bold]{out_dir}[/bold]")
+    return results
+
+
+def _compare_settings(models: list[str], devices: list[str], methods: list[str], seeds: int, first_seed: int,
+                      t_inference: list[str] | None, eval_text: str, calib_text: str, seq_len: int,
+                      eval_blocks: int, calib_blocks: int, batch_size: int) -> Any:
+    from romer_aihwkit.evaluation.runner import CompareSettings
+
+    _check_positive(seeds=seeds, seq_len=seq_len, eval_blocks=eval_blocks, calib_blocks=calib_blocks,
+                    batch_size=batch_size)
+    if not models:
+        raise UserError("give a model with --model (a bundled name, a local folder or a hub id)")
+    if not methods:
+        raise UserError("give at least one method with --methods")
+    if not devices:
+        raise UserError("give at least one device config with --devices")
+    if len(set(methods)) != len(methods):
+        raise UserError(f"--methods lists a method twice: {', '.join(methods)}")
+    return CompareSettings(
+        models=models, devices=devices, methods=methods,
+        seeds=list(range(first_seed, first_seed + seeds)), t_inference=_parse_t_list(t_inference),
+        eval_text=eval_text, calib_text=calib_text, seq_len=seq_len, eval_blocks=eval_blocks,
+        calib_blocks=calib_blocks, batch_size=batch_size,
+    )
+
+
+# --------------------------------------------------------------------------- compare / evaluate
+_COMPARE_HELP = (
+    "Compare methods over simulated chip instances: results.json/.csv, report.md, PNG plots.\n\n"
+    "Every method runs on the same chip instances (one per seed): program, drift to each --t-inference, "
+    "calibrate on --calib-text when the method calibrates, evaluate perplexity and routing on --eval-text. "
+    "Finished rows are appended to DIR/rows.jsonl as they finish, so an interrupted run resumes where it "
+    "stopped. Under `accelerate launch` / torchrun (WORLD_SIZE > 1) chip instances are sharded over "
+    "processes and rank 0 writes the report."
+)
+
+
+@app.command(help=_COMPARE_HELP)
+@handle_user_errors
+def compare(
+    model: ModelOpt,
+    out: OutOpt,
+    devices: Annotated[list[str], typer.Option(
+        "--devices", "--device", "-d", metavar="NAME|YAML[,...]",
+        help="Device configs: presets (see `romer-aihwkit devices`) or YAML files.")] = ["pcm"],  # noqa: B006
+    methods: Annotated[list[str], typer.Option(
+        "--methods", "--method", metavar="METHOD[,...]",
+        help="Methods to compare (see `romer-aihwkit methods`).")] = ["none,global,hetero,romer"],  # noqa: B006
+    seeds: SeedsOpt = 5,
+    first_seed: FirstSeedOpt = 0,
+    t_inference: TInfListOpt = None,
+    eval_text: EvalTextOpt = "bundled",
+    calib_text: CalibTextOpt = "bundled",
+    seq_len: SeqLenOpt = 128,
+    eval_blocks: EvalBlocksOpt = 32,
+    calib_blocks: CalibBlocksOpt = 16,
+    batch_size: BatchOpt = 8,
+    resume: ResumeOpt = True,
+    force: ForceOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Compare methods over simulated chip instances: results.json/.csv, report.md, PNG plots."""
+    settings = _compare_settings(_split(model), _split(devices), _split(methods), seeds, first_seed, t_inference,
+                                 eval_text, calib_text, seq_len, eval_blocks, calib_blocks, batch_size)
+    _run_compare(settings, out, resume, force, json_output)
+
+
+@app.command()
+@handle_user_errors
+def evaluate(
+    model: ModelOpt,
+    out: OutOpt,
+    method: Annotated[str, typer.Option("--method", metavar="METHOD",
+                                        help="One method (see `romer-aihwkit methods`).")] = "none",
+    device: Annotated[str, typer.Option("--device", "--device-config", "-d", metavar="NAME|YAML",
+                                        help="Device config: preset or YAML file.")] = "pcm",
+    seeds: SeedsOpt = 5,
+    first_seed: FirstSeedOpt = 0,
+    t_inference: TInfListOpt = None,
+    eval_text: EvalTextOpt = "bundled",
+    calib_text: CalibTextOpt = "bundled",
+    seq_len: SeqLenOpt = 128,
+    eval_blocks: EvalBlocksOpt = 32,
+    calib_blocks: CalibBlocksOpt = 16,
+    batch_size: BatchOpt = 8,
+    resume: ResumeOpt = True,
+    force: ForceOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Evaluate one method over simulated chip instances (`compare` with a single method)."""
+    methods = _split(method)
+    if len(methods) != 1:
+        raise UserError(f"evaluate takes one --method, got {method!r}; use `compare` for several")
+    settings = _compare_settings(_split(model), [device], methods, seeds, first_seed, t_inference, eval_text,
+                                 calib_text, seq_len, eval_blocks, calib_blocks, batch_size)
+    _run_compare(settings, out, resume, force, json_output)
+
+
+@app.command("methods")
+@handle_user_errors
+def methods_command(json_output: JsonOpt = False) -> None:
+    """List the comparison methods (baselines, ROMER and its ablations)."""
+    from romer_aihwkit.baselines.methods import METHODS
+
+    if json_output:
+        typer.echo(json.dumps({name: m.description for name, m in METHODS.items()}, indent=2))
+        return
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="Methods", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("what it does")
+    for name, m in METHODS.items():
+        table.add_row(name, escape(m.description))
+    _stdout_console().print(table)
+
+
+# --------------------------------------------------------------------------- demo
+@app.command()
+@handle_user_errors
+def demo(
+    out: Annotated[str, typer.Option("--out", "-o", metavar="DIR", help="Output folder.")] = "demo-results",
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", metavar="NAME|FOLDER|HUB_ID",
+        help="Model (default: the bundled olmoe-tiny, else the first bundled model).")] = None,
+    device: Annotated[str, typer.Option("--device", "-d", metavar="NAME|YAML", help="Device config.")] = "pcm",
+    quick: Annotated[bool, typer.Option("--quick", help="2 seeds and a few short blocks: a smoke test.")] = False,
+    force: ForceOpt = False,
+) -> None:
+    """A small ROMER comparison with no arguments: bundled model and text, 7 methods, 3 chip instances.
+
+    Writes results.json, results.csv, report.md and PNG plots to demo-results/ and prints the table.
+    """
+    from romer_aihwkit.models import list_bundled_models
+
+    if model is None:
+        bundled = list_bundled_models()
+        if not bundled:
+            raise UserError("no bundled model is installed; pass one with --model (a local folder or hub id)")
+        model = "olmoe-tiny" if "olmoe-tiny" in bundled else bundled[0]
+    if quick:
+        sizes = dict(seeds=2, seq_len=32, eval_blocks=2, calib_blocks=2)
+    else:
+        sizes = dict(seeds=3, seq_len=128, eval_blocks=24, calib_blocks=16)
+    settings = _compare_settings([model], [device], list(DEMO_METHODS), sizes["seeds"], 0, None, "bundled",
+                                 "bundled", sizes["seq_len"], sizes["eval_blocks"], sizes["calib_blocks"], 8)
+    _stderr_console().print(
+        f"demo: {model} on {device}, methods {', '.join(DEMO_METHODS)}, {sizes['seeds']} chip instances, "
+        f"{sizes['eval_blocks']} x {sizes['seq_len']} evaluation tokens (bundled Shakespeare)")
+    _run_compare(settings, out, True, force, False)
+    from pathlib import Path
+
+    typer.echo(f"Demo finished: results, report and plots are in {Path(out).expanduser().resolve()}/ "
+               f"(open report.md first)")
+
+
+# --------------------------------------------------------------------------- convert
+@app.command()
+@handle_user_errors
+def convert(
+    model: Annotated[str, typer.Option("--model", "-m", metavar="NAME|FOLDER|HUB_ID",
+                                       help="A bundled model name, a local folder or a hub id.")],
+    device: Annotated[str, typer.Option("--device", "--device-config", "-d", metavar="NAME|YAML",
+                                        help="Device config: preset or YAML file.")] = "pcm",
+    analog_attention: Annotated[bool, typer.Option("--analog-attention",
+                                                   help="Put attention projections on tiles too.")] = False,
+    digital_router: Annotated[bool, typer.Option("--digital-router", help="Keep the routers digital.")] = False,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Program one chip instance with this seed (and drift it); saves its analog state.")] = None,
+    t_inference: TInfOpt = None,
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", metavar="DIR",
+        help="Write convert.json, the digital weights (DIR/model) and, with --seed, DIR/analog_state.safetensors.")]
+    = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Convert a model's routers and experts to analog tiles and show what went where."""
+    from pathlib import Path
+
+    from romer_aihwkit.analog import analog_summary, convert_to_analog_moe, save_analog_state
+    from romer_aihwkit.devices import load_device_config
+
+    t = _parse_t(t_inference)
+    if t is not None and seed is None:
+        raise UserError("--t-inference needs --seed: drift applies to a programmed chip instance")
+    config = load_device_config(device)
+    if seed is not None:
+        config.check_t_inference(config.t_inference if t is None else t)
+    digital, tokenizer = _load_model(model)
+    amodel = convert_to_analog_moe(digital, config, analog_router=not digital_router,
+                                   analog_attention=analog_attention)
+    summary = analog_summary(amodel)
+    info: dict[str, Any] = {"model": model, "device": config.name, "analog_router": not digital_router,
+                            "analog_attention": analog_attention, "analog_summary": summary,
+                            "moe_blocks": [{"name": n, "family": f} for n, f in amodel.analog_state.blocks],
+                            "seed": seed, "t_inference": None, "files": []}
+    if seed is not None:
+        amodel.program_analog_weights(seed=seed)
+        amodel.drift_analog_weights(t)
+        info["t_inference"] = amodel.analog_state.t_inference
+    if out is not None:
+        from romer_aihwkit.evaluation.runner import _atomic_write_text
+
+        out_dir = Path(out).expanduser()
+        with _OSErrorsAsUserErrors():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            amodel.save_pretrained(out_dir / "model")
+            if tokenizer is not None:
+                tokenizer.save_pretrained(out_dir / "model")
+            info["files"].append("model/")
+            if seed is not None:
+                save_analog_state(amodel, out_dir / "analog_state.safetensors")
+                info["files"].append("analog_state.safetensors")
+            info["files"].append("convert.json")
+            _atomic_write_text(out_dir / "convert.json", json.dumps(info, indent=2))
+    if json_output:
+        typer.echo(json.dumps(info, indent=2))
+        return
+
+    from rich import box
+    from rich.table import Table
+
+    console = _stdout_console()
+    table = Table(title=f"Analog conversion of {model} on {config.name}", box=box.SIMPLE_HEAD,
+                  title_justify="left", show_edge=False)
+    table.add_column("role", style="bold")
+    table.add_column("weight matrices", justify="right")
+    for role, count in summary.items():
+        table.add_row(role if role == "digital" else f"analog {role}", str(count))
+    console.print(table)
+    families = sorted({f for _, f in amodel.analog_state.blocks})
+    console.print(f"{len(amodel.analog_state.blocks)} MoE blocks ({', '.join(families)}); "
+                  f"routers {'digital' if digital_router else 'analog'}, attention "
+                  f"{'analog' if analog_attention else 'digital'}.")
+    if seed is not None:
+        console.print(f"Programmed chip instance seed={seed}, drifted to t={_fmt_seconds(info['t_inference'])}.")
+    if out is not None:
+        console.print(f"Wrote {', '.join(info['files'])} to [bold]{out}[/bold]")
+
+
+# --------------------------------------------------------------------------- calibrate
+@app.command("calibrate")
+@handle_user_errors
+def calibrate_command(
+    model: Annotated[str, typer.Option("--model", "-m", metavar="NAME|FOLDER|HUB_ID",
+                                       help="A bundled model name, a local folder or a hub id.")],
+    out: OutOpt,
+    device: Annotated[str, typer.Option("--device", "--device-config", "-d", metavar="NAME|YAML",
+                                        help="Device config: preset or YAML file.")] = "pcm",
+    seed: Annotated[int, typer.Option("--seed", help="The chip instance (programming-noise seed).")] = 0,
+    t_inference: TInfOpt = None,
+    calib_text: CalibTextOpt = "bundled",
+    seq_len: SeqLenOpt = 128,
+    calib_blocks: CalibBlocksOpt = 16,
+    batch_size: BatchOpt = 8,
+    percentiles: Annotated[str, typer.Option("--percentiles", metavar="LOW,MID,HIGH",
+                                             help="Percentiles matched between noisy and reference logits.")]
+    = "5,50,95",
+    tau: Annotated[float, typer.Option("--tau", help="Under-activated: noisy load < tau / E.")] = 0.25,
+    replacement: Annotated[str, typer.Option("--replacement", metavar="average|split|none",
+                                             help="How a hot expert uses its replica; 'none': no replacement.")]
+    = "average",
+    no_normalize: Annotated[bool, typer.Option("--no-normalize",
+                                               help="Skip the percentile router normalization.")] = False,
+    analog_attention: Annotated[bool, typer.Option("--analog-attention",
+                                                   help="Put attention projections on tiles too.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Run ROMER on one chip instance and save the calibration (DIR/calibration.*, DIR/report.json)."""
+    from pathlib import Path
+
+    from romer_aihwkit.analog import convert_to_analog_moe
+    from romer_aihwkit.calibration import Romer, calibrate, save_calibration
+    from romer_aihwkit.data import text_blocks
+    from romer_aihwkit.devices import load_device_config
+    from romer_aihwkit.evaluation.runner import _atomic_write_text
+
+    _check_positive(seq_len=seq_len, calib_blocks=calib_blocks, batch_size=batch_size)
+    try:
+        pcts = tuple(float(p) for p in _split(percentiles))
+    except ValueError:
+        raise UserError(f"--percentiles must be three numbers like 5,50,95, got {percentiles!r}") from None
+    if len(pcts) != 3:
+        raise UserError(f"--percentiles must be three numbers like 5,50,95, got {percentiles!r}")
+    romer = Romer(percentiles=pcts, tau=tau, replacement=replacement, normalize=not no_normalize)  # validates
+    config = load_device_config(device)
+    t = _parse_t(t_inference)
+    config.check_t_inference(config.t_inference if t is None else t)
+    out_dir = Path(out).expanduser()
+
+    digital, tokenizer = _load_model(model)
+    with _OSErrorsAsUserErrors():
+        blocks = text_blocks(calib_text, tokenizer, seq_len=seq_len, split="validation", max_blocks=calib_blocks)
+    amodel = convert_to_analog_moe(digital, config, analog_attention=analog_attention)
+    amodel.program_analog_weights(seed=seed)
+    amodel.drift_analog_weights(t)
+    report = calibrate(amodel, blocks, [romer], batch_size=batch_size, progress=not json_output)
+    with _OSErrorsAsUserErrors():
+        tensor_path, meta_path = save_calibration(amodel, out_dir / "calibration")
+        data = {
+            "model": model, "device": config.name, "seed": seed,
+            "t_inference": amodel.analog_state.t_inference, "analog_attention": analog_attention,
+            "calib_text": calib_text, "seq_len": seq_len, "calib_blocks": int(blocks.shape[0]),
+            "files": [tensor_path.name, meta_path.name, "report.json"],
+            "calibration": report.to_dict(),
+        }
+        _atomic_write_text(out_dir / "report.json", json.dumps(data, indent=2, default=str))
+    if json_output:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    _print_calibration(data, out_dir)
+
+
+def _print_calibration(data: dict[str, Any], out_dir: Any) -> None:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _stdout_console()
+    for name, cb in data["calibration"]["callbacks"].items():
+        table = Table(title=(f"{name} on {escape(data['model'])} · {data['device']} · seed {data['seed']} · "
+                             f"t {_fmt_seconds(data['t_inference'])} · {data['calibration']['tokens']} tokens"),
+                      box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
+        for header in ("layer", "block", "replaced", "load_cv", "max_load", "fidelity"):
+            table.add_column(header, justify="left" if header in ("block", "replaced") else "right",
+                             no_wrap=header != "replaced", overflow="fold", min_width=8 if header == "replaced" else None)
+        for layer in cb.get("layers", []):
+            pairs = ", ".join(f"{p['cold']}→{p['hot']}" for p in layer.get("replaced", [])) or "–"
+            b, a = layer["before"], layer["after"]
+            table.add_row(str(layer["layer"]), escape(layer["name"]), pairs,
+                          *(f"{b[k]:.3f}→{a[k]:.3f}" for k in ("load_cv", "max_load_ratio", "router_fidelity")))
+        s = cb.get("summary", {})
+        if s:
+            table.add_row("mean", "", str(cb.get('replaced_experts', 0)),
+                          *(f"{s[k]['before']:.3f}→{s[k]['after']:.3f}"
+                            for k in ("load_cv", "max_load_ratio", "router_fidelity")), style="bold")
+        console.print(table)
+    console.print("before → after calibration, on the calibration set; lower load_cv / max_load (ratio) and "
+                  "higher (router) fidelity are better. replaced cold→hot: the cold expert's tile now holds a "
+                  "replica of the hot expert.")
+    console.print(f"Wrote {', '.join(data['files'])} to [bold]{out_dir}[/bold]")
 
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:

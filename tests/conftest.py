@@ -5,7 +5,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tiny tensors: one thread avoids intra-op spin-waits that make small ops ~1000x slower on a busy 2-core box.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

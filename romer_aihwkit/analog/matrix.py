@@ -141,7 +141,9 @@ class AnalogMatrix(WeightMatrix):
 
     @torch.no_grad()
     def program(self, seed: int) -> None:
-        self._program(seed, keep_programmed=_KEEP_PROGRAMMED)
+        # keep the programming state until the drift that normally follows, which releases it;
+        # releasing here would make that drift program the matrix a second time
+        self._program(seed, keep_programmed=True)
 
     def _program(self, seed: int, keep_programmed: bool) -> None:
         self.analog.set_weights(self.weight.data.float())

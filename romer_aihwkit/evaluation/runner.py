@@ -17,7 +17,7 @@ import torch
 
 from .stats import summarize_rows
 
-__all__ = ["CompareSettings", "run_comparison", "ResultsExistError", "load_rows", "write_results"]
+__all__ = ["CompareSettings", "ResultsExistError", "chip_instances", "load_rows", "planned_rows", "run_comparison", "write_results"]
 
 ROW_FILE = "rows.jsonl"
 
@@ -94,6 +94,16 @@ def load_rows(out_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line left unfinished by a killed run, so that appended rows start on a new line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def _row_key(row: dict[str, Any]) -> tuple:
     return (row["model"], row["device"], row["method"], float(row["t_inference"]), int(row["seed"]))
 
@@ -102,13 +112,25 @@ def write_results(out_dir: Path, settings: dict[str, Any], rows: list[dict[str, 
     """Write ``results.json`` and ``results.csv`` atomically from the rows; returns the results dict."""
     rows = sorted({_row_key(r): r for r in rows}.values(), key=_row_key)
     results = {"settings": settings, "rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
-               "summary": summarize_rows(rows)}
+               "summary": _in_settings_order(summarize_rows(rows), settings)}
     _atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, default=str))
     columns = ["model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
                "router_fidelity", "load_entropy", "replaced_experts", "seconds"]
     lines = [",".join(columns)] + [",".join(_csv(r.get(c)) for c in columns) for r in rows]
     _atomic_write_text(out_dir / "results.csv", "\n".join(lines) + "\n")
     return results
+
+
+def _in_settings_order(summary: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Summary entries ordered as the settings list models, devices and methods (rows are sorted by name)."""
+    order = {key: {v: i for i, v in enumerate(settings.get(plural) or [])}
+             for key, plural in (("model", "models"), ("device", "devices"), ("method", "methods"))}
+
+    def rank(entry: dict[str, Any]) -> tuple:
+        return (*(order[k].get(entry[k], len(order[k])) for k in ("model", "device")), float(entry["t_inference"]),
+                order["method"].get(entry["method"], len(order["method"])))
+
+    return sorted(summary, key=rank)
 
 
 def _csv(value: Any) -> str:
@@ -123,7 +145,7 @@ def _settings_file(out_dir: Path) -> Path:
     return out_dir / "settings.json"
 
 
-def _check_out_dir(out_dir: Path, settings: CompareSettings, resume: bool, force: bool) -> None:
+def _check_out_dir(out_dir: Path, settings: CompareSettings, force: bool) -> None:
     path = _settings_file(out_dir)
     if not path.exists():
         if load_rows(out_dir) and not force:
@@ -132,6 +154,8 @@ def _check_out_dir(out_dir: Path, settings: CompareSettings, resume: bool, force
     saved = json.loads(path.read_text())
     if saved.get("fingerprint") == settings.fingerprint():
         return  # same configuration: finished rows are reused
+    if not load_rows(out_dir):
+        return  # an earlier run of another configuration finished no row: nothing to lose
     if force:
         for p in out_dir.glob("rows*.jsonl"):
             p.unlink()
@@ -142,14 +166,43 @@ def _check_out_dir(out_dir: Path, settings: CompareSettings, resume: bool, force
     )
 
 
+def chip_instances(settings: CompareSettings) -> list[tuple[str, str, float, int]]:
+    """``(model, device, t_inference, seed)`` of every chip instance, in run order."""
+    from ..devices import load_device_config
+
+    out = []
+    for model in settings.models:
+        for device in settings.devices:
+            default_t = load_device_config(device).t_inference
+            for t in settings.t_inference:
+                out.extend((model, device, float(default_t if t is None else t), int(seed)) for seed in settings.seeds)
+    return out
+
+
+def planned_rows(settings: CompareSettings, rank: int = 0, world_size: int = 1) -> list[tuple]:
+    """Row keys ``(model, device, method, t, seed)`` this process computes: chip instances round-robin."""
+    return [
+        (model, device, method, t, seed)
+        for i, (model, device, t, seed) in enumerate(chip_instances(settings))
+        if i % world_size == rank
+        for method in settings.methods
+    ]
+
+
+def _seed_everything(*parts: object) -> None:
+    """Per-forward noise (output noise) reproducible per (chip instance, method), in any process."""
+    from ..analog.matrix import matrix_seed
+
+    torch.manual_seed(matrix_seed(int(parts[0]), "|".join(map(str, parts[1:])), "forward"))
+
+
 def run_comparison(
     settings: CompareSettings,
     out_dir: str | os.PathLike,
     resume: bool = True,
     force: bool = False,
-    progress: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
+    rank: int | None = None,
+    world_size: int | None = None,
     on_row=None,
 ) -> dict[str, Any]:
     """Evaluate every method on the same chip instances and aggregate over instances.
@@ -159,33 +212,42 @@ def run_comparison(
     calibration blocks (disjoint from evaluation blocks), then evaluated (perplexity and routing
     stats in one pass). Each finished row is appended to ``rows[.rankN].jsonl`` at once, so an
     interrupted run resumes where it stopped; ``results.json``/``results.csv`` are rewritten
-    atomically. With ``world_size > 1`` chip instances are sharded round-robin over processes.
+    atomically.
+
+    Under a multi-process launch (``accelerate launch``, torchrun; or explicit ``rank`` and
+    ``world_size``) chip instances are sharded round-robin; every process returns the merged
+    results once all are done. All random draws are seeded per chip instance and method, so the
+    rows equal those of a single-process run.
     """
     from ..baselines import apply_method, get_method, prepare_model
     from ..data import text_blocks
-    from ..devices import load_device_config
     from ..models import load_model
+    from .distributed import ProcessContext, process_context
     from .perplexity import perplexity
     from .routing import perplexity_and_routing
 
+    ctx = process_context() if rank is None else ProcessContext(rank, world_size or 1)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        _check_out_dir(out_dir, settings, resume, force)
+    if ctx.is_main:
+        _check_out_dir(out_dir, settings, force)
+        if not resume:
+            for p in out_dir.glob("rows*.jsonl"):
+                p.unlink()
         _atomic_write_text(_settings_file(out_dir), json.dumps({"fingerprint": settings.fingerprint(), **asdict(settings)}, indent=2))
-    done = {_row_key(r) for r in load_rows(out_dir)} if resume else set()
-    if not resume and rank == 0:
-        for p in out_dir.glob("rows*.jsonl"):
-            p.unlink()
-    row_path = out_dir / (ROW_FILE if world_size == 1 else f"rows.rank{rank}.jsonl")
+    ctx.wait_for_everyone()  # rank 0 has checked (and possibly cleared) the folder
+    done = {_row_key(r) for r in load_rows(out_dir)}
+    row_path = out_dir / (ROW_FILE if ctx.world_size == 1 else f"rows.rank{ctx.rank}.jsonl")
+    _drop_torn_tail(row_path)
     if _same_text(settings.eval_text, settings.calib_text) and settings.eval_text != "bundled":
         warnings.warn(
             f"calibration and evaluation text are the same file ({settings.eval_text}): the sets overlap "
             "and calibrated methods will look better than they are", stacklevel=2)
-    methods = [get_method(m) for m in settings.methods]
+    methods = {m: get_method(m) for m in settings.methods}
+    todo = [key for key in planned_rows(settings, ctx.rank, ctx.world_size) if key not in done]
     digital_ppl: dict[str, float] = {}
-    jobs = 0
     for model_name in settings.models:
+        mine = [key for key in todo if key[0] == model_name]
         digital, tokenizer = load_model(model_name)
         digital.eval()
         eval_blocks = text_blocks(settings.eval_text, tokenizer, seq_len=settings.seq_len, split="test",
@@ -193,53 +255,47 @@ def run_comparison(
         calib_blocks = text_blocks(settings.calib_text, tokenizer, seq_len=settings.seq_len, split="validation",
                                    max_blocks=settings.calib_blocks)
         digital_ppl[model_name] = perplexity(digital, eval_blocks, batch_size=settings.batch_size, progress=False)
-        for device in settings.devices:
-            config = load_device_config(device)
-            converted: dict[tuple, torch.nn.Module] = {}
-            for t in settings.t_inference:
-                t_value = float(config.t_inference if t is None else t)
-                for seed in settings.seeds:
-                    jobs += 1
-                    if (jobs - 1) % world_size != rank:
-                        continue
-                    for method in methods:
-                        key = (model_name, device, method.name, t_value, int(seed))
-                        if key in done:
-                            continue
-                        conv_key = method.conversion_key()
-                        if conv_key not in converted:
-                            converted[conv_key] = prepare_model(digital, config, method)
-                        model = converted[conv_key]
-                        start = time.perf_counter()
-                        report = apply_method(model, method, int(seed), t_value, calib_blocks,
-                                              batch_size=settings.batch_size)
-                        ppl, stats = perplexity_and_routing(model, eval_blocks, settings.batch_size, progress=False)
-                        row = {
-                            "model": model_name, "device": device, "method": method.name,
-                            "t_inference": t_value, "seed": int(seed), "ppl": ppl,
-                            "load_cv": stats["load_cv"], "max_load_ratio": stats["max_load_ratio"],
-                            "router_fidelity": stats["router_fidelity"], "load_entropy": stats["load_entropy"],
-                            "replaced_experts": _replaced(report),
-                            "digital_ppl": digital_ppl[model_name],
-                            "seconds": time.perf_counter() - start,
-                            "layers": [{"load": layer["load"], "reference_load": layer["reference_load"]}
-                                       for layer in stats["layers"]],
-                        }
-                        if not math.isfinite(ppl):
-                            warnings.warn(f"non-finite perplexity for {key}", stacklevel=2)
-                        with open(row_path, "a") as f:
-                            f.write(json.dumps(row) + "\n")
-                            f.flush()
-                            os.fsync(f.fileno())
-                        done.add(key)
-                        if on_row is not None:
-                            on_row(row)
-    rows = load_rows(out_dir)
+        converted: dict[tuple, torch.nn.Module] = {}
+        for key in mine:
+            _, device, method_name, t_value, seed = key
+            method = methods[method_name]
+            conv_key = (device, method.conversion_key())
+            if conv_key not in converted:
+                converted[conv_key] = prepare_model(digital, device, method)
+            model = converted[conv_key]
+            start = time.perf_counter()
+            _seed_everything(seed, model_name, device, method_name, t_value)
+            report = apply_method(model, method, seed, t_value, calib_blocks, batch_size=settings.batch_size)
+            ppl, stats = perplexity_and_routing(model, eval_blocks, settings.batch_size, progress=False)
+            row = {
+                "model": model_name, "device": device, "method": method_name,
+                "t_inference": t_value, "seed": seed, "ppl": ppl,
+                "load_cv": stats["load_cv"], "max_load_ratio": stats["max_load_ratio"],
+                "router_fidelity": stats["router_fidelity"], "load_entropy": stats["load_entropy"],
+                "replaced_experts": _replaced(report),
+                "digital_ppl": digital_ppl[model_name],
+                "seconds": time.perf_counter() - start,
+                "layers": [{"load": layer["load"], "reference_load": layer["reference_load"]}
+                           for layer in stats["layers"]],
+            }
+            if not math.isfinite(ppl):
+                warnings.warn(f"non-finite perplexity for {key}", stacklevel=2)
+            with open(row_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if on_row is not None:
+                on_row(row)
+    ctx.wait_for_everyone()  # every process's rows are on disk now
     plain = asdict(settings)
     plain["digital_ppl"] = digital_ppl
-    if rank == 0:
-        return write_results(out_dir, plain, rows)
-    return {"settings": plain, "rows": rows, "summary": summarize_rows(rows)}
+    rows = load_rows(out_dir)
+    if ctx.is_main:
+        results = write_results(out_dir, plain, rows)
+    else:
+        results = {"settings": plain, "rows": rows, "summary": summarize_rows(rows)}
+    ctx.wait_for_everyone()
+    return results
 
 
 def _replaced(report: dict[str, Any]) -> int:

@@ -1,0 +1,274 @@
+"""Human-readable reports of a comparison: ``report.md`` and a terminal table.
+
+Both read the ``results.json`` dict written by :func:`~romer_aihwkit.evaluation.runner.run_comparison`
+(``{"settings", "rows", "summary"}``); neither needs torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .runner import _atomic_write_text
+
+__all__ = ["package_versions", "print_summary", "render_report", "write_report", "group_summary"]
+
+REPORT_FILE = "report.md"
+
+HOW_TO_READ = (
+    "Each row is one method evaluated on the same simulated chip instances: a seed draws one "
+    "instance (programming noise, then drift to `t_inference`), every method sees the same "
+    "instances, and calibrated methods are calibrated per instance on the calibration text, "
+    "which is disjoint from the evaluation text. Numbers are the mean over instances; `± CI95` "
+    "is the half-width of the Student-t 95 % confidence interval of that mean (it measures how "
+    "well the mean is known across chip instances, not the spread of one chip: that is `std`). "
+    "With few seeds the interval is wide; overlapping intervals mean the difference is not "
+    "resolved. Lower is better for perplexity (`ppl`, the digital model's is the floor), "
+    "`load_cv` (std/mean of expert loads, 0 = perfectly balanced) and `max_load_ratio` (busiest "
+    "expert's load x E, 1.0 = balanced; it bounds a MoE layer's latency on a CIM chip). Higher "
+    "is better for `router_fidelity` (share of the digital router's top-k experts that the "
+    "analog router also selects, on the same hidden states; 1.0 = identical routing). "
+    "`Δppl` is the relative change of the mean perplexity against the `none` method (plain "
+    "analog) of the same model, device and drift time. `replaced` is the mean number of experts "
+    "ROMER replaced per chip instance (all layers)."
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of python and the packages the numbers depend on (``"not installed"`` if absent)."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "aihwkit", "romer-aihwkit"):
+        key = dist.replace("-", "_")
+        try:
+            versions[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[key] = "not installed"
+    return versions
+
+
+def _isnum(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if not _isnum(x):
+        return "–"
+    x = float(x)
+    if abs(x) >= 1e5:
+        return f"{x:.4g}"
+    return f"{x:.{digits}f}"
+
+
+def _fmt_pm(mean: Any, ci: Any, digits: int = 3) -> str:
+    if not _isnum(mean):
+        return "–"
+    return f"{_fmt(mean, digits)} ± {_fmt(ci, digits)}" if _isnum(ci) else _fmt(mean, digits)
+
+
+def fmt_seconds(t: Any) -> str:
+    """Compact drift time: 3600 -> '1 h', 86400 -> '1 d'."""
+    if not _isnum(t):
+        return str(t)
+    t = float(t)
+    for unit, size in (("y", 365 * 86400.0), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if t >= size and (t / size).is_integer():
+            return f"{t / size:g} {unit}"
+    return f"{t:g} s"
+
+
+def digital_ppl_of(results: dict[str, Any], model: str) -> float | None:
+    """The digital (unconverted) model's perplexity on the evaluation blocks, if known."""
+    value = (results.get("settings") or {}).get("digital_ppl", {}).get(model)
+    if _isnum(value):
+        return float(value)
+    for row in results.get("rows", []):
+        if row.get("model") == model and _isnum(row.get("digital_ppl")):
+            return float(row["digital_ppl"])
+    return None
+
+
+def group_summary(results: dict[str, Any]) -> dict[tuple[str, str, float], list[dict[str, Any]]]:
+    """Summary entries grouped by (model, device, t_inference), methods in the settings' order."""
+    order = {m: i for i, m in enumerate((results.get("settings") or {}).get("methods", []))}
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for entry in results.get("summary", []):
+        key = (entry["model"], entry["device"], float(entry["t_inference"]))
+        groups.setdefault(key, []).append(entry)
+    for entries in groups.values():
+        entries.sort(key=lambda e: order.get(e["method"], len(order)))
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])))
+
+
+def _mean_replaced(rows: Iterable[dict[str, Any]], key: tuple) -> float | None:
+    values = [r["replaced_experts"] for r in rows
+              if (r["model"], r["device"], r["method"], float(r["t_inference"])) == key
+              and _isnum(r.get("replaced_experts"))]
+    return sum(values) / len(values) if values else None
+
+
+def _delta_vs_none(entries: list[dict[str, Any]], entry: dict[str, Any]) -> str:
+    base = next((e for e in entries if e["method"] == "none"), None)
+    if base is None or entry["method"] == "none" or not (_isnum(base["ppl"]) and _isnum(entry["ppl"])):
+        return "–"
+    delta = 100.0 * (entry["ppl"] - base["ppl"]) / base["ppl"]
+    return f"{delta:+.1f}%" if abs(delta) >= 1 else f"{delta:+.2f}%"
+
+
+TABLE_HEADER = ["method", "ppl ± CI95", "ppl std", "Δppl", "load_cv ± CI95", "max_load_ratio ± CI95",
+                "router_fidelity ± CI95", "replaced", "n"]
+
+
+def _table_rows(results: dict[str, Any], key: tuple, entries: list[dict[str, Any]]) -> list[list[str]]:
+    rows = results.get("rows", [])
+    out = []
+    for e in entries:
+        replaced = _mean_replaced(rows, (e["model"], e["device"], e["method"], float(e["t_inference"])))
+        out.append([
+            e["method"],
+            _fmt_pm(e.get("ppl"), e.get("ppl_ci95"), 2),
+            _fmt(e.get("ppl_std"), 2),
+            _delta_vs_none(entries, e),
+            _fmt_pm(e.get("load_cv"), e.get("load_cv_ci95")),
+            _fmt_pm(e.get("max_load_ratio"), e.get("max_load_ratio_ci95")),
+            _fmt_pm(e.get("router_fidelity"), e.get("router_fidelity_ci95")),
+            _fmt(replaced, 1) if replaced is not None and replaced > 0 else "–",
+            str(e.get("n", len(e.get("seeds", [])))),
+        ])
+    return out
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def render_report(results: dict[str, Any], plots: Iterable[str | os.PathLike] = (),
+                  base_dir: str | os.PathLike | None = None) -> str:
+    """The markdown text of ``report.md``.
+
+    Args:
+        results: the ``results.json`` dict.
+        plots: image files to link at the end (paths relative to ``base_dir`` in the links).
+        base_dir: the folder the report is written to.
+    """
+    settings = dict(results.get("settings") or {})
+    lines = ["# romer-aihwkit comparison", ""]
+    lines.append(f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
+                 f"{len(results.get('rows', []))} rows (method x chip instance x drift time).")
+    lines += ["", "## How to read this", "", HOW_TO_READ, ""]
+
+    lines += ["## Results", ""]
+    groups = group_summary(results)
+    if not groups:
+        lines += ["No finished rows yet.", ""]
+    for key, entries in groups.items():
+        model, device, t = key
+        lines.append(f"### {_md_escape(model)} · {_md_escape(device)} · t_inference = {fmt_seconds(t)}")
+        lines.append("")
+        digital = digital_ppl_of(results, model)
+        seeds = sorted({s for e in entries for s in e.get("seeds", [])})
+        lines.append(f"Digital perplexity: **{_fmt(digital, 2)}**. Chip instances (seeds): "
+                     f"{', '.join(map(str, seeds)) or '–'}.")
+        lines.append("")
+        lines.append("| " + " | ".join(TABLE_HEADER) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEADER) - 1)) + "|")
+        for row in _table_rows(results, key, entries):
+            lines.append("| " + " | ".join(_md_escape(c) for c in row) + " |")
+        lines.append("")
+
+    plots = [Path(p) for p in plots]
+    if plots:
+        lines += ["## Plots", ""]
+        for p in plots:
+            rel = os.path.relpath(p, base_dir) if base_dir is not None else str(p)
+            lines.append(f"![{p.stem}]({Path(rel).as_posix()})")
+            lines.append("")
+
+    lines += ["## Settings", ""]
+    digital = settings.pop("digital_ppl", None)
+    for k, v in settings.items():
+        if isinstance(v, (list, tuple)):
+            v = ", ".join("device default" if x is None else str(x) for x in v)
+        lines.append(f"- `{k}`: {_md_escape('device default' if v is None else v)}")
+    if isinstance(digital, dict):
+        for model, value in digital.items():
+            lines.append(f"- digital perplexity of `{model}`: {_fmt(value, 3)}")
+    lines += ["", "## Versions", ""]
+    lines += [f"- {name}: {version}" for name, version in package_versions().items()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(results: dict[str, Any], out_dir: str | os.PathLike,
+                 plots: Iterable[str | os.PathLike] = ()) -> Path:
+    """Write ``out_dir/report.md`` atomically; returns its path."""
+    out_dir = Path(out_dir)
+    path = out_dir / REPORT_FILE
+    _atomic_write_text(path, render_report(results, plots=plots, base_dir=out_dir))
+    return path
+
+
+def print_summary(results: dict[str, Any], console: Any = None) -> None:
+    """Print the summary as rich tables, one per (model, device, t_inference).
+
+    Compact for a terminal: means of every metric, the 95 % CI and std of perplexity only
+    (``report.md`` has the CI of every metric).
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or Console()
+    groups = group_summary(results)
+    if not groups:
+        console.print("no finished rows")
+        return
+    wide = console.width >= 110
+    rows_all = results.get("rows", [])
+    for key, entries in groups.items():
+        model, device, t = key
+        digital = digital_ppl_of(results, model)
+        counts = sorted({int(e.get("n", len(e.get("seeds", [])))) for e in entries})
+        seeds = f"{counts[0]} chip instances" if len(counts) == 1 else "n varies"
+        title = (f"{escape(model)} · {escape(device)} · t_inference {fmt_seconds(t)} · {seeds} · "
+                 f"digital ppl {_fmt(digital, 2)}")
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                      pad_edge=False)
+        replaced = {e["method"]: _mean_replaced(rows_all, (e["model"], e["device"], e["method"],
+                                                           float(e["t_inference"]))) for e in entries}
+        show_replaced = any(replaced.values())
+        narrow = console.width < 100
+        headers = ["method", "ppl", "±CI" if narrow else "±CI95", *(["std"] if wide else []), "Δppl", "load_cv",
+                   "max_load", "fidelity", *([("repl." if narrow else "replaced")] if show_replaced else []),
+                   *(["n"] if len(counts) > 1 else [])]
+        for i, header in enumerate(headers):
+            if i == 0:
+                table.add_column(header, style="bold", overflow="fold", min_width=6)
+            else:
+                table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
+        best = _best_method(entries)
+        for e in entries:
+            cells = [e["method"], _fmt(e.get("ppl"), 2), _fmt(e.get("ppl_ci95"), 2),
+                     *([_fmt(e.get("ppl_std"), 2)] if wide else []), _delta_vs_none(entries, e),
+                     _fmt(e.get("load_cv")), _fmt(e.get("max_load_ratio")), _fmt(e.get("router_fidelity")),
+                     *([_fmt(replaced[e["method"]], 1) if replaced[e["method"]] else "–"] if show_replaced else []),
+                     *([str(e.get("n", len(e.get("seeds", []))))] if len(counts) > 1 else [])]
+            for col, cell in zip(table.columns[1:], cells[1:]):
+                col.min_width = max(col.min_width or 0, len(cell))
+            table.add_row(*(escape(c) for c in cells), style="green" if e["method"] == best else None)
+        console.print(table)
+    console.print("Means over chip instances; ±CI: half-width of the 95 % confidence interval of the mean ppl. "
+                  "Lower ppl, load_cv, max_load (ratio) are better; higher (router) fidelity is better; best ppl "
+                  "in green. repl.: experts ROMER replaced per chip instance.")
+
+
+def _best_method(entries: list[dict[str, Any]]) -> str | None:
+    scored = [e for e in entries if _isnum(e.get("ppl"))]
+    return min(scored, key=lambda e: e["ppl"])["method"] if scored else None

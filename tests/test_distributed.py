@@ -1,0 +1,48 @@
+"""Sharding chip instances over 2 processes with `accelerate launch` gives the 1-process results."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_runner import make_tiny_model_folder
+
+ARGS = ["--devices", "pcm", "--methods", "none,romer", "--seeds", "2", "--t-inference", "1h",
+        "--seq-len", "32", "--eval-blocks", "2", "--calib-blocks", "2", "--json"]
+
+
+def _rows(out: Path) -> dict[tuple, dict]:
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    return {(r["method"], r["seed"]): r for r in rows}
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None,
+                    reason="accelerate launcher not installed next to this python")
+def test_two_process_compare_equals_single_process(tmp_path):
+    model = make_tiny_model_folder(tmp_path / "model")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("WORLD_SIZE", None)
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, "-m", "romer_aihwkit.cli", "compare", "--model", model, *ARGS, "--out", str(single)],
+                   check=True, env=env, capture_output=True, timeout=600)
+    sharded = tmp_path / "sharded"
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    proc = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", "29533", "-m", "romer_aihwkit.cli", "compare", "--model", model,
+         *ARGS, "--out", str(sharded)],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in sharded.glob("rows*.jsonl")) == ["rows.rank0.jsonl", "rows.rank1.jsonl"]
+    for p in sharded.glob("rows*.jsonl"):
+        assert len(p.read_text().splitlines()) == 2  # one chip instance x two methods per process
+    a, b = _rows(single), _rows(sharded)
+    assert a.keys() == b.keys() and len(a) == 4
+    for key in a:
+        for metric in ("ppl", "load_cv", "max_load_ratio", "router_fidelity"):
+            assert a[key][metric] == pytest.approx(b[key][metric], rel=1e-6, abs=1e-9), (key, metric)

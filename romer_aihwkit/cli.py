@@ -598,7 +598,7 @@ def convert(
         amodel.drift_analog_weights(t)
         info["t_inference"] = amodel.analog_state.t_inference
     if out is not None:
-        from romer_aihwkit.evaluation.runner import _atomic_write_text
+        from romer_aihwkit.atomic import atomic_write_text
 
         out_dir = Path(out).expanduser()
         with _OSErrorsAsUserErrors():
@@ -611,7 +611,7 @@ def convert(
                 save_analog_state(amodel, out_dir / "analog_state.safetensors")
                 info["files"].append("analog_state.safetensors")
             info["files"].append("convert.json")
-            _atomic_write_text(out_dir / "convert.json", json.dumps(info, indent=2))
+            atomic_write_text(out_dir / "convert.json", json.dumps(info, indent=2))
     if json_output:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -669,10 +669,10 @@ def calibrate_command(
     from pathlib import Path
 
     from romer_aihwkit.analog import convert_to_analog_moe
+    from romer_aihwkit.atomic import atomic_write_text
     from romer_aihwkit.calibration import Romer, calibrate, save_calibration
     from romer_aihwkit.data import text_blocks
     from romer_aihwkit.devices import load_device_config
-    from romer_aihwkit.evaluation.runner import _atomic_write_text
 
     _check_positive(seq_len=seq_len, calib_blocks=calib_blocks, batch_size=batch_size)
     try:
@@ -703,7 +703,7 @@ def calibrate_command(
             "files": [tensor_path.name, meta_path.name, "report.json"],
             "calibration": report.to_dict(),
         }
-        _atomic_write_text(out_dir / "report.json", json.dumps(data, indent=2, default=str))
+        atomic_write_text(out_dir / "report.json", json.dumps(data, indent=2, default=str))
     if json_output:
         typer.echo(json.dumps(data, indent=2, default=str))
         return

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from test_runner import make_tiny_model_folder
 from typer.testing import CliRunner
 
@@ -14,15 +13,6 @@ from romer_aihwkit.cli import app
 runner = CliRunner()
 SMALL = ["--seq-len", "32", "--eval-blocks", "2", "--calib-blocks", "2"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core box, 2 threads make every small op wait ~8 ms."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

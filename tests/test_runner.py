@@ -26,15 +26,6 @@ METHODS = ["none", "romer"]
 SMALL = dict(devices=["pcm"], seq_len=32, eval_blocks=2, calib_blocks=2, batch_size=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core box, 2 threads make every small op wait ~8 ms."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def make_tiny_model_folder(path):
     """A randomly initialised 2-layer OLMoE (8 experts, top-2) with the bundled tokenizer, saved to ``path``."""
     from transformers import OlmoeConfig, OlmoeForCausalLM

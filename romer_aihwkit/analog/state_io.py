@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from .convert import analog_state
 from .experts import AnalogExperts
 from .matrix import AnalogMatrix, WeightMatrix
@@ -72,18 +72,6 @@ def _tile_tensors(matrix: AnalogMatrix) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_analog_state(model: nn.Module, path: str | os.PathLike) -> Path:
     """Save the programmed (and drifted) tiles of every analog matrix to a safetensors file."""
     from safetensors.torch import save_file
@@ -105,7 +93,7 @@ def save_analog_state(model: nn.Module, path: str | os.PathLike) -> Path:
         "t_inference": str(state.t_inference),
     }
     path = Path(path)
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
 

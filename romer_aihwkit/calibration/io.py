@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 from ..analog.convert import analog_state
 from ..analog.experts import AnalogExperts
 from ..analog.trace import find_routers
+from ..atomic import atomic_write, atomic_write_text
 
 __all__ = ["save_calibration", "load_calibration"]
 
@@ -63,19 +63,8 @@ def save_calibration(model: nn.Module, path: str | os.PathLike) -> tuple[Path, P
         "layers": layers,
     }
     tensor_path, json_path = _paths(path)
-    tensor_path.parent.mkdir(parents=True, exist_ok=True)
-    for target, writer in (
-        (tensor_path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT})),
-        (json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2))),
-    ):
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        os.close(fd)
-        try:
-            writer(tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    atomic_write_text(json_path, json.dumps(meta, indent=2))
     return tensor_path, json_path
 
 

@@ -2,7 +2,15 @@
 
 from .perplexity import perplexity, token_nll
 from .routing import RoutingAccumulator, layer_metrics, perplexity_and_routing, routing_stats
-from .runner import CompareSettings, ResultsExistError, chip_instances, load_rows, planned_rows, run_comparison, write_results
+from .runner import (
+    CompareSettings,
+    ResultsExistError,
+    chip_instances,
+    load_rows,
+    planned_rows,
+    run_comparison,
+    write_results,
+)
 from .stats import mean_std_ci, summarize_rows
 
 __all__ = [

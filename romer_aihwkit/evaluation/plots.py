@@ -36,19 +36,12 @@ def _pyplot():
 
 def _save(fig, path: Path) -> Path:
     """Save ``fig`` to ``path`` atomically and close it."""
-    import tempfile
+    from ..atomic import atomic_write
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     finally:
         _pyplot().close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def _slug(text: str) -> str:

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .runner import _atomic_write_text
+from ..atomic import atomic_write_text
 
 __all__ = ["package_versions", "print_summary", "render_report", "write_report", "group_summary"]
 
@@ -210,7 +210,7 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike,
     """Write ``out_dir/report.md`` atomically; returns its path."""
     out_dir = Path(out_dir)
     path = out_dir / REPORT_FILE
-    _atomic_write_text(path, render_report(results, plots=plots, base_dir=out_dir))
+    atomic_write_text(path, render_report(results, plots=plots, base_dir=out_dir))
     return path
 
 

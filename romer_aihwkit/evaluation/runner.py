@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write_text
 from .stats import summarize_rows
 
 __all__ = ["CompareSettings", "ResultsExistError", "chip_instances", "load_rows", "planned_rows", "run_comparison", "write_results"]
@@ -70,18 +70,6 @@ class CompareSettings:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def load_rows(out_dir: Path) -> list[dict[str, Any]]:
     """Finished rows of every process (``rows*.jsonl``); a torn last line from a kill is ignored."""
     rows = []
@@ -113,11 +101,11 @@ def write_results(out_dir: Path, settings: dict[str, Any], rows: list[dict[str, 
     rows = sorted({_row_key(r): r for r in rows}.values(), key=_row_key)
     results = {"settings": settings, "rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
                "summary": _in_settings_order(summarize_rows(rows), settings)}
-    _atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, default=str))
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, default=str))
     columns = ["model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
                "router_fidelity", "load_entropy", "replaced_experts", "seconds"]
     lines = [",".join(columns)] + [",".join(_csv(r.get(c)) for c in columns) for r in rows]
-    _atomic_write_text(out_dir / "results.csv", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "results.csv", "\n".join(lines) + "\n")
     return results
 
 
@@ -234,7 +222,7 @@ def run_comparison(
         if not resume:
             for p in out_dir.glob("rows*.jsonl"):
                 p.unlink()
-        _atomic_write_text(_settings_file(out_dir), json.dumps({"fingerprint": settings.fingerprint(), **asdict(settings)}, indent=2))
+        atomic_write_text(_settings_file(out_dir), json.dumps({"fingerprint": settings.fingerprint(), **asdict(settings)}, indent=2))
     ctx.wait_for_everyone()  # rank 0 has checked (and possibly cleared) the folder
     done = {_row_key(r) for r in load_rows(out_dir)}
     row_path = out_dir / (ROW_FILE if ctx.world_size == 1 else f"rows.rank{ctx.rank}.jsonl")

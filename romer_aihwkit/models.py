@@ -1,0 +1,95 @@
+"""Loading models: the small MoE LMs bundled with the package, local folders and hub ids.
+
+Bundled models live in ``romer_aihwkit/bundled/models/<name>/`` (``save_pretrained`` output in
+fp16/bf16 safetensors + tokenizer files + ``training.json``); they are trained by
+``scripts/train_tiny_moe.py`` on the bundled Shakespeare corpus. Weights are loaded as float32
+by default, which is what the analog simulation expects.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+MODELS_DIR = BUNDLED_DIR / "models"
+TOKENIZER_DIR = BUNDLED_DIR / "tokenizer"
+
+
+def list_bundled_models() -> list[str]:
+    """Names of the bundled models (folders with a config.json under bundled/models)."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def bundled_model_path(name: str) -> Path:
+    """Folder of bundled model ``name``; ``ValueError`` listing the names if unknown."""
+    names = list_bundled_models()
+    if name not in names:
+        raise ValueError(f"unknown bundled model {name!r}; bundled models: {', '.join(names) or '(none)'}")
+    return MODELS_DIR / name
+
+
+def bundled_tokenizer():
+    """The bundled byte-level BPE tokenizer (vocab 4096, ``<|endoftext|>`` as bos/eos/pad)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
+
+
+def _load_from_folder(path: Path, dtype, device_map, trust_remote_code, device=None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+        local_files_only=True,
+    )
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        tok = None
+    if device is not None and device_map is None:
+        model = model.to(device)
+    model.eval()
+    return model, tok
+
+
+def load_bundled_model(name: str, dtype: torch.dtype = torch.float32, device: Any = None):
+    """Load bundled model ``name`` -> ``(model, tokenizer)``, weights in ``dtype`` (float32 default)."""
+    return _load_from_folder(bundled_model_path(name), dtype, None, False, device=device)
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, device_map: Any = None,
+               trust_remote_code: bool = False):
+    """Load a causal LM and its tokenizer -> ``(model, tokenizer)``.
+
+    ``name_or_path`` is a bundled model name (see :func:`list_bundled_models`), a local folder
+    (loaded offline) or a Hugging Face hub id (``from_pretrained``; needs the hub or its cache).
+    """
+    s = str(name_or_path)
+    if s in list_bundled_models():
+        return _load_from_folder(MODELS_DIR / s, dtype, device_map, trust_remote_code)
+    path = Path(s).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{str(path)!r} exists but has no config.json: not a model folder")
+        return _load_from_folder(path, dtype, device_map, trust_remote_code)
+    if s.startswith((".", "/", "~")) or os.sep in s.strip("/").replace("/", "", 1):
+        raise FileNotFoundError(f"model folder not found: {s!r}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(s, dtype=dtype, device_map=device_map,
+                                                     trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(s, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise OSError(
+            f"could not load {s!r}: it is not a bundled model ({', '.join(list_bundled_models())}) nor a "
+            "local folder, and loading it from the Hugging Face hub failed (offline, or no cached copy). "
+            "Download the checkpoint elsewhere and pass its local folder instead."
+        ) from e
+    model.eval()
+    return model, tok

@@ -4,11 +4,11 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 import romer_aihwkit as ra
 from romer_aihwkit.analog import fast
 from romer_aihwkit.analog.matrix import AnalogMatrix
-from tiny_models import tiny_model
 
 SPLIT = dict(max_input_size=16, max_output_size=16)
 CASES = [

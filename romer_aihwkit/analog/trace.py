@@ -25,7 +25,7 @@ __all__ = ["RouterEvent", "trace_routing", "find_routers"]
 class RouterEvent:
     """What one MoE layer's router did on one forward."""
 
-    router: "AnalogRouter"
+    router: AnalogRouter
     hidden: torch.Tensor
     """``[T, H]`` router input (the MoE block's hidden states)."""
     noisy_logits: torch.Tensor
@@ -65,7 +65,7 @@ class RouterEvent:
 Observer = Callable[[RouterEvent], None]
 
 
-def find_routers(model: nn.Module) -> list["AnalogRouter"]:
+def find_routers(model: nn.Module) -> list[AnalogRouter]:
     """The analog routers of a converted model, in layer order."""
     from .router import AnalogRouter
 
@@ -73,7 +73,7 @@ def find_routers(model: nn.Module) -> list["AnalogRouter"]:
 
 
 @contextmanager
-def trace_routing(model: nn.Module, observer: Observer) -> Iterator[list["AnalogRouter"]]:
+def trace_routing(model: nn.Module, observer: Observer) -> Iterator[list[AnalogRouter]]:
     """Call ``observer(event)`` for every router forward inside the ``with`` block."""
     routers = find_routers(model)
     if not routers:

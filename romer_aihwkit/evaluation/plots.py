@@ -26,9 +26,7 @@ __all__ = ["plot_layer_loads", "plot_ppl_by_method", "plot_ppl_vs_drift", "write
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
+    # No backend is forced: headless runs get Agg automatically, and a notebook keeps inline display.
     import matplotlib.pyplot as plt
 
     return plt

@@ -15,7 +15,7 @@ from .experts import AnalogExperts
 from .matrix import AnalogMatrix, DigitalMatrix, WeightMatrix
 from .router import AnalogRouter
 from .state_io import digital_state_dict, load_analog_state, save_analog_state
-from .trace import RouterEvent, find_routers, trace_routing
+from .trace import RouterEvent, experts_of, find_routers, trace_routing
 
 __all__ = [
     "AnalogExperts",
@@ -35,6 +35,7 @@ __all__ = [
     "drift_analog_weights",
     "load_analog_state",
     "save_analog_state",
+    "experts_of",
     "find_routers",
     "program_analog_weights",
     "trace_routing",

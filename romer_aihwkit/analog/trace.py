@@ -18,7 +18,7 @@ from torch import nn
 if TYPE_CHECKING:
     from .router import AnalogRouter
 
-__all__ = ["RouterEvent", "trace_routing", "find_routers"]
+__all__ = ["RouterEvent", "experts_of", "find_routers", "trace_routing"]
 
 
 @dataclass
@@ -70,6 +70,17 @@ def find_routers(model: nn.Module) -> list[AnalogRouter]:
     from .router import AnalogRouter
 
     return [m for m in model.modules() if isinstance(m, AnalogRouter)]
+
+
+def experts_of(model: nn.Module, router: AnalogRouter):
+    """The :class:`~romer_aihwkit.analog.experts.AnalogExperts` routed by ``router``."""
+    from .experts import AnalogExperts
+
+    block = model.get_submodule(router.name) if router.name else model
+    found = [m for m in block.modules() if isinstance(m, AnalogExperts)]
+    if len(found) != 1:
+        raise RuntimeError(f"cannot find the experts of MoE block {router.name!r}")
+    return found[0]
 
 
 @contextmanager

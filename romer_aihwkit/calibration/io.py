@@ -11,7 +11,7 @@ from torch import nn
 
 from ..analog.convert import analog_state
 from ..analog.experts import AnalogExperts
-from ..analog.trace import find_routers
+from ..analog.trace import experts_of, find_routers
 from ..atomic import atomic_write, atomic_write_text
 
 __all__ = ["save_calibration", "load_calibration"]
@@ -27,11 +27,7 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def _experts_by_block(model: nn.Module) -> dict[str, AnalogExperts]:
-    out = {}
-    for router in find_routers(model):
-        block = model.get_submodule(router.name) if router.name else model
-        out[router.name] = next(m for m in block.modules() if isinstance(m, AnalogExperts))
-    return out
+    return {router.name: experts_of(model, router) for router in find_routers(model)}
 
 
 def save_calibration(model: nn.Module, path: str | os.PathLike) -> tuple[Path, Path]:

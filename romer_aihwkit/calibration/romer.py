@@ -10,7 +10,7 @@ from torch import nn
 
 from ..adapters.routing import route
 from ..analog.experts import REPLICA_MODES, AnalogExperts
-from ..analog.trace import RouterEvent
+from ..analog.trace import RouterEvent, experts_of
 from .base import CalibrationCallback
 from .reservoir import RowReservoir
 
@@ -172,7 +172,7 @@ class Romer(CalibrationCallback):
 
             pairs: list[tuple[int, int]] = []
             if self.replacement != "none":
-                experts = _experts_of(model, router)
+                experts = experts_of(model, router)
                 pairs = self._pairs(normalized_load, router, [m.is_analog for m in experts.gate_up])
                 for cold, hot in pairs:
                     experts.set_replica(hot, cold)
@@ -232,12 +232,3 @@ def reset_replacements(model: nn.Module) -> None:
                 matrix.program(state.seed)
                 if state.t_inference:
                     matrix.drift(state.t_inference, state.seed)
-
-
-def _experts_of(model: nn.Module, router) -> AnalogExperts:
-    block_name = router.name
-    block = model.get_submodule(block_name) if block_name else model
-    experts = [m for m in block.modules() if isinstance(m, AnalogExperts)]
-    if len(experts) != 1:
-        raise RuntimeError(f"cannot find the experts of MoE block {block_name!r}")
-    return experts[0]

@@ -122,7 +122,7 @@ def _delta_vs_none(entries: list[dict[str, Any]], entry: dict[str, Any]) -> str:
 
 
 TABLE_HEADER = ["method", "ppl ± CI95", "ppl std", "Δppl", "load_cv ± CI95", "max_load_ratio ± CI95",
-                "router_fidelity ± CI95", "replaced", "n"]
+                "tile max load", "router_fidelity ± CI95", "replaced", "n"]
 
 
 def _table_rows(results: dict[str, Any], key: tuple, entries: list[dict[str, Any]]) -> list[list[str]]:
@@ -137,6 +137,7 @@ def _table_rows(results: dict[str, Any], key: tuple, entries: list[dict[str, Any
             _delta_vs_none(entries, e),
             _fmt_pm(e.get("load_cv"), e.get("load_cv_ci95")),
             _fmt_pm(e.get("max_load_ratio"), e.get("max_load_ratio_ci95")),
+            _fmt(e.get("tile_max_load_ratio")),
             _fmt_pm(e.get("router_fidelity"), e.get("router_fidelity_ci95")),
             _fmt(replaced, 1) if replaced is not None and replaced > 0 else "–",
             str(e.get("n", len(e.get("seeds", [])))),

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..analog.trace import RouterEvent, find_routers, trace_routing
+from ..analog.trace import RouterEvent, experts_of, find_routers, trace_routing
 
 __all__ = ["RoutingAccumulator", "routing_stats", "layer_metrics"]
 
@@ -31,8 +31,10 @@ def layer_metrics(counts: torch.Tensor) -> dict[str, float]:
 class RoutingAccumulator:
     """Observer that accumulates, per MoE layer, noisy and reference selection counts and top-k overlap."""
 
-    def __init__(self, routers: list) -> None:
+    def __init__(self, routers: list, replicas: list[tuple[dict[int, int], str]] | None = None) -> None:
         self.routers = routers
+        self.replicas = replicas or [({}, "average") for _ in routers]
+        """Per layer: ``({hot: cold}, mode)`` of ROMER replicas, to count what each tile computes."""
         self._index = {id(r): i for i, r in enumerate(routers)}
         self.counts = [torch.zeros(r.num_experts, dtype=torch.float64) for r in routers]
         self.reference_counts = [torch.zeros(r.num_experts, dtype=torch.float64) for r in routers]
@@ -55,9 +57,18 @@ class RoutingAccumulator:
             metrics = layer_metrics(self.counts[i])
             total = float(self.counts[i].sum()) or 1.0
             ref_total = float(self.reference_counts[i].sum()) or 1.0
+            tiles = self.counts[i].clone()
+            pairs, mode = self.replicas[i]
+            for hot, cold in pairs.items():
+                moved = self.counts[i][hot] / 2 if mode == "split" else self.counts[i][hot]
+                tiles[cold] += moved
+                if mode == "split":
+                    tiles[hot] -= moved
             layers.append(
                 {
                     "layer": i,
+                    "tile_load": (tiles / total).tolist(),
+                    "tile_max_load_ratio": float(tiles.max() * len(tiles) / total),
                     "name": router.name,
                     "load": (self.counts[i] / total).tolist(),
                     "reference_load": (self.reference_counts[i] / ref_total).tolist(),
@@ -67,10 +78,21 @@ class RoutingAccumulator:
                 }
             )
         out: dict[str, Any] = {"tokens": max(self.tokens) if self.tokens else 0, "layers": layers}
-        for key in ("load_cv", "max_load_ratio", "router_fidelity", "load_entropy", "reference_load_cv"):
+        for key in ("load_cv", "max_load_ratio", "tile_max_load_ratio", "router_fidelity", "load_entropy",
+                    "reference_load_cv"):
             values = [layer[key] for layer in layers]
             out[key] = sum(values) / len(values) if values else float("nan")
         return out
+
+
+def _accumulator(model: nn.Module) -> RoutingAccumulator:
+    routers = find_routers(model)
+    replicas = []
+    for router in routers:
+        experts = experts_of(model, router)
+        pairs = {h: c for h, c in enumerate(experts.replica_of.tolist()) if c >= 0}
+        replicas.append((pairs, experts.replica_mode))
+    return RoutingAccumulator(routers, replicas)
 
 
 @torch.no_grad()
@@ -82,12 +104,14 @@ def routing_stats(model: nn.Module, batches, batch_size: int = 8, progress: bool
         "reference_load_cv", "tokens"}``. Per layer: ``load`` (share of top-k slots per expert
         under the noisy, calibrated routing), ``reference_load`` (digital routing on the same hidden
         states), ``load_cv`` = std/mean of loads, ``max_load_ratio`` = max load x E,
+        ``tile_max_load_ratio`` = the same for what each *tile* computes (a ROMER replica tile takes
+        half of its hot expert's tokens in ``split`` mode, all of them in ``average`` mode),
         ``router_fidelity`` = mean |top-k(noisy) ∩ top-k(reference)| / k, ``load_entropy``
         normalised to [0, 1]. Averages are over MoE layers.
     """
     from ..calibration.base import run_batches
 
-    acc = RoutingAccumulator(find_routers(model))
+    acc = _accumulator(model)
     with trace_routing(model, acc):
         run_batches(model, batches, batch_size, progress, desc="routing stats")
     return acc.result()
@@ -98,7 +122,7 @@ def perplexity_and_routing(model: nn.Module, batches, batch_size: int = 8, progr
     """Perplexity and routing statistics from one pass over ``batches``."""
     from .perplexity import token_nll
 
-    acc = RoutingAccumulator(find_routers(model))
+    acc = _accumulator(model)
     with trace_routing(model, acc):
         nll, count = token_nll(model, batches, batch_size=batch_size, progress=progress)
     return math.exp(nll / count), acc.result()

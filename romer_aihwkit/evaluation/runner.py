@@ -103,7 +103,7 @@ def write_results(out_dir: Path, settings: dict[str, Any], rows: list[dict[str, 
                "summary": _in_settings_order(summarize_rows(rows), settings)}
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, default=str))
     columns = ["model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
-               "router_fidelity", "load_entropy", "replaced_experts", "seconds"]
+               "tile_max_load_ratio", "router_fidelity", "load_entropy", "replaced_experts", "seconds"]
     lines = [",".join(columns)] + [",".join(_csv(r.get(c)) for c in columns) for r in rows]
     atomic_write_text(out_dir / "results.csv", "\n".join(lines) + "\n")
     return results
@@ -259,6 +259,7 @@ def run_comparison(
                 "model": model_name, "device": device, "method": method_name,
                 "t_inference": t_value, "seed": seed, "ppl": ppl,
                 "load_cv": stats["load_cv"], "max_load_ratio": stats["max_load_ratio"],
+                "tile_max_load_ratio": stats["tile_max_load_ratio"],
                 "router_fidelity": stats["router_fidelity"], "load_entropy": stats["load_entropy"],
                 "replaced_experts": _replaced(report),
                 "digital_ppl": digital_ppl[model_name],

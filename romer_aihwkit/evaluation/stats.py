@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["mean_std_ci", "summarize_rows", "METRICS", "GROUP_KEYS"]
 
-METRICS = ("ppl", "load_cv", "max_load_ratio", "router_fidelity", "load_entropy")
+METRICS = ("ppl", "load_cv", "max_load_ratio", "tile_max_load_ratio", "router_fidelity", "load_entropy")
 GROUP_KEYS = ("model", "device", "method", "t_inference")
 
 

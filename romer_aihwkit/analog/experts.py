@@ -96,6 +96,11 @@ class AnalogExperts(nn.Module):
             matrices[cold].set_reference(matrices[hot].weight, matrices[hot].bias)
         self.replica_of[hot] = cold
 
+    def reprogram(self, e: int, seed: int, t_inference: float | None) -> None:
+        """Program (and drift) expert ``e``'s tiles for chip instance ``seed``, e.g. after a replica change."""
+        for matrix in (self.gate_up[e], self.down[e]):
+            matrix.program(seed, t_inference or None)
+
     def own_weights(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert ``e``'s own digital ``(gate_up, down)`` weights, even while its tiles hold a replica."""
         if e in self._displaced:

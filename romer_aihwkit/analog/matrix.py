@@ -49,8 +49,8 @@ class WeightMatrix(nn.Module):
     def in_features(self) -> int:
         return int(self.weight.shape[1])
 
-    def program(self, seed: int) -> None:  # noqa: B027 - digital matrices have nothing to program
-        """Program the matrix onto its tiles (one chip instance)."""
+    def program(self, seed: int, t_inference: float | None = None) -> None:  # noqa: B027 - nothing to program
+        """Program the matrix onto its tiles (one chip instance), and drift it when ``t_inference`` is given."""
 
     def drift(self, t_inference: float, seed: int) -> None:  # noqa: B027
         """Let the programmed conductances drift to ``t_inference`` seconds."""
@@ -140,10 +140,15 @@ class AnalogMatrix(WeightMatrix):
                 tile.drift_readout_tensor = None  # eye(in_size), re-created by AIHWKit when needed
 
     @torch.no_grad()
-    def program(self, seed: int) -> None:
-        # keep the programming state until the drift that normally follows, which releases it;
-        # releasing here would make that drift program the matrix a second time
-        self._program(seed, keep_programmed=True)
+    def program(self, seed: int, t_inference: float | None = None) -> None:
+        """Program this matrix (chip instance ``seed``); with ``t_inference``, also drift it.
+
+        Programming and drifting in one call keeps AIHWKit's programming state only while this
+        one matrix needs it (low peak memory, no re-programming at drift time).
+        """
+        self._program(seed, keep_programmed=True if t_inference is not None else _KEEP_PROGRAMMED)
+        if t_inference is not None:
+            self.drift(t_inference, seed)
 
     def _program(self, seed: int, keep_programmed: bool) -> None:
         self.analog.set_weights(self.weight.data.float())

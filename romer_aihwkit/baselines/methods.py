@@ -139,8 +139,7 @@ def apply_method(model: nn.Module, method: str | Method, seed: int, t_inference:
     from .input_range import calibrate_static_input_ranges
 
     method = get_method(method)
-    model.program_analog_weights(seed=seed)
-    model.drift_analog_weights(t_inference)
+    model.program_analog_weights(seed=seed, t_inference=t_inference)
     report: dict[str, Any] = {}
     if method.needs_calibration_data and calib_batches is None:
         raise ValueError(f"method {method.name!r} needs calibration data (calib_batches)")

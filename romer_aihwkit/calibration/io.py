@@ -113,8 +113,5 @@ def load_calibration(model: nn.Module, path: str | os.PathLike) -> dict:
         for hot, cold in enumerate(tensors[f"{i}.replica_of"].tolist()):
             if cold >= 0:
                 ex.set_replica(hot, cold)
-                for matrix in (ex.gate_up[cold], ex.down[cold]):
-                    matrix.program(state.seed)
-                    if state.t_inference:
-                        matrix.drift(state.t_inference, state.seed)
+                ex.reprogram(cold, state.seed, state.t_inference)
     return meta

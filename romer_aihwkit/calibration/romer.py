@@ -177,10 +177,7 @@ class Romer(CalibrationCallback):
                 for cold, hot in pairs:
                     experts.set_replica(hot, cold)
                     router.expert_mask[cold] = True
-                    for matrix in (experts.gate_up[cold], experts.down[cold]):
-                        matrix.program(state.seed)
-                        if state.t_inference:
-                            matrix.drift(state.t_inference, state.seed)
+                    experts.reprogram(cold, state.seed, state.t_inference)
                 experts.replica_mode = self.replacement
             _, sel_after = route(router.spec, corrected, cbias, router.expert_mask.cpu())
             after = routing_metrics(sel_after, ref_sel, e)
@@ -228,7 +225,4 @@ def reset_replacements(model: nn.Module) -> None:
         router.expert_mask.zero_()
     for experts in (m for m in model.modules() if isinstance(m, AnalogExperts)):
         for cold in experts.clear_replicas():
-            for matrix in (experts.gate_up[cold], experts.down[cold]):
-                matrix.program(state.seed)
-                if state.t_inference:
-                    matrix.drift(state.t_inference, state.seed)
+            experts.reprogram(cold, state.seed, state.t_inference)

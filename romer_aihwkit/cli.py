@@ -204,8 +204,8 @@ def _fmt_seconds(t: float) -> str:
 # Every `--model` takes a bundled model name, a local folder or a Hugging Face hub id; list-valued
 # options take comma-separated values and may be repeated (`--methods none,romer --methods global`).
 
-DEMO_METHODS = ["none", "global", "hetero", "digital-router", "romer-norm", "romer-replace", "romer"]
-"""Methods of `romer-aihwkit demo`: baselines and the ROMER ablation."""
+DEMO_METHODS = ["none", "global", "hetero", "digital-router", "romer-norm", "romer-replace", "romer", "romer-auto"]
+"""Methods of `romer-aihwkit demo`: baselines, the ROMER ablation and ROMER with held-out selection."""
 
 _T_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "day": 86400.0,
             "y": 365 * 86400.0, "year": 365 * 86400.0}
@@ -526,7 +526,7 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="2 seeds and a few short blocks: a smoke test.")] = False,
     force: ForceOpt = False,
 ) -> None:
-    """A small ROMER comparison with no arguments: bundled model and text, 7 methods, 3 chip instances.
+    """A small ROMER comparison with no arguments: bundled model and text, 8 methods, 3 chip instances.
 
     Writes results.json, results.csv, report.md and PNG plots to demo-results/ and prints the table.
     """

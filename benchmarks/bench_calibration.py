@@ -16,9 +16,8 @@ import argparse
 import statistics
 import time
 
-import torch
-
 import _common
+import torch
 
 
 def main() -> None:

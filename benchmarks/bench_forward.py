@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 
+import _common
 import torch
 from torch import nn
-
-import _common
 
 
 class NaiveExperts(nn.Module):

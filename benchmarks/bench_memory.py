@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 
+import _common
 import torch
 from torch import nn
-
-import _common
 
 
 def _tensors(obj, depth: int = 0):

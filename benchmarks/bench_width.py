@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import _common
+import torch
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--dtype-bytes", type=int, default=2, help="bytes per digital weight (2: bf16/fp16, 4: fp32)")
     args = ap.parse_args()
     b = args.dtype_bytes
-    print(f"| checkpoint | params | converted to analog | digital model | analog simulation | ratio |")
+    print("| checkpoint | params | converted to analog | digital model | analog simulation | ratio |")
     print("|---|---|---|---|---|---|")
     for name, cfg in CHECKPOINTS.items():
         n = count(cfg)

@@ -19,15 +19,13 @@ __all__ = ["Romer", "routing_metrics"]
 
 def routing_metrics(selected: torch.Tensor, reference: torch.Tensor, num_experts: int) -> dict[str, Any]:
     """Load balance and fidelity of one layer's selections ``[T, k]`` against a reference ``[T, k]``."""
-    k = selected.shape[1]
+    from ..evaluation.routing import layer_metrics
+
     counts = torch.bincount(selected.reshape(-1), minlength=num_experts).double()
-    load = counts / counts.sum()
-    mean = load.mean()
-    overlap = (selected.unsqueeze(-1) == reference.unsqueeze(-2)).any(-1).sum(-1).double() / k
+    overlap = (selected.unsqueeze(-1) == reference.unsqueeze(-2)).any(-1).sum(-1).double() / selected.shape[1]
     return {
-        "load": load.tolist(),
-        "load_cv": float(load.std(unbiased=False) / mean),
-        "max_load_ratio": float(load.max() * num_experts),
+        "load": (counts / counts.sum()).tolist(),
+        **layer_metrics(counts),
         "router_fidelity": float(overlap.mean()),
     }
 
@@ -155,7 +153,7 @@ class Romer(CalibrationCallback):
             cbias = None if router.e_score_correction_bias is None else router.e_score_correction_bias.cpu()
             stats = self._before[i]
             before_load = stats["counts"] / stats["counts"].sum()
-            ref_weights, ref_sel = route(router.spec, reference, cbias)
+            _, ref_sel = route(router.spec, reference, cbias)
             before = routing_metrics(route(router.spec, noisy, cbias)[1], ref_sel, e)
             before["router_fidelity_stream"] = float(stats["overlap"] / stats["tokens"])
             before["load"] = before_load.tolist()

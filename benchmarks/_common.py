@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +13,6 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tiny_models for the fallback
 
 
 def machine() -> dict:
@@ -28,39 +26,14 @@ def machine() -> dict:
     }
 
 
-def load_models(names: list[str] | None, dtype=torch.float32):
-    """``[(name, factory)]``; each factory returns a fresh ``(model, tokenizer or None)``.
-
-    Bundled models when there are any; otherwise tiny random models from tests/tiny_models.py
-    scaled up to hidden 128, 8 experts, 4 layers (and the returned note says so).
-    """
+def models_and_device(names: list[str] | None, device: str, dtype=torch.float32):
+    """``([(name, factory)], device_config)``; each factory returns a fresh ``(model, tokenizer)``
+    of a bundled model (all of them when ``names`` is empty)."""
     import romer_aihwkit as ra
 
-    bundled = ra.list_bundled_models()
-    if bundled:
-        chosen = names or bundled
-        return [(n, (lambda n=n: ra.load_bundled_model(n, dtype=dtype))) for n in chosen], None
-
-    def scaled(family: str):
-        import tiny_models
-
-        common = dict(tiny_models.COMMON, hidden_size=128, num_hidden_layers=4, vocab_size=4096,
-                      max_position_embeddings=512)
-        old = tiny_models.COMMON
-        tiny_models.COMMON = common
-        try:
-            from transformers import OlmoeConfig, OlmoeForCausalLM
-
-            torch.manual_seed(0)
-            model = OlmoeForCausalLM(OlmoeConfig(**common, intermediate_size=128, num_experts=8,
-                                                 num_experts_per_tok=2)).eval().to(dtype)
-        finally:
-            tiny_models.COMMON = old
-        return model, None
-
-    note = ("no bundled models found: using a random OlmoeForCausalLM (hidden 128, 8 experts, "
-            "4 layers) from tests/tiny_models.py settings instead")
-    return [("olmoe-random-128", lambda: scaled("olmoe"))], note
+    chosen = names or ra.list_bundled_models()
+    models = [(n, (lambda n=n: ra.load_bundled_model(n, dtype=dtype))) for n in chosen]
+    return models, ra.load_device_config(device)
 
 
 def tokens_for(tokenizer, n_blocks: int, seq_len: int, vocab: int) -> torch.Tensor:

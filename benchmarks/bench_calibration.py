@@ -36,10 +36,7 @@ def main() -> None:
     import romer_aihwkit as ra
     from romer_aihwkit.calibration.base import run_batches
 
-    models, note = _common.load_models(args.models)
-    if note:
-        print(note)
-    cfg = ra.load_device_config(args.device)
+    models, cfg = _common.models_and_device(args.models, args.device)
     rows, results = [], []
     for name, factory in models:
         model, tok = factory()
@@ -82,7 +79,7 @@ def main() -> None:
          f"reservoir KiB at 1x/4x/16x tokens (capacity {args.capacity})"],
         rows,
     )
-    path = _common.write_json(args.out, {"settings": vars(args), "note": note, "machine": _common.machine(), "results": results})
+    path = _common.write_json(args.out, {"settings": vars(args), "machine": _common.machine(), "results": results})
     print(f"wrote {path}")
 
 

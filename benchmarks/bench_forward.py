@@ -76,10 +76,7 @@ def main() -> None:
     from romer_aihwkit.analog import AnalogExperts
     from romer_aihwkit.analog.fast import fast_forward
 
-    models, note = _common.load_models(args.models)
-    if note:
-        print(note)
-    cfg = ra.load_device_config(args.device)
+    models, cfg = _common.models_and_device(args.models, args.device)
     rows, results = [], []
     for name, factory in models:
         digital, tok = factory()
@@ -152,7 +149,7 @@ def main() -> None:
          "fast/aihwkit", "experts ours/naive"],
         rows,
     )
-    path = _common.write_json(args.out, {"settings": vars(args), "note": note, "machine": _common.machine(), "results": results})
+    path = _common.write_json(args.out, {"settings": vars(args), "machine": _common.machine(), "results": results})
     print(f"wrote {path}")
 
 

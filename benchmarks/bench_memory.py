@@ -66,10 +66,7 @@ def main() -> None:
     import romer_aihwkit as ra
     from romer_aihwkit.analog.matrix import AnalogMatrix, set_keep_programming_state
 
-    models, note = _common.load_models(args.models)
-    if note:
-        print(note)
-    cfg = ra.load_device_config(args.device)
+    models, cfg = _common.models_and_device(args.models, args.device)
     rows, results = [], []
     for name, factory in models:
         digital, _ = factory()
@@ -115,7 +112,7 @@ def main() -> None:
          "B per analog weight", "per analog weight vs digital"],
         rows,
     )
-    path = _common.write_json(args.out, {"settings": vars(args), "note": note, "method": __doc__.split("Method: ")[1].split("\n\n")[0],
+    path = _common.write_json(args.out, {"settings": vars(args), "method": __doc__.split("Method: ")[1].split("\n\n")[0],
                                          "machine": _common.machine(), "results": results})
     print(f"wrote {path}")
 

@@ -71,3 +71,28 @@ def test_methods_need_calibration_data_when_they_calibrate():
     model = prepare_model(tiny_model("olmoe"), "pcm", "romer")
     with pytest.raises(ValueError, match="calibration data"):
         apply_method(model, "romer", seed=0, t_inference=3600.0)
+
+
+@pytest.mark.parametrize("method", ["clip", "remap-layer", "per-column", "romer-split"])
+def test_every_method_runs_on_a_chip_instance(method):
+    from romer_aihwkit.evaluation import perplexity_and_routing
+
+    model = prepare_model(tiny_model("olmoe"), "pcm", method)
+    calib = torch.randint(3, 90, (4, 16), generator=torch.Generator().manual_seed(1))
+    apply_method(model, method, seed=0, t_inference=3600.0, calib_batches=calib)
+    ppl, stats = perplexity_and_routing(model, calib, progress=False)
+    assert ppl == ppl and ppl < 1e4 and 0.0 < stats["router_fidelity"] <= 1.0
+
+
+def test_clip_method_clips_weights_before_programming():
+    from romer_aihwkit.analog.matrix import AnalogMatrix
+
+    model = prepare_model(tiny_model("olmoe"), "ideal", get_method("clip"))
+    model.program_analog_weights(seed=0)
+    matrix = next(m for m in model.modules() if isinstance(m, AnalogMatrix) and m.role == "expert")
+    programmed = next(iter(matrix.analog.analog_tiles())).tile.weight.detach()
+    reference = matrix.weight.detach().float()
+    # ideal device (no programming noise, no remapping): the tile holds AIHWKit's 2.5-sigma clip
+    alpha = reference.std() * 2.5
+    assert (reference.abs() > alpha).any()
+    assert torch.allclose(programmed, reference.clamp(-alpha, alpha), atol=1e-7)

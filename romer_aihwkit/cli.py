@@ -322,21 +322,9 @@ def _load_model(name: str):
 
 
 def _already_done(out_dir: Any, settings: Any, keys: set[tuple], resume: bool) -> int:
-    import json as _json
+    from romer_aihwkit.evaluation.runner import finished_rows
 
-    from romer_aihwkit.evaluation.runner import load_rows
-
-    path = out_dir / "settings.json"
-    if not resume or not path.is_file():
-        return 0
-    try:
-        if _json.loads(path.read_text()).get("fingerprint") != settings.fingerprint():
-            return 0
-    except (ValueError, OSError):
-        return 0
-    done = {(r["model"], r["device"], r["method"], float(r["t_inference"]), int(r["seed"]))
-            for r in load_rows(out_dir)}
-    return len(done & keys)
+    return len(finished_rows(out_dir, settings) & keys) if resume else 0
 
 
 def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output: bool) -> dict[str, Any]:

@@ -112,7 +112,6 @@ class AnalogMatrix(WeightMatrix):
         self.t_inference: float | None = None
         self._fast_plan = None
         self._seed: int | None = None
-        self._needs_reprogram = False
 
     def _tiles(self):
         return list(self.analog.analog_tiles())
@@ -174,7 +173,6 @@ class AnalogMatrix(WeightMatrix):
         self.t_inference = 0.0
         self._seed = int(seed)
         self._release(keep_programmed=keep_programmed)
-        self._needs_reprogram = not keep_programmed
         self._fast_plan = None
 
     @torch.no_grad()
@@ -184,7 +182,7 @@ class AnalogMatrix(WeightMatrix):
                 f"matrix {self.matrix_name or self.role!r} is not programmed: call "
                 "program_analog_weights(seed=...) before drift_analog_weights(...)"
             )
-        if self._needs_reprogram or any(t.programmed_weights is None for t in self._tiles()):
+        if any(t.programmed_weights is None for t in self._tiles()):
             # the programming state was released (or loaded without it): re-program this chip
             # instance from its seed -- bit-identical programming noise and drift coefficients
             self._program(seed, keep_programmed=True)
@@ -194,7 +192,6 @@ class AnalogMatrix(WeightMatrix):
             self.analog.drift_analog_weights(float(t_inference))
         self.t_inference = float(t_inference)
         self._release(keep_programmed=_KEEP_PROGRAMMED)
-        self._needs_reprogram = not _KEEP_PROGRAMMED
         self._fast_plan = None
 
     def set_reference(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
@@ -204,7 +201,6 @@ class AnalogMatrix(WeightMatrix):
             tile.reference_combined_weights = None
             tile.programmed_weights = None
         self.programmed = False
-        self._needs_reprogram = False
         self._fast_plan = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

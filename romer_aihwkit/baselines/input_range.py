@@ -36,6 +36,6 @@ def calibrate_static_input_ranges(model: nn.Module, calib_batches, batch_size: i
     with torch.no_grad():
         calibrate_input_ranges(view, InputRangeCalibrationType.CACHE_QUANTILE, iter(batches), quantile=quantile)
     for m in model.modules():
-        if isinstance(m, AnalogMatrix) and hasattr(m, "invalidate_cache"):
+        if isinstance(m, AnalogMatrix):
             m.invalidate_cache()  # the fast forward caches tile settings
     return sum(1 for _ in view.named_analog_tiles())

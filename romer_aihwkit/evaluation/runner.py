@@ -17,7 +17,7 @@ import torch
 from ..atomic import atomic_write_text
 from .stats import summarize_rows
 
-__all__ = ["CompareSettings", "ResultsExistError", "chip_instances", "load_rows", "planned_rows", "run_comparison", "write_results"]
+__all__ = ["CompareSettings", "ResultsExistError", "chip_instances", "finished_rows", "load_rows", "planned_rows", "run_comparison", "write_results"]
 
 ROW_FILE = "rows.jsonl"
 
@@ -152,6 +152,17 @@ def _check_out_dir(out_dir: Path, settings: CompareSettings, force: bool) -> Non
         f"{out_dir} holds results of a different configuration (models/devices/texts/drift times differ); "
         "pass --force to overwrite them or choose another --out folder"
     )
+
+
+def finished_rows(out_dir: Path, settings: CompareSettings) -> set[tuple]:
+    """Keys of the rows already in ``out_dir`` for this configuration (empty for another one)."""
+    path = _settings_file(out_dir)
+    try:
+        if not path.is_file() or json.loads(path.read_text()).get("fingerprint") != settings.fingerprint():
+            return set()
+    except (ValueError, OSError):
+        return set()
+    return {_row_key(r) for r in load_rows(out_dir)}
 
 
 def chip_instances(settings: CompareSettings) -> list[tuple[str, str, float, int]]:

@@ -1,19 +1,34 @@
 """Project exception types.
 
-Errors caused by what the user passed (a bad file, an unknown name, an invalid setting) derive from
-:class:`UserError`. The command line turns them into one red line on stderr and exit code 2 (see
-:func:`romer_aihwkit.cli.handle_user_errors`); anything else is a bug and keeps its traceback.
+Errors caused by what the user passed (a bad file, an unknown name, an invalid setting, a saved
+artifact that belongs to something else) derive from :class:`UserError`. The command line turns
+them into one red line on stderr and exit code 2 (see :func:`romer_aihwkit.cli.handle_user_errors`);
+anything else is a bug and keeps its traceback. Every subclass here is also a ``ValueError``, so
+code that caught ``ValueError`` before keeps working.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["DeviceConfigError", "UserError"]
+__all__ = [
+    "ArtifactError",
+    "DeviceConfigError",
+    "FingerprintMismatchError",
+    "InputError",
+    "ResultsFolderError",
+    "UnsafeFileError",
+    "UserError",
+]
 
 
 class UserError(Exception):
     """An error in the user's input; its message says what is wrong and how to fix it."""
+
+
+class InputError(UserError, ValueError):
+    """An invalid option value, argument, text source or token batch (the message names it)."""
 
 
 class DeviceConfigError(UserError, ValueError):
@@ -39,3 +54,46 @@ class DeviceConfigError(UserError, ValueError):
     def with_path(self, path: str | Path) -> DeviceConfigError:
         """Return the same error attributed to ``path`` (the file it was read from)."""
         return DeviceConfigError(self.message, field=self.field, path=path)
+
+
+class ArtifactError(UserError, ValueError):
+    """A saved file (calibration, chip state, results, settings) that is missing a part, truncated,
+    corrupted or of another format. The message starts with the file's path.
+
+    Args:
+        path: The file.
+        message: What is wrong with it.
+    """
+
+    def __init__(self, path: str | Path, message: str):
+        self.path = str(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}")
+
+
+class FingerprintMismatchError(ArtifactError):
+    """A saved artifact belongs to another model, device config or chip instance.
+
+    Args:
+        path: The artifact file.
+        differences: ``(field, saved value, current value)`` for every differing field.
+    """
+
+    def __init__(self, path: str | Path, differences: Iterable[tuple[str, object, object]]):
+        self.differences = list(differences)
+        parts = "; ".join(f"{name}: saved {_short(saved)}, now {_short(now)}" for name, saved, now in self.differences)
+        super().__init__(path, f"belongs to a different model or chip instance ({parts}); it was not loaded")
+
+
+class ResultsFolderError(UserError, ValueError):
+    """A results folder (``--out``) that cannot be used as asked: locked by another run, holding
+    results of other inputs, or damaged. The message names the folder or file and the way out."""
+
+
+class UnsafeFileError(UserError, ValueError):
+    """A file this package refuses to load because loading it could run code (a pickle)."""
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

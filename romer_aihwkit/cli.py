@@ -162,13 +162,16 @@ def devices_show(
 
 
 def _show_device(name_or_path: str, json_output: bool) -> None:
-    from romer_aihwkit.devices import load_device_config
+    from romer_aihwkit.devices import FIELD_RANGES, load_device_config
 
     cfg = load_device_config(name_or_path)
     modelled = cfg.modelled_nonidealities()
     unmodelled = cfg.unmodelled_nonidealities()
+    deviations = cfg.aihwkit_deviations()
+    ranges = {k: {"min": lo, "max": hi, "unit": unit} for k, (lo, hi, unit) in FIELD_RANGES.items()}
     if json_output:
-        out = {"config": cfg.to_dict(), "modelled": modelled, "not_modelled": unmodelled}
+        out = {"config": cfg.to_dict(), "modelled": modelled, "not_modelled": unmodelled,
+               "aihwkit_deviations": deviations, "ranges": ranges}
         typer.echo(json.dumps(out, indent=2))
         return
 
@@ -179,10 +182,14 @@ def _show_device(name_or_path: str, json_output: bool) -> None:
     table = Table(title=f"Device config {cfg.name}", show_header=True)
     table.add_column("field", no_wrap=True, style="bold")
     table.add_column("value")
+    table.add_column("valid range", style="dim")
     for key, value in cfg.to_dict().items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
-        table.add_row(key, escape("null" if value is None else str(value)))
+            valid = "; ".join(_fmt_range(f"{key}.{k}") for k in cfg.to_dict()[key] if f"{key}.{k}" in FIELD_RANGES)
+        else:
+            valid = _fmt_range(key)
+        table.add_row(key, escape("null" if value is None else str(value)), escape(valid))
     console.print(table)
     console.print("[bold]Modelled:[/bold]")
     for item in modelled or ["nothing (ideal)"]:
@@ -190,6 +197,21 @@ def _show_device(name_or_path: str, json_output: bool) -> None:
     console.print("[bold]Not modelled:[/bold]")
     for item in unmodelled:
         console.print(f"  - {escape(item)}")
+    console.print("[bold]Deviations from AIHWKit's defaults:[/bold]")
+    for item in deviations or ["none"]:
+        console.print(f"  ! {escape(item)}")
+
+
+def _fmt_range(key: str) -> str:
+    from romer_aihwkit.devices import FIELD_CHOICES, FIELD_RANGES
+
+    if key in FIELD_CHOICES:
+        return " | ".join(FIELD_CHOICES[key])
+    if key not in FIELD_RANGES:
+        return ""
+    lo, hi, unit = FIELD_RANGES[key]
+    name = key.split(".")[-1] + ": " if "." in key else ""
+    return f"{name}{lo:g} .. {hi:g} {unit}"
 
 
 def _fmt_seconds(t: float) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from romer_aihwkit.errors import DeviceConfigError
+from romer_aihwkit.errors import DeviceConfigError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from aihwkit.inference.noise.base import BaseNoiseModel
@@ -37,7 +37,11 @@ __all__ = [
     "PRESET_DIR",
     "DeviceConfig",
     "DeviceConfigError",
+    "FIELD_CHOICES",
+    "FIELD_RANGES",
     "InputRangeConfig",
+    "MAX_YAML_BYTES",
+    "MAX_YAML_DEPTH",
     "list_device_configs",
     "load_device_config",
 ]
@@ -67,8 +71,54 @@ WAN2022_T_INFERENCE: tuple[float, ...] = (1.0, 86400.0, 172800.0)
 # Models that have their own accumulated read-noise / drift terms with a scale knob.
 _HAS_READ_AND_DRIFT_SCALE = ("pcm", "hermes-pcm", "rram-cmo")
 _HERMES_G_MAX = 20.7  # uS, largest characterised value for 2 devices per weight (AIHWKit)
+_AIHWKIT_G_MAX = {"pcm": 25.0, "hermes-pcm": 20.7, "rram-wan2022": 25.0, "rram-cmo": 88.2, "gaussian": 25.0}
+"""g_max (uS) each AIHWKit noise model uses when given none (aihwkit 1.1)."""
 _CMO_G_MIN = 9.0  # uS, SingleDeviceConductanceConverter default used by ReRamCMONoiseModel
 _BITS_RANGE = (2, 24)
+_TEN_YEARS = 10 * 365 * 86400.0
+
+FIELD_RANGES: dict[str, tuple[float, float, str]] = {
+    "noise_level": (0.0, 1.0, "fraction of g_max"),
+    "g_max": (1.0, 1000.0, "uS"),
+    "prog_noise_scale": (0.0, 10.0, "x the model's noise"),
+    "read_noise_scale": (0.0, 10.0, "x the model's noise"),
+    "drift_scale": (0.0, 10.0, "x the model's drift"),
+    "dac_bits": (float(_BITS_RANGE[0]), float(_BITS_RANGE[1]), "bits"),
+    "adc_bits": (float(_BITS_RANGE[0]), float(_BITS_RANGE[1]), "bits"),
+    "inp_bound": (1e-3, 100.0, "normalised input"),
+    "out_bound": (1e-3, 1000.0, "normalised output"),
+    "out_noise": (0.0, 1.0, "normalised output"),
+    "max_input_size": (0.0, 65536.0, "rows, 0 = no limit"),
+    "max_output_size": (0.0, 65536.0, "columns, 0 = no limit"),
+    "weight_clip_value": (1e-3, 100.0, "|w| or std"),
+    "t_inference": (0.0, _TEN_YEARS, "s (10 years)"),
+    "allowed_t_inference": (0.0, _TEN_YEARS, "s, each entry"),
+    "input_range.init_value": (1e-3, 100.0, "layer input units"),
+    "input_range.init_from_data": (0.0, 1e6, "batches"),
+    "input_range.init_std_alpha": (1e-3, 100.0, "std"),
+}
+"""Physical range ``(low, high, unit)`` of every numeric field, inclusive; ``devices show`` prints them.
+The ranges are wide enough for any real device and narrow enough that no value in them overflows
+AIHWKit's noise models (e.g. a ``prog_noise_scale`` of 1e308 would)."""
+
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "noise_model": tuple(NOISE_MODELS),
+    "drift_compensation": DRIFT_COMPENSATIONS,
+    "weight_remap": WEIGHT_REMAPS,
+    "weight_clip": WEIGHT_CLIPS,
+    "noise_management": NOISE_MANAGEMENTS,
+    "bound_management": BOUND_MANAGEMENTS,
+}
+"""The accepted values of every choice field."""
+
+MAX_YAML_BYTES = 64 * 1024
+"""Largest device-config YAML file read (a full config is about 2 KiB)."""
+
+MAX_YAML_DEPTH = 4
+"""Deepest nesting of mappings/lists accepted in a device-config YAML (a config needs 2)."""
+
+MAX_EXTENDS_CHAIN = 8
+"""Longest chain of ``extends:`` files."""
 
 
 def _bits_to_res(bits: int | None) -> float:
@@ -104,9 +154,9 @@ class InputRangeConfig:
     def __post_init__(self) -> None:
         _check_bool(self, "enable", "input_range.enable")
         _check_bool(self, "learn_input_range", "input_range.learn_input_range")
-        _check_number(self, "init_value", "input_range.init_value", positive=True)
-        _check_int(self, "init_from_data", "input_range.init_from_data", minimum=0)
-        _check_number(self, "init_std_alpha", "input_range.init_std_alpha", positive=True)
+        _check_number(self, "init_value", "input_range.init_value")
+        _check_int(self, "init_from_data", "input_range.init_from_data")
+        _check_number(self, "init_std_alpha", "input_range.init_std_alpha")
 
     @classmethod
     def from_value(cls, value: Any) -> InputRangeConfig:
@@ -120,10 +170,10 @@ class InputRangeConfig:
                 f"must be a mapping of {_field_names(cls)}, got {type(value).__name__}",
                 field="input_range",
             )
-        unknown = sorted(set(value) - set(_field_names(cls)))
+        unknown = sorted(str(k) for k in set(value) - set(_field_names(cls)))
         if unknown:
             raise DeviceConfigError(
-                f"unknown key(s) {unknown}; known: {_field_names(cls)}", field="input_range"
+                f"unknown key(s) {_quote(unknown)}; known: {_field_names(cls)}", field="input_range"
             )
         return cls(**value)
 
@@ -240,25 +290,17 @@ class DeviceConfig:
                 raise DeviceConfigError(f"must be a string, got {_show(value)}", field=name)
         if not self.name.strip():
             raise DeviceConfigError("must not be empty", field="name")
-        _check_choice(self, "noise_model", tuple(NOISE_MODELS))
-        _check_choice(self, "drift_compensation", DRIFT_COMPENSATIONS)
-        _check_choice(self, "weight_remap", WEIGHT_REMAPS)
-        _check_choice(self, "weight_clip", WEIGHT_CLIPS)
-        _check_choice(self, "noise_management", NOISE_MANAGEMENTS)
-        _check_choice(self, "bound_management", BOUND_MANAGEMENTS)
+        for name, choices in FIELD_CHOICES.items():
+            _check_choice(self, name, choices)
 
-        _check_number(self, "noise_level", optional=True, minimum=0.0)
-        _check_number(self, "g_max", optional=True, positive=True)
-        for name in ("prog_noise_scale", "read_noise_scale", "drift_scale", "out_noise"):
-            _check_number(self, name, minimum=0.0)
-        _check_number(self, "inp_bound", optional=True, positive=True)
-        _check_number(self, "out_bound", optional=True, positive=True)
-        _check_number(self, "weight_clip_value", optional=True, positive=True)
-        _check_number(self, "t_inference", minimum=0.0)
-        _check_int(self, "dac_bits", optional=True, minimum=_BITS_RANGE[0], maximum=_BITS_RANGE[1])
-        _check_int(self, "adc_bits", optional=True, minimum=_BITS_RANGE[0], maximum=_BITS_RANGE[1])
-        _check_int(self, "max_input_size", minimum=0)
-        _check_int(self, "max_output_size", minimum=0)
+        for name in ("noise_level", "g_max", "inp_bound", "out_bound", "weight_clip_value"):
+            _check_number(self, name, optional=True)
+        for name in ("prog_noise_scale", "read_noise_scale", "drift_scale", "out_noise", "t_inference"):
+            _check_number(self, name)
+        for name in ("dac_bits", "adc_bits"):
+            _check_int(self, name, optional=True)
+        for name in ("max_input_size", "max_output_size"):
+            _check_int(self, name)
 
         object.__setattr__(self, "input_range", InputRangeConfig.from_value(self.input_range))
         self._validate_allowed_t_inference()
@@ -279,11 +321,13 @@ class DeviceConfig:
             )
         values = []
         for item in allowed:
+            low, high, unit = FIELD_RANGES["allowed_t_inference"]
             if isinstance(item, bool) or not isinstance(item, (int, float)) or not (
-                math.isfinite(item) and item >= 0
+                math.isfinite(item) and low <= item <= high
             ):
                 raise DeviceConfigError(
-                    f"entries must be non-negative numbers, got {_show(item)}",
+                    f"entries must be numbers in [{low:g}, {high:g}] ({unit}), got {_show(item)}"
+                    f"{_yaml_number_hint(item)}",
                     field="allowed_t_inference",
                 )
             values.append(float(item))
@@ -356,14 +400,16 @@ class DeviceConfig:
             ``t_inference`` as a float.
 
         Raises:
-            ValueError: If it is negative or not a number, or not one of the times the device has
-                data for (``allowed_t_inference``; rram-wan2022: 1 s, 1 day, 2 days).
+            InputError: (a ``ValueError``) If it is not a number in [0, 10 years], or not one of
+                the times the device has data for (``allowed_t_inference``; rram-wan2022: 1 s,
+                1 day, 2 days).
         """
         if isinstance(t_inference, bool) or not isinstance(t_inference, (int, float)):
-            raise ValueError(f"t_inference must be a number of seconds, got {_show(t_inference)}")
+            raise InputError(f"t_inference must be a number of seconds, got {_show(t_inference)}")
         t = float(t_inference)
-        if not math.isfinite(t) or t < 0:
-            raise ValueError(f"t_inference must be a finite number of seconds >= 0, got {t_inference}")
+        if not math.isfinite(t) or not 0 <= t <= _TEN_YEARS:
+            raise InputError(f"t_inference must be a finite number of seconds >= 0 and <= {_TEN_YEARS:g} "
+                             f"(10 years), got {t_inference}")
         allowed = self.allowed_t_inference
         if self.noise_model == "rram-wan2022":
             allowed = allowed or WAN2022_T_INFERENCE
@@ -371,7 +417,7 @@ class DeviceConfig:
         else:
             why = "this device config allows only"
         if allowed is not None and t not in allowed:
-            raise ValueError(
+            raise InputError(
                 f"t_inference={t_inference:g} s is not supported by device config {self.name!r}: "
                 f"{why} t_inference in {_fmt_times(allowed)}"
             )
@@ -635,6 +681,32 @@ class DeviceConfig:
                          f"{self.max_output_size or 'any'} (larger matrices are split)")
         return items
 
+    def aihwkit_deviations(self) -> list[str]:
+        """Where this config departs from AIHWKit's own defaults (shown by ``devices show``).
+
+        Compared with the noise model's default ``g_max`` and, for configs with AIHWKit's hardware
+        periphery (DAC/ADC and channelwise remapping), with ``StandardHWATrainingPreset``.
+        """
+        items: list[str] = []
+        default_g_max = _AIHWKIT_G_MAX.get(self.noise_model)
+        if self.g_max is not None and default_g_max is not None and self.g_max != default_g_max:
+            items.append(f"g_max {self.g_max:g} uS (AIHWKit's {NOISE_MODELS[self.noise_model].split(' ')[0]} "
+                         f"default: {default_g_max:g} uS)")
+        if self.dac_bits is not None and self.weight_remap == "channelwise_symmetric":
+            if self.max_output_size != 0:
+                items.append(f"tiles of at most {self.max_output_size} output columns (AIHWKit's "
+                             "StandardHWATrainingPreset: 0, no column limit)")
+            if self.max_input_size != 512:
+                items.append(f"tiles of at most {self.max_input_size} input rows (StandardHWATrainingPreset: 512)")
+            items.append("mapping.learn_out_scaling off (StandardHWATrainingPreset: on; it is learned in "
+                         "hardware-aware training, which this project does not run)")
+            if not self.input_range.enable:
+                items.append(f"dynamic input scaling ({self.noise_management}) instead of the preset's static "
+                             "input ranges learned in hardware-aware training")
+            items.append("no per-MVM weight read noise (StandardHWATrainingPreset: forward.w_noise 0.0175, "
+                         "which AIHWKit's torch tiles reject)")
+        return items
+
     def unmodelled_nonidealities(self) -> list[str]:
         """Effects this config does *not* simulate (limits of AIHWKit's torch tiles or choice)."""
         items = [
@@ -678,7 +750,8 @@ def load_device_config(name_or_path: str | Path | DeviceConfig) -> DeviceConfig:
         The validated config.
 
     Raises:
-        ValueError: Unknown preset name (the message lists the presets).
+        InputError: (a ``ValueError``) Unknown preset name (the message lists the presets), or an
+            ``extends:`` that is absolute or leaves the file's folder.
         FileNotFoundError: A path that does not exist.
         DeviceConfigError: Invalid YAML, unknown field or bad value (names the field and file).
     """
@@ -694,7 +767,11 @@ def load_device_config(name_or_path: str | Path | DeviceConfig) -> DeviceConfig:
 
 
 def _resolve(name_or_path: str | Path, base_dir: Path | None) -> Path:
-    """Map a preset name or a (relative) path to an existing file path."""
+    """Map a preset name or a path to an existing file path.
+
+    With ``base_dir`` (an ``extends:`` inside a file) only preset names and relative paths that stay
+    inside ``base_dir`` are accepted.
+    """
     text = str(name_or_path)
     looks_like_path = isinstance(name_or_path, Path) or any(
         s in text for s in ("/", "\\")
@@ -704,21 +781,86 @@ def _resolve(name_or_path: str | Path, base_dir: Path | None) -> Path:
         if preset.is_file():
             return preset
         local = (base_dir or Path.cwd()) / text
-        if local.is_file():
+        if local.is_file() and base_dir is None:
             return local
         known = ", ".join(list_device_configs())
         hint = difflib.get_close_matches(text, list_device_configs(), n=1)
         did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise ValueError(
-            f"unknown device config {text!r}.{did_you_mean} Known presets: {known}; "
+        raise InputError(
+            f"unknown device config {_quote(text)}.{did_you_mean} Known presets: {known}; "
             "or pass the path to a YAML file."
         )
     path = Path(text).expanduser()
-    if base_dir is not None and not path.is_absolute():
+    if base_dir is not None:
+        if path.is_absolute() or text.startswith("~"):
+            raise InputError(f"must be a preset name or a path relative to the file's folder, got the "
+                             f"absolute path {_quote(text)}")
         path = base_dir / path
+        try:
+            path.resolve().relative_to(base_dir.resolve())
+        except ValueError:
+            raise InputError(f"{_quote(text)} points outside the file's folder {base_dir}; copy the "
+                             "base config next to it or extend a preset") from None
+        if path.suffix not in (".yaml", ".yml"):
+            raise InputError(f"{_quote(text)} is not a .yaml/.yml file")
     if not path.is_file():
         raise FileNotFoundError(f"device config file not found: {path}")
     return path
+
+
+def _read_yaml_text(path: Path) -> str:
+    """The file's text, refused before parsing if too large, not UTF-8 or not a plain file."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DeviceConfigError(f"cannot read the file: {exc.strerror or exc}", path=path) from None
+    if size > MAX_YAML_BYTES:
+        raise DeviceConfigError(f"file is {size} bytes; a device config is at most {MAX_YAML_BYTES} bytes",
+                                path=path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise DeviceConfigError(f"cannot read the file: {exc.strerror or exc}", path=path) from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise DeviceConfigError(f"file is larger than {MAX_YAML_BYTES} bytes", path=path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DeviceConfigError(f"not UTF-8 text (invalid byte at offset {exc.start}); save the file as UTF-8",
+                                path=path) from None
+
+
+def _check_yaml_structure(text: str, path: Path) -> None:
+    """Refuse anchors/aliases (billion laughs) and deep nesting by scanning tokens, before parsing."""
+    import yaml
+
+    depth = 0
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
+                raise DeviceConfigError(
+                    f"YAML anchors and aliases (&/*) are not accepted (line {token.start_mark.line + 1}); write "
+                    "the values out", path=path)
+            if isinstance(token, (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken,
+                                  yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise DeviceConfigError(
+                        f"nested deeper than {MAX_YAML_DEPTH} levels (line {token.start_mark.line + 1}); a device "
+                        "config is a flat mapping of fields", path=path)
+            elif isinstance(token, (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)):
+                depth -= 1
+    except yaml.YAMLError as exc:
+        raise DeviceConfigError(f"not valid YAML: {_yaml_problem(exc)}", path=path) from None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error in one short line: the problem and where, never the file's content."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def _read_resolved(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
@@ -729,10 +871,15 @@ def _read_resolved(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
     if real in stack:
         chain = " -> ".join(str(p) for p in (*stack, real))
         raise DeviceConfigError(f"circular 'extends': {chain}", field="extends", path=path)
+    if len(stack) >= MAX_EXTENDS_CHAIN:
+        raise DeviceConfigError(f"more than {MAX_EXTENDS_CHAIN} files in the 'extends' chain", field="extends",
+                                path=path)
+    text = _read_yaml_text(path)
+    _check_yaml_structure(text, path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise DeviceConfigError(f"not valid YAML: {exc}", path=path) from None
+        raise DeviceConfigError(f"not valid YAML: {_yaml_problem(exc)}", path=path) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -777,12 +924,38 @@ def _check_known_fields(data: dict[str, Any]) -> None:
         hint = difflib.get_close_matches(str(key), known, n=1)
         did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise DeviceConfigError(
-            f"unknown field{did_you_mean}; known fields: {', '.join(known)}", field=str(key)
+            f"unknown field{did_you_mean}; known fields: {', '.join(known)}", field=str(key)[:60]
         )
 
 
+def _quote(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so no error echoes a whole file."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _show(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
+    """``type value`` for messages (the value cut short)."""
+    return f"{type(value).__name__} {_quote(value)}"
+
+
+def _yaml_number_hint(value: Any) -> str:
+    """For a string that is a number PyYAML read as text (``1.0e308``, ``1e5``), how to write it."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    text = value.strip()
+    mantissa, _, exponent = text.lower().partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if exponent and exponent[0] not in "+-":
+        exponent = "+" + exponent
+    fixed = mantissa + (f"e{exponent}" if exponent else "")
+    return (f" (YAML reads {text!r} as text, not a number: PyYAML needs a dot and a signed exponent, "
+            f"so write {fixed})")
 
 
 def _fmt_times(times: tuple[float, ...] | list[float]) -> str:
@@ -795,38 +968,41 @@ def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
         raise DeviceConfigError(f"must be one of {list(choices)}, got {_show(value)}", field=name)
 
 
-def _check_number(obj: Any, name: str, label: str | None = None, *, optional: bool = False,
-                  minimum: float | None = None, positive: bool = False) -> None:
+def _check_range(value: float, label: str) -> None:
+    low, high, unit = FIELD_RANGES[label]
+    if not low <= value <= high:
+        raise DeviceConfigError(f"must be in [{low:g}, {high:g}] ({unit}), got {value!r}", field=label)
+
+
+def _check_number(obj: Any, name: str, label: str | None = None, *, optional: bool = False) -> None:
+    """A finite number inside the field's physical range (:data:`FIELD_RANGES`)."""
     value = getattr(obj, name)
     label = label or name
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DeviceConfigError(
-            f"must be a number{' or null' if optional else ''}, got {_show(value)}", field=label
+            f"must be a number{' or null' if optional else ''}, got {_show(value)}{_yaml_number_hint(value)}",
+            field=label,
         )
     if not math.isfinite(value):
         raise DeviceConfigError(f"must be finite, got {value!r}", field=label)
-    if positive and value <= 0:
-        raise DeviceConfigError(f"must be > 0, got {value!r}", field=label)
-    if minimum is not None and value < minimum:
-        raise DeviceConfigError(f"must be >= {minimum:g}, got {value!r}", field=label)
+    _check_range(float(value), label)
     object.__setattr__(obj, name, float(value))
 
 
-def _check_int(obj: Any, name: str, label: str | None = None, *, optional: bool = False,
-               minimum: int | None = None, maximum: int | None = None) -> None:
+def _check_int(obj: Any, name: str, label: str | None = None, *, optional: bool = False) -> None:
+    """An integer inside the field's physical range (:data:`FIELD_RANGES`)."""
     value = getattr(obj, name)
     label = label or name
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise DeviceConfigError(
-            f"must be an integer{' or null' if optional else ''}, got {_show(value)}", field=label
+            f"must be an integer{' or null' if optional else ''}, got {_show(value)}{_yaml_number_hint(value)}",
+            field=label,
         )
-    if minimum is not None and value < minimum or maximum is not None and value > maximum:
-        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise DeviceConfigError(f"must be {bounds}, got {value!r}", field=label)
+    _check_range(float(value), label)
 
 
 def _check_bool(obj: Any, name: str, label: str) -> None:

@@ -158,10 +158,12 @@ def test_extends_and_override(tmp_path):
     assert cfg.name == "my-pcm" and cfg.noise_model == "pcm" and cfg.out_noise == 0.1
     assert cfg.adc_bits == 6 and cfg.rpu_config().forward.out_res == 62
     assert cfg.input_range.enable and cfg.input_range.init_value == base.input_range.init_value
-    child = tmp_path / "sub" / "child.yaml"
-    child.parent.mkdir()
-    child.write_text("extends: ../my-pcm.yaml\nname: child\n")
-    assert load_device_config(str(child)).out_noise == 0.1
+    base_file = tmp_path / "sub" / "base.yaml"
+    base_file.parent.mkdir()
+    base_file.write_text("extends: pcm\nout_noise: 0.2\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: sub/base.yaml\nname: child\n")
+    assert load_device_config(str(child)).out_noise == 0.2
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,10 @@
 Conventions every command follows (so the CLI stays consistent as commands are added):
 
 * Decorate each command with :func:`handle_user_errors`: user errors (:data:`USER_ERRORS`:
-  :class:`~romer_aihwkit.errors.UserError`, :class:`~romer_aihwkit.errors.DeviceConfigError`,
-  ``ValueError``, ``FileNotFoundError``) become one red ``Error: ...`` line on stderr and exit
-  code 2, without a traceback. Any other exception is a bug and keeps its traceback.
+  :class:`~romer_aihwkit.errors.UserError` and its subclasses, ``FileNotFoundError``, and the
+  converter's ``NoMoEBlocksError``/``UnsupportedMoEError``) become one red ``Error: ...`` line on
+  stderr and exit code 2, without a traceback. Any other exception, a bare ``ValueError``
+  included, is a bug and keeps its traceback.
 * Heavy imports (torch, transformers, aihwkit) go inside the command functions so that
   ``romer-aihwkit --help`` stays fast.
 * Machine-readable output behind ``--json`` (on stdout, nothing else printed there); tables and
@@ -32,10 +33,28 @@ EXIT_USER_ERROR = 2
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError,
     DeviceConfigError,
-    ValueError,
     FileNotFoundError,
 )
-"""Exception types reported as a one-line error instead of a traceback."""
+"""Exception types reported as a one-line error instead of a traceback (see also
+:data:`_USER_VALUE_ERRORS`)."""
+
+_USER_VALUE_ERRORS = ("romer_aihwkit.analog.convert.NoMoEBlocksError",
+                      "romer_aihwkit.analog.convert.UnsupportedMoEError",
+                      "romer_aihwkit.adapters.base.UnsupportedLayoutError")
+"""``ValueError`` subclasses of modules that do not derive from :class:`UserError` but mean a
+model this package cannot convert (looked up lazily, so the CLI starts without torch)."""
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the user's to fix (one red line) rather than a bug (traceback)."""
+    if isinstance(exc, USER_ERRORS):
+        return True
+    for qualified in _USER_VALUE_ERRORS:
+        module_name, _, name = qualified.rpartition(".")
+        cls = getattr(sys.modules.get(module_name), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,7 +97,9 @@ def handle_user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
+        except Exception as exc:
+            if not is_user_error(exc):
+                raise
             report_user_error(exc)
             raise typer.Exit(EXIT_USER_ERROR) from None
 
@@ -300,10 +321,30 @@ def _parse_t_list(values: list[str] | None) -> list[float | None]:
     return ts
 
 
+MAX_SEQ_LEN = 1 << 20
+"""Largest --seq-len accepted (a block longer than any model's context fails inside the model)."""
+MAX_BLOCKS = 1 << 20
+"""Largest --eval-blocks / --calib-blocks / --batch-size accepted."""
+MAX_SEED = 2**31 - 1
+"""Largest chip-instance seed."""
+
+
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _check_at_most(**values: tuple[int, int]) -> None:
+    for name, (value, limit) in values.items():
+        if value > limit:
+            raise UserError(f"--{name.replace('_', '-')} must be at most {limit}, got {value}")
+
+
+def _check_seed(seed: int, option: str, last: int | None = None) -> None:
+    for value in (seed, seed if last is None else last):
+        if not 0 <= value <= MAX_SEED:
+            raise UserError(f"{option} must give seeds in [0, {MAX_SEED}], got {value}")
 
 
 def _warn(message: str) -> None:
@@ -350,7 +391,25 @@ def _already_done(out_dir: Any, settings: Any, keys: set[tuple], resume: bool) -
 
 
 def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output: bool) -> dict[str, Any]:
-    """Run the comparison with a progress bar, then write report.md and plots (rank 0)."""
+    """Run the comparison with a progress bar, then write report.md and plots (rank 0), holding the
+    output folder's lock throughout so that a second run on the same --out is refused."""
+    from pathlib import Path
+
+    from romer_aihwkit.evaluation.distributed import process_context
+    from romer_aihwkit.evaluation.runner import results_folder_lock
+
+    out_dir = Path(out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if process_context().rank != 0:
+        return _run_compare_unlocked(settings, out, resume, force, json_output)
+    with _OSErrorsAsUserErrors():
+        lock = results_folder_lock(out_dir)
+    with lock:
+        return _run_compare_unlocked(settings, out, resume, force, json_output)
+
+
+def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, json_output: bool) -> dict[str, Any]:
     import warnings
     from pathlib import Path
 
@@ -411,10 +470,13 @@ def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output
 def _compare_settings(models: list[str], devices: list[str], methods: list[str], seeds: int, first_seed: int,
                       t_inference: list[str] | None, eval_text: str, calib_text: str, seq_len: int,
                       eval_blocks: int, calib_blocks: int, batch_size: int) -> Any:
-    from romer_aihwkit.evaluation.runner import CompareSettings
+    from romer_aihwkit.evaluation.runner import MAX_SEEDS, CompareSettings
 
     _check_positive(seeds=seeds, seq_len=seq_len, eval_blocks=eval_blocks, calib_blocks=calib_blocks,
                     batch_size=batch_size)
+    _check_at_most(seeds=(seeds, MAX_SEEDS), seq_len=(seq_len, MAX_SEQ_LEN), eval_blocks=(eval_blocks, MAX_BLOCKS),
+                   calib_blocks=(calib_blocks, MAX_BLOCKS), batch_size=(batch_size, MAX_BLOCKS))
+    _check_seed(first_seed, "--first-seed", last=first_seed + seeds - 1)
     if not models:
         raise UserError("give a model with --model (a bundled name, a local folder or a hub id)")
     if not methods:
@@ -592,6 +654,8 @@ def convert(
     t = _parse_t(t_inference)
     if t is not None and seed is None:
         raise UserError("--t-inference needs --seed: drift applies to a programmed chip instance")
+    if seed is not None:
+        _check_seed(seed, "--seed")
     config = load_device_config(device)
     if seed is not None:
         config.check_t_inference(config.t_inference if t is None else t)
@@ -685,13 +749,19 @@ def calibrate_command(
     from romer_aihwkit.devices import load_device_config
 
     _check_positive(seq_len=seq_len, calib_blocks=calib_blocks, batch_size=batch_size)
+    _check_at_most(seq_len=(seq_len, MAX_SEQ_LEN), calib_blocks=(calib_blocks, MAX_BLOCKS),
+                   batch_size=(batch_size, MAX_BLOCKS))
+    _check_seed(seed, "--seed")
     try:
         pcts = tuple(float(p) for p in _split(percentiles))
     except ValueError:
         raise UserError(f"--percentiles must be three numbers like 5,50,95, got {percentiles!r}") from None
     if len(pcts) != 3:
         raise UserError(f"--percentiles must be three numbers like 5,50,95, got {percentiles!r}")
-    romer = Romer(percentiles=pcts, tau=tau, replacement=replacement, normalize=not no_normalize)  # validates
+    try:
+        romer = Romer(percentiles=pcts, tau=tau, replacement=replacement, normalize=not no_normalize)  # validates
+    except ValueError as exc:
+        raise UserError(f"invalid ROMER option: {exc} (--percentiles, --tau, --replacement, --no-normalize)") from None
     config = load_device_config(device)
     t = _parse_t(t_inference)
     config.check_t_inference(config.t_inference if t is None else t)
@@ -699,7 +769,10 @@ def calibrate_command(
 
     digital, tokenizer = _load_model(model)
     with _OSErrorsAsUserErrors():
-        blocks = text_blocks(calib_text, tokenizer, seq_len=seq_len, split="validation", max_blocks=calib_blocks)
+        try:
+            blocks = text_blocks(calib_text, tokenizer, seq_len=seq_len, split="validation", max_blocks=calib_blocks)
+        except UserError as exc:
+            raise UserError(f"--calib-text: {exc}") from None
     amodel = convert_to_analog_moe(digital, config, analog_attention=analog_attention)
     amodel.program_analog_weights(seed=seed)
     amodel.drift_analog_weights(t)
@@ -758,7 +831,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     try:
         app(args=argv, prog_name="romer-aihwkit")
-    except USER_ERRORS as exc:  # pragma: no cover - commands handle their own
+    except Exception as exc:  # pragma: no cover - commands handle their own
+        if not is_user_error(exc):
+            raise
         report_user_error(exc)
         sys.exit(EXIT_USER_ERROR)
 

@@ -19,6 +19,7 @@ from romer_aihwkit.evaluation import (
     run_comparison,
     summarize_rows,
 )
+from romer_aihwkit.evaluation.runner import LOCK_FILE
 
 ROW_FIELDS = {"model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
               "router_fidelity"}
@@ -181,7 +182,7 @@ def test_comparison_writes_every_method_and_seed(finished, tiny):
     jsonl = load_rows(out)
     assert len(jsonl) == 4
     assert all(len(r["layers"]) == 2 and len(r["layers"][0]["load"]) == 8 for r in jsonl)
-    assert not list(out.glob(".*"))  # no temporary files left behind
+    assert [p.name for p in out.glob(".*")] == [LOCK_FILE]  # no temporary files left behind, only the lock
 
 
 def test_resume_extends_seeds_without_recomputing(finished, tmp_path, monkeypatch):

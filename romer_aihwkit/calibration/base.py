@@ -59,14 +59,14 @@ def run_batches(model: nn.Module, batches, batch_size: int = 8, progress: bool =
     """Run ``model`` over token batches (any form the API accepts); returns the tokens processed."""
     from tqdm.auto import tqdm
 
-    from ..data import iter_token_batches
+    from ..data import iter_model_batches
 
     was_training = model.training
     model.eval()
     device = _input_device(model)
     tokens = 0
     try:
-        for batch in tqdm(list(iter_token_batches(batches, batch_size)), desc=desc, disable=not progress, leave=False):
+        for batch in tqdm(list(iter_model_batches(model, batches, batch_size)), desc=desc, disable=not progress, leave=False):
             model(batch.to(device))
             tokens += batch.numel()
     finally:
@@ -121,7 +121,7 @@ def calibrate(
         ValueError: empty calibration set, fewer tokens than experts, no callbacks, unconverted model.
     """
     from ..analog.convert import analog_state
-    from ..data import count_tokens
+    from ..data import count_tokens, iter_model_batches
 
     if not callbacks:
         raise ValueError("calibrate() needs at least one callback, e.g. callbacks=[romer_aihwkit.Romer()]")
@@ -129,7 +129,7 @@ def calibrate(
     if not state.programmed:
         raise RuntimeError("program the chip instance first: model.program_analog_weights(seed=...)")
     routers = find_routers(model)
-    n_tokens = count_tokens(calib_batches)
+    n_tokens = count_tokens(iter_model_batches(model, calib_batches))  # token ids checked before any change
     if n_tokens == 0:
         raise ValueError("the calibration set is empty")
     most_experts = max(r.num_experts for r in routers)

@@ -4,7 +4,7 @@ The bundled corpus is split by play: ``train`` (tokenizer/model training), ``val
 bundled **calibration** set) and ``test`` (the bundled **evaluation** set). Calibration and
 evaluation data are therefore disjoint by construction (different plays).
 """
-from .blocks import count_tokens, encode_documents, iter_token_batches, text_blocks
+from .blocks import count_tokens, encode_documents, iter_model_batches, iter_token_batches, text_blocks, vocab_size_of
 from .corpus import (
     BUNDLED_SPLITS,
     CALIBRATION_SPLIT,
@@ -24,10 +24,12 @@ __all__ = [
     "calibration_and_eval_blocks",
     "count_tokens",
     "encode_documents",
+    "iter_model_batches",
     "iter_token_batches",
     "read_bundled_documents",
     "read_bundled_text",
     "text_blocks",
+    "vocab_size_of",
 ]
 
 

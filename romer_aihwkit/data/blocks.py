@@ -9,16 +9,35 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
 from .corpus import BUNDLED_SPLITS, read_bundled_documents
+
+__all__ = ["count_tokens", "encode_documents", "iter_model_batches", "iter_token_batches", "text_blocks",
+           "vocab_size_of"]
 
 _BUNDLED_NAMES = ("bundled", "shakespeare")
 
 
 def _read_text_file(path: Path) -> str:
-    if path.name.endswith(".gz"):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            return f.read()
-    return path.read_text(encoding="utf-8")
+    """The text of a .txt / .txt.gz file; binary or non-UTF-8 content is an error naming the file."""
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise InputError(f"cannot read text file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"text file {path} is not UTF-8 text (invalid byte at offset {exc.start}); "
+                         "pass a UTF-8 .txt/.txt.gz file") from None
+    if "\x00" in text:
+        raise InputError(f"text file {path} holds NUL bytes: it looks binary, not text")
+    return text
 
 
 def _is_saved_dataset_dir(path: Path) -> bool:
@@ -31,12 +50,12 @@ def _dataset_documents(ds: Any, split: str, text_column: str = "text") -> list[s
         dataset = ds  # a single Dataset
     elif isinstance(ds, Mapping):  # DatasetDict
         if split not in ds:
-            raise ValueError(f"unknown split {split!r} for this dataset; valid splits: {', '.join(ds.keys())}")
+            raise InputError(f"unknown split {split!r} for this dataset; valid splits: {', '.join(ds.keys())}")
         dataset = ds[split]
     else:
         raise TypeError(f"not a datasets.Dataset or DatasetDict: {type(ds).__name__}")
     if text_column not in dataset.column_names:
-        raise ValueError(f"dataset has no {text_column!r} column; columns: {dataset.column_names}")
+        raise InputError(f"dataset has no {text_column!r} column; columns: {dataset.column_names}")
     return ["\n\n".join(dataset[text_column])]
 
 
@@ -45,7 +64,7 @@ def _documents(source: Any, split: str) -> tuple[list[str], str]:
     if isinstance(source, (str, os.PathLike)):
         if isinstance(source, str) and source.lower() in _BUNDLED_NAMES:
             if split not in BUNDLED_SPLITS:
-                raise ValueError(
+                raise InputError(
                     f"unknown split {split!r} for the bundled corpus; valid splits: {', '.join(BUNDLED_SPLITS)}"
                 )
             return read_bundled_documents(split), f"bundled corpus, split {split!r}"
@@ -120,13 +139,13 @@ def text_blocks(
     keeps the first blocks only.
     """
     if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        raise InputError(f"seq_len must be >= 1, got {seq_len}")
     if stride is None:
         stride = seq_len
     if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+        raise InputError(f"stride must be >= 1, got {stride}")
     if max_blocks is not None and max_blocks < 1:
-        raise ValueError(f"max_blocks must be >= 1 or None, got {max_blocks}")
+        raise InputError(f"max_blocks must be >= 1 or None, got {max_blocks}")
     if tokenizer is None:
         from ..models import bundled_tokenizer
 
@@ -135,7 +154,7 @@ def text_blocks(
     ids = encode_documents(docs, tokenizer)
     n = len(ids)
     if n < seq_len:
-        raise ValueError(
+        raise InputError(
             f"text from {what} is too short: it has {n} tokens, one block needs seq_len={seq_len} tokens"
         )
     n_blocks = (n - seq_len) // stride + 1
@@ -148,7 +167,7 @@ def text_blocks(
 def _as_2d(x: Any, where: str) -> torch.Tensor:
     if isinstance(x, Mapping):
         if "input_ids" not in x:
-            raise ValueError(f"{where}: a dict batch must have 'input_ids'; it has keys {sorted(x)}")
+            raise InputError(f"{where}: a dict batch must have 'input_ids'; it has keys {sorted(x)}")
         x = x["input_ids"]
     if not isinstance(x, torch.Tensor):
         raise TypeError(
@@ -159,9 +178,9 @@ def _as_2d(x: Any, where: str) -> torch.Tensor:
     if x.dim() == 1:
         x = x.unsqueeze(0)
     if x.dim() != 2:
-        raise ValueError(f"{where}: expected shape [B, L] or [L], got {tuple(x.shape)}")
+        raise InputError(f"{where}: expected shape [B, L] or [L], got {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{where}: empty batch of shape {tuple(x.shape)}")
+        raise InputError(f"{where}: empty batch of shape {tuple(x.shape)}")
     return x.long()
 
 
@@ -174,7 +193,7 @@ def iter_token_batches(batches: Any, batch_size: int | None = None) -> Iterator[
     is ignored for those). Raises ``TypeError`` for other types and ``ValueError`` for an empty set.
     """
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1 or None, got {batch_size}")
     if isinstance(batches, (torch.Tensor, Mapping)):
         t = _as_2d(batches, "batches")
         bs = batch_size or t.shape[0]
@@ -191,7 +210,38 @@ def iter_token_batches(batches: Any, batch_size: int | None = None) -> Iterator[
         yield _as_2d(item, f"batch {i}")
         n += 1
     if n == 0:
-        raise ValueError("batches is empty: no token blocks to process")
+        raise InputError("batches is empty: no token blocks to process")
+
+
+def vocab_size_of(model: Any) -> int | None:
+    """Rows of the model's input embedding (the largest token id + 1 it accepts), if known."""
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if callable(get) else None
+    weight = getattr(embeddings, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def iter_model_batches(model: Any, batches: Any, batch_size: int | None = None) -> Iterator[torch.LongTensor]:
+    """:func:`iter_token_batches`, checking each batch's token ids against ``model``'s vocabulary.
+
+    The one place where token batches meet a model (perplexity, routing statistics, calibration).
+
+    Raises:
+        InputError: A token id below 0 or not below the model's vocabulary size (names the batch,
+            the id and the vocabulary size).
+    """
+    vocab = vocab_size_of(model)
+    for i, batch in enumerate(iter_token_batches(batches, batch_size)):
+        if vocab is not None and batch.numel():
+            low, high = int(batch.min()), int(batch.max())
+            if low < 0 or high >= vocab:
+                bad = low if low < 0 else high
+                raise InputError(f"batch {i}: token id {bad} is outside the model's vocabulary (ids 0..{vocab - 1}); "
+                                 "were the blocks made with this model's tokenizer?")
+        yield batch
 
 
 def count_tokens(batches: Any) -> int:

@@ -11,6 +11,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import InputError
+
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
 CORPUS_DIR = BUNDLED_DIR / "corpus"
 TOKENIZER_DIR = BUNDLED_DIR / "tokenizer"
@@ -22,7 +24,7 @@ EVALUATION_SPLIT = "test"
 
 def _check_split(split: str) -> str:
     if split not in BUNDLED_SPLITS:
-        raise ValueError(
+        raise InputError(
             f"unknown split {split!r} for the bundled corpus; valid splits: {', '.join(BUNDLED_SPLITS)}"
         )
     return split

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data.blocks import iter_token_batches
+from ..data.blocks import iter_model_batches
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -45,7 +45,7 @@ def token_nll(model: torch.nn.Module, batches: Any, batch_size: int = 8, progres
     total_tok = 0
     try:
         with torch.no_grad():
-            it = iter_token_batches(batches, batch_size=batch_size)
+            it = iter_model_batches(model, batches, batch_size=batch_size)
             for i, ids in enumerate(tqdm(it, total=_n_blocks(batches, batch_size), desc=desc,
                                          disable=not progress, leave=False)):
                 if ids.shape[1] < 2:

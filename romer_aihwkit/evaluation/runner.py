@@ -1,4 +1,11 @@
-"""The Monte-Carlo comparison: chip instances x methods x drift times, resumable, written atomically."""
+"""The Monte-Carlo comparison: chip instances x methods x drift times, resumable, written atomically.
+
+A results folder is safe to reuse: one run at a time holds its lock (:func:`results_folder_lock`,
+``filelock``); ``settings.json`` records the settings and a content fingerprint of every input
+(model files, device-config content, text files), and a rerun resumes only when both are unchanged;
+a damaged ``settings.json`` or ``rows.jsonl`` is reported with the file (and line) to blame, and
+``force=True`` (``--force``) discards the folder's rows and starts again.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +21,37 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, default_file_mode
+from ..errors import ArtifactError, InputError, ResultsFolderError
 from .stats import summarize_rows
 
-__all__ = ["CompareSettings", "ResultsExistError", "chip_instances", "finished_rows", "load_rows", "planned_rows", "run_comparison", "write_results"]
+__all__ = [
+    "CompareSettings",
+    "ResultsExistError",
+    "ResultsLockedError",
+    "chip_instances",
+    "finished_rows",
+    "input_fingerprints",
+    "load_rows",
+    "planned_rows",
+    "results_folder_lock",
+    "run_comparison",
+    "write_results",
+]
 
 ROW_FILE = "rows.jsonl"
+LOCK_FILE = ".romer-aihwkit.lock"
+ROW_KEYS = ("model", "device", "method", "t_inference", "seed", "ppl")
+MAX_SEEDS = 1000
+"""Most chip instances one comparison accepts (each costs a programming pass per method)."""
 
 
-class ResultsExistError(ValueError):
-    """The output folder holds results of a different configuration."""
+class ResultsExistError(ResultsFolderError):
+    """The output folder holds results of a different configuration or of changed inputs."""
+
+
+class ResultsLockedError(ResultsFolderError):
+    """Another run holds the output folder's lock."""
 
 
 @dataclass
@@ -48,19 +76,26 @@ class CompareSettings:
         from ..devices import load_device_config
 
         if not self.models:
-            raise ValueError("give at least one model")
+            raise InputError("give at least one model")
         if not self.seeds:
-            raise ValueError("give at least one seed (--seeds must be >= 1)")
+            raise InputError("give at least one seed (--seeds must be >= 1)")
+        if len(self.seeds) > MAX_SEEDS:
+            raise InputError(f"--seeds must be at most {MAX_SEEDS} chip instances, got {len(self.seeds)}")
+        if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**31 for s in self.seeds):
+            raise InputError(f"seeds must be integers in [0, 2**31), got {self.seeds[:5]}...")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+            raise InputError(f"seeds must be distinct, got {self.seeds}")
         for method in self.methods:
-            get_method(method)
+            try:
+                get_method(method)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
         for device in self.devices:
             cfg = load_device_config(device)
             for t in self.t_inference:
                 cfg.check_t_inference(cfg.t_inference if t is None else t)
         if self.seq_len < 2:
-            raise ValueError("seq_len must be at least 2")
+            raise InputError("seq_len must be at least 2")
 
     def fingerprint(self) -> str:
         """Identity of the numbers: everything but the seeds and methods, which may be extended."""
@@ -71,15 +106,35 @@ class CompareSettings:
 
 
 def load_rows(out_dir: Path) -> list[dict[str, Any]]:
-    """Finished rows of every process (``rows*.jsonl``); a torn last line from a kill is ignored."""
+    """Finished rows of every process (``rows*.jsonl``); a torn last line from a kill is ignored.
+
+    Raises:
+        ResultsFolderError: A line that is not a row of this package (not JSON, not an object, or
+            missing a key); the message names the file and the line.
+    """
     rows = []
-    for path in sorted(out_dir.glob("rows*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    for path in sorted(Path(out_dir).glob("rows*.jsonl")):
+        lines = path.read_bytes().split(b"\n")[:-1]  # after the last newline: nothing, or a line cut by a kill
+        for number, raw in enumerate(lines, start=1):
+            if raw.strip():
+                rows.append(_parse_row(raw, path, number))
     return rows
+
+
+def _parse_row(raw: bytes, path: Path, number: int) -> dict[str, Any]:
+    fix = "remove that line, or pass --force to discard the folder's rows and start again"
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ResultsFolderError(f"{path}, line {number}: not a JSON row written by romer-aihwkit; {fix}") from None
+    if not isinstance(row, dict) or any(k not in row for k in ROW_KEYS):
+        missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
+        raise ResultsFolderError(f"{path}, line {number}: not a result row (missing {', '.join(missing)}); {fix}")
+    try:
+        _row_key(row)
+    except (TypeError, ValueError):
+        raise ResultsFolderError(f"{path}, line {number}: t_inference/seed are not numbers; {fix}") from None
+    return row
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -133,36 +188,180 @@ def _settings_file(out_dir: Path) -> Path:
     return out_dir / "settings.json"
 
 
-def _check_out_dir(out_dir: Path, settings: CompareSettings, force: bool) -> None:
+def _read_settings(out_dir: Path) -> dict[str, Any] | None:
+    """``settings.json`` of a results folder (``None`` if absent); a damaged file is a clear error."""
+    from ..artifacts import read_json
+
     path = _settings_file(out_dir)
     if not path.exists():
-        if load_rows(out_dir) and not force:
-            raise ResultsExistError(f"{out_dir} holds rows without settings; use --force to overwrite")
+        return None
+    try:
+        return read_json(path, "results settings")
+    except ArtifactError as exc:
+        raise ResultsFolderError(f"{exc}. Pass --force to discard the folder's rows and start again, or choose "
+                                 "another --out folder") from None
+
+
+def _clear_rows(out_dir: Path) -> None:
+    for p in out_dir.glob("rows*.jsonl"):
+        p.unlink()
+
+
+def _check_out_dir(out_dir: Path, settings: CompareSettings, inputs: dict[str, str], force: bool) -> None:
+    """Refuse (unless ``force``, which then discards the rows) to mix rows of other settings or
+    changed inputs into ``out_dir``, or to build on a damaged ``settings.json``/``rows.jsonl``."""
+    try:
+        _check_reusable(out_dir, settings, inputs)
+    except ResultsFolderError:
+        if not force:
+            raise
+        _clear_rows(out_dir)
+
+
+def _check_reusable(out_dir: Path, settings: CompareSettings, inputs: dict[str, str]) -> None:
+    saved = _read_settings(out_dir)
+    rows = load_rows(out_dir)
+    if saved is None:
+        if rows:
+            raise ResultsExistError(f"{out_dir} holds rows without settings.json; pass --force to discard them")
         return
-    saved = json.loads(path.read_text())
-    if saved.get("fingerprint") == settings.fingerprint():
-        return  # same configuration: finished rows are reused
-    if not load_rows(out_dir):
-        return  # an earlier run of another configuration finished no row: nothing to lose
-    if force:
-        for p in out_dir.glob("rows*.jsonl"):
-            p.unlink()
-        return
-    raise ResultsExistError(
-        f"{out_dir} holds results of a different configuration (models/devices/texts/drift times differ); "
-        "pass --force to overwrite them or choose another --out folder"
-    )
+    if not rows:
+        return  # an earlier run finished no row: nothing to lose
+    if saved.get("fingerprint") != settings.fingerprint():
+        raise ResultsExistError(
+            f"{out_dir} holds results of a different configuration (models/devices/texts/drift times differ); "
+            "pass --force to overwrite them or choose another --out folder"
+        )
+    before = saved.get("inputs")
+    changed = sorted(k for k in inputs if not isinstance(before, dict) or before.get(k) != inputs[k])
+    if changed:
+        raise ResultsExistError(
+            f"{out_dir} holds rows computed from other contents of {', '.join(changed)} (the files changed since); "
+            "pass --force to discard those rows and recompute, or choose another --out folder"
+        )
 
 
 def finished_rows(out_dir: Path, settings: CompareSettings) -> set[tuple]:
-    """Keys of the rows already in ``out_dir`` for this configuration (empty for another one)."""
-    path = _settings_file(out_dir)
-    try:
-        if not path.is_file() or json.loads(path.read_text()).get("fingerprint") != settings.fingerprint():
-            return set()
-    except (ValueError, OSError):
+    """Keys of the rows already in ``out_dir`` for this configuration (empty for another one or
+    for changed inputs).
+
+    Raises:
+        ResultsFolderError: A damaged ``settings.json`` or ``rows.jsonl``.
+    """
+    out_dir = Path(out_dir)
+    saved = _read_settings(out_dir)
+    if saved is None or saved.get("fingerprint") != settings.fingerprint():
+        return set()
+    if saved.get("inputs") != input_fingerprints(settings):
         return set()
     return {_row_key(r) for r in load_rows(out_dir)}
+
+
+# ------------------------------------------------------------------ content fingerprints of the inputs
+_SAMPLED_ABOVE = 8 * 2**20  # files larger than this are hashed from 16 sampled blocks plus their size
+_BLOCK = 64 * 1024
+
+
+def _file_digest(path: Path, digest: Any) -> None:
+    size = path.stat().st_size
+    digest.update(f"{path.name}|{size}|".encode())
+    with open(path, "rb") as f:
+        if size <= _SAMPLED_ABOVE:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                digest.update(chunk)
+            return
+        for i in range(16):
+            f.seek(i * (size - _BLOCK) // 15)
+            digest.update(f.read(_BLOCK))
+
+
+def _tree_digest(root: Path, suffixes: tuple[str, ...] | None = None) -> str:
+    digest = hashlib.sha256()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for p in files:
+        if suffixes is None or p.name.endswith(suffixes):
+            digest.update(str(p.relative_to(root) if p != root else p.name).encode())
+            _file_digest(p, digest)
+    return digest.hexdigest()[:16]
+
+
+def _model_digest(name: str) -> str:
+    from ..models import MODELS_DIR, list_bundled_models
+
+    path = MODELS_DIR / name if name in list_bundled_models() else Path(name).expanduser()
+    if path.is_dir():
+        return _tree_digest(path)
+    return f"hub id {name} (contents not checked)"
+
+
+def _text_digest(source: str) -> str:
+    from ..data.corpus import CORPUS_DIR
+
+    if source.lower() in ("bundled", "shakespeare"):
+        return _tree_digest(CORPUS_DIR)
+    path = Path(source).expanduser()
+    if not path.exists():
+        return "missing"
+    return _tree_digest(path)
+
+
+def input_fingerprints(settings: CompareSettings) -> dict[str, str]:
+    """Content hash of every input of a comparison: each model's files, device config and text.
+
+    Large files (weights) are hashed from their size and 16 sampled 64 KiB blocks, small files
+    fully; device configs by their resolved content
+    (:func:`romer_aihwkit.artifacts.device_fingerprint`). A hub id is recorded as such, its
+    contents are not checked.
+
+    Returns:
+        ``{"model NAME": hash, "device NAME": hash, "eval_text": hash, "calib_text": hash}``.
+    """
+    from ..artifacts import device_fingerprint
+
+    out = {f"model {m}": _model_digest(m) for m in settings.models}
+    out.update({f"device {d}": device_fingerprint(d) for d in settings.devices})
+    out["eval_text"] = _text_digest(settings.eval_text)
+    out["calib_text"] = _text_digest(settings.calib_text)
+    return out
+
+
+# ------------------------------------------------------------------ one run per folder
+_LOCKS: dict[str, Any] = {}
+
+
+def results_folder_lock(out_dir: str | os.PathLike) -> Any:
+    """The folder's lock (re-entrant in this process); entering it refuses at once when another
+    process holds it.
+
+    Use as ``with results_folder_lock(out):``. The lock is an OS file lock (``filelock``), so a
+    killed run leaves no stale lock.
+
+    Raises:
+        ResultsLockedError: Another run holds the lock (on entering).
+    """
+    from filelock import FileLock, Timeout
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = str((out_dir / LOCK_FILE).resolve())
+    lock = _LOCKS.get(path)
+    if lock is None:
+        lock = _LOCKS[path] = FileLock(path, timeout=0, mode=default_file_mode(), thread_local=False)
+
+    class _Held:
+        def __enter__(self) -> Any:
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                raise ResultsLockedError(
+                    f"{out_dir} is in use by another romer-aihwkit run (lock {path}); wait for it to finish or "
+                    "choose another --out folder") from None
+            return lock
+
+        def __exit__(self, *exc: object) -> None:
+            lock.release()
+
+    return _Held()
 
 
 def chip_instances(settings: CompareSettings) -> list[tuple[str, str, float, int]]:
@@ -217,23 +416,38 @@ def run_comparison(
     ``world_size``) chip instances are sharded round-robin; every process returns the merged
     results once all are done. All random draws are seeded per chip instance and method, so the
     rows equal those of a single-process run.
+
+    Raises:
+        ResultsLockedError: Another run holds ``out_dir``.
+        ResultsExistError: ``out_dir`` holds rows of other settings or of inputs whose contents
+            changed (model files, device-config content, text files), unless ``force``.
+        ResultsFolderError: A damaged ``settings.json`` or ``rows.jsonl`` (unless ``force``).
     """
-    from ..baselines import apply_method, get_method, prepare_model
-    from ..data import text_blocks
-    from ..models import load_model
     from .distributed import ProcessContext, process_context
-    from .perplexity import perplexity
-    from .routing import perplexity_and_routing
 
     ctx = process_context() if rank is None else ProcessContext(rank, world_size or 1)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not ctx.is_main:
+        return _run(settings, out_dir, resume, force, ctx, on_row)
+    with results_folder_lock(out_dir):
+        return _run(settings, out_dir, resume, force, ctx, on_row)
+
+
+def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ctx: Any, on_row: Any) -> dict[str, Any]:
+    from ..baselines import apply_method, get_method, prepare_model
+    from ..data import text_blocks
+    from ..models import load_model
+    from .perplexity import perplexity
+    from .routing import perplexity_and_routing
+
     if ctx.is_main:
-        _check_out_dir(out_dir, settings, force)
+        inputs = input_fingerprints(settings)
+        _check_out_dir(out_dir, settings, inputs, force)
         if not resume:
-            for p in out_dir.glob("rows*.jsonl"):
-                p.unlink()
-        atomic_write_text(_settings_file(out_dir), json.dumps({"fingerprint": settings.fingerprint(), **asdict(settings)}, indent=2))
+            _clear_rows(out_dir)
+        atomic_write_text(_settings_file(out_dir), json.dumps(
+            {"fingerprint": settings.fingerprint(), "inputs": inputs, **asdict(settings)}, indent=2))
     ctx.wait_for_everyone()  # rank 0 has checked (and possibly cleared) the folder
     done = {_row_key(r) for r in load_rows(out_dir)}
     row_path = out_dir / (ROW_FILE if ctx.world_size == 1 else f"rows.rank{ctx.rank}.jsonl")
@@ -249,10 +463,10 @@ def run_comparison(
         mine = [key for key in todo if key[0] == model_name]
         digital, tokenizer = load_model(model_name)
         digital.eval()
-        eval_blocks = text_blocks(settings.eval_text, tokenizer, seq_len=settings.seq_len, split="test",
-                                  max_blocks=settings.eval_blocks)
-        calib_blocks = text_blocks(settings.calib_text, tokenizer, seq_len=settings.seq_len, split="validation",
-                                   max_blocks=settings.calib_blocks)
+        eval_blocks = _blocks("eval_text (--eval-text)", text_blocks, settings.eval_text, tokenizer,
+                              seq_len=settings.seq_len, split="test", max_blocks=settings.eval_blocks)
+        calib_blocks = _blocks("calib_text (--calib-text)", text_blocks, settings.calib_text, tokenizer,
+                               seq_len=settings.seq_len, split="validation", max_blocks=settings.calib_blocks)
         digital_ppl[model_name] = perplexity(digital, eval_blocks, batch_size=settings.batch_size, progress=False)
         converted: dict[tuple, torch.nn.Module] = {}
         for key in mine:
@@ -296,6 +510,14 @@ def run_comparison(
         results = {"settings": plain, "rows": rows, "summary": summarize_rows(rows)}
     ctx.wait_for_everyone()
     return results
+
+
+def _blocks(option: str, text_blocks: Any, source: str, tokenizer: Any, **kwargs: Any) -> torch.Tensor:
+    """``text_blocks(source, ...)``, its input errors naming the option they came from."""
+    try:
+        return text_blocks(source, tokenizer, **kwargs)
+    except InputError as exc:
+        raise InputError(f"{option}: {exc}") from None
 
 
 def _replaced(report: dict[str, Any]) -> int:

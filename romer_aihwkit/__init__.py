@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     # evaluation
     "perplexity": "romer_aihwkit.evaluation",
     "routing_stats": "romer_aihwkit.evaluation",
+    "evaluate_tasks": "romer_aihwkit.evaluation",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,4 +1,4 @@
-"""Evaluation: perplexity, routing statistics, the Monte-Carlo comparison runner."""
+"""Evaluation: perplexity, routing statistics, downstream tasks, the Monte-Carlo comparison runner."""
 
 from .perplexity import perplexity, token_nll
 from .routing import RoutingAccumulator, layer_metrics, perplexity_and_routing, routing_stats
@@ -12,12 +12,14 @@ from .runner import (
     write_results,
 )
 from .stats import mean_std_ci, summarize_rows
+from .tasks import evaluate_tasks
 
 __all__ = [
     "CompareSettings",
     "ResultsExistError",
     "RoutingAccumulator",
     "chip_instances",
+    "evaluate_tasks",
     "layer_metrics",
     "planned_rows",
     "load_rows",

@@ -1,0 +1,207 @@
+"""Downstream tasks through lm-evaluation-harness, on an in-memory (converted, programmed) model.
+
+:func:`evaluate_tasks` wraps the model with lm-eval's ``HFLM(pretrained=model, tokenizer=...)``,
+so a chip instance is evaluated as it is (no saving, no reloading), and runs the tasks through a
+``TaskManager`` that knows the bundled tasks (``romer_aihwkit/bundled/tasks``) and the folders in
+``include_path`` (lm-eval's own task-YAML folders). Task names are lm-eval's: a bundled task, a
+task of an ``include_path`` folder, or one of lm-eval's own (those download their data from the
+Hugging Face hub, so they need the hub or its cache).
+
+lm-eval is an optional extra: ``pip install -e '.[eval]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+__all__ = ["BUNDLED_TASKS_DIR", "TASK_METRICS", "bundled_tasks", "evaluate_tasks", "require_lm_eval",
+           "task_metric_names"]
+
+BUNDLED_TASKS_DIR = Path(__file__).resolve().parent.parent / "bundled" / "tasks"
+TASK_METRICS = ("acc", "acc_norm")
+"""The metrics kept per task (with their ``_stderr``), where the task reports them."""
+_OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def require_lm_eval() -> None:
+    """Raise a :class:`~romer_aihwkit.errors.UserError` naming the extra when lm-eval is missing."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError as exc:
+        raise UserError(
+            "downstream tasks need lm-evaluation-harness, an optional extra: pip install -e '.[eval]' "
+            f"(import failed: {exc})"
+        ) from None
+
+
+def _local_task_names(folders: Sequence[Path]) -> set[str]:
+    """Task names (and tags) defined by the YAML files under ``folders``, without importing lm-eval."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    names: set[str] = set()
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*.yaml")):
+            try:
+                data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (safe subclass)
+            except (yaml.YAMLError, OSError):
+                continue
+            if not isinstance(data, dict):
+                continue
+            for key in ("task", "group", "tag"):
+                value = data.get(key)
+                values = value if isinstance(value, list) else [value]
+                names.update(v for v in values if isinstance(v, str))
+    return names
+
+
+def bundled_tasks() -> list[str]:
+    """Names of the tasks shipped with the package (and their tags)."""
+    return sorted(_local_task_names([BUNDLED_TASKS_DIR]))
+
+
+def _include_paths(include_path: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
+    paths = [BUNDLED_TASKS_DIR]
+    extra = [] if include_path is None else (
+        [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path))
+    for p in extra:
+        path = Path(p).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"--include-path {p}: no such folder of lm-eval task YAMLs")
+        paths.append(path.resolve())
+    return paths
+
+
+@contextlib.contextmanager
+def _offline(enabled: bool) -> Iterator[None]:
+    """Set ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` while local tasks run; restore them after."""
+    if not enabled:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in _OFFLINE_VARS}
+    os.environ.update({k: "1" for k in _OFFLINE_VARS})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@functools.lru_cache(maxsize=4)
+def _task_manager(folders: tuple[str, ...], include_defaults: bool) -> Any:
+    """One lm-eval ``TaskManager`` per set of folders (indexing lm-eval's own tasks takes seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(folders), include_defaults=include_defaults)
+
+
+def task_metric_names(results: dict[str, dict[str, float]]) -> list[str]:
+    """``"task/metric"`` names of a :func:`evaluate_tasks` result (metrics only, no stderr)."""
+    return [f"{task}/{m}" for task, metrics in results.items() for m in TASK_METRICS if m in metrics]
+
+
+def _parse_results(raw: dict[str, Any], leaf_tasks: set[str]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for task, metrics in raw.items():
+        if task not in leaf_tasks:
+            continue
+        entry: dict[str, float] = {}
+        for key, value in metrics.items():
+            name, _, _filter = key.partition(",")
+            if name in TASK_METRICS or name.removesuffix("_stderr") in TASK_METRICS:
+                if isinstance(value, (int, float)):
+                    entry.setdefault(name, float(value))
+        if "acc" in entry or "acc_norm" in entry:
+            if isinstance(metrics.get("sample_len"), int):
+                entry["n"] = float(metrics["sample_len"])
+            out[task] = entry
+    return out
+
+
+def evaluate_tasks(
+    model: Any,
+    tokenizer: Any,
+    tasks: str | Sequence[str],
+    include_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Run lm-eval tasks on ``model`` as it is in memory (e.g. one converted, programmed chip instance).
+
+    Args:
+        model: A Hugging Face causal LM (digital or converted by ``convert_to_analog_moe``).
+        tokenizer: Its tokenizer.
+        tasks: lm-eval task names (or tags), a list or one comma-separated string: the bundled
+            ``shakespeare_line_end`` / ``shakespeare_speaker`` (tag ``shakespeare``), tasks of the
+            ``include_path`` folders, or lm-eval's own tasks (these need the Hugging Face hub).
+        include_path: Folder(s) of lm-eval task YAMLs, in addition to the bundled tasks.
+        limit: Documents per task (lm-eval's ``limit``: the first N, or a fraction if < 1).
+        num_fewshot: Few-shot examples (lm-eval's ``num_fewshot``; ``None``: the task's default).
+        batch_size: Requests per forward pass.
+        device: Where the model runs; default: the device of its first parameter.
+        seed: Seed of lm-eval's own random draws (few-shot sampling).
+
+    Returns:
+        ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}}`` for every task that
+        reports accuracy (``acc_norm`` only where the task has it; ``n``: documents evaluated).
+
+    Raises:
+        UserError: lm-eval is not installed, or a task name is unknown.
+        FileNotFoundError: An ``include_path`` folder does not exist.
+    """
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    if not names:
+        raise UserError("give at least one task (--tasks T1,T2)")
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit must be positive, got {limit}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    require_lm_eval()
+    folders = _include_paths(include_path)
+    local = set(names) <= _local_task_names(folders)
+    with _offline(local):
+        import logging
+
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+
+        manager = _task_manager(tuple(str(p) for p in folders), include_defaults=not local)
+        unknown = [n for n in names if n not in manager.all_tasks]
+        if unknown:
+            raise UserError(
+                f"unknown lm-eval task(s) {', '.join(unknown)}; bundled: {', '.join(bundled_tasks())}; "
+                "add task YAML folders with --include-path")
+        if device is None:
+            device = str(next(model.parameters()).device)
+        was_training = model.training
+        model.eval()
+        for name in ("lm_eval", "lm-eval"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        try:
+            raw = simple_evaluate(
+                model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
+                # torch's generator is left alone: the caller seeds the per-forward output noise
+                random_seed=seed, numpy_random_seed=None, torch_random_seed=None, fewshot_random_seed=seed,
+                log_samples=False,
+            )
+        finally:
+            model.train(was_training)
+    leaves = {t for t, subtasks in raw.get("group_subtasks", {}).items() if not subtasks} or set(raw["results"])
+    return _parse_results(raw["results"], leaves)

@@ -1,0 +1,123 @@
+"""Downstream tasks through lm-evaluation-harness: bundled tasks offline, in-memory chip instances."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from romer_aihwkit.errors import UserError  # noqa: E402
+from romer_aihwkit.evaluation.tasks import BUNDLED_TASKS_DIR, bundled_tasks, evaluate_tasks  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ["shakespeare_line_end", "shakespeare_speaker"]
+
+
+@pytest.fixture(scope="module")
+def olmoe():
+    import romer_aihwkit as ra
+
+    return ra.load_bundled_model("olmoe-tiny")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_bundled_tasks_are_listed_and_well_formed():
+    assert set(TASKS) <= set(bundled_tasks())
+    assert "shakespeare" in bundled_tasks()  # the tag of both
+    for name in ("line_end", "speaker"):
+        docs = [json.loads(line) for line in (BUNDLED_TASKS_DIR / "shakespeare" / f"{name}.jsonl").open()]
+        assert len(docs) == 500
+        for doc in docs:
+            assert len(doc["choices"]) == 4 and len(set(doc["choices"])) == 4
+            assert 0 <= doc["label"] < 4
+        labels = [d["label"] for d in docs]
+        assert max(labels.count(i) for i in range(4)) < 0.3 * len(docs)  # answers spread over positions
+
+
+def test_task_data_is_reproducible_from_the_bundled_plays():
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_tasks.py"), "--check"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
+def test_speaker_choices_never_offer_the_previous_speaker():
+    docs = [json.loads(line) for line in (BUNDLED_TASKS_DIR / "shakespeare" / "speaker.jsonl").open()]
+    for doc in docs:
+        names = [c.split("\n")[0][:-1] for c in doc["choices"]]
+        assert names[doc["label"]] == doc["speaker"]
+        assert doc["previous_speaker"] not in names
+        assert len({c.split("\n", 1)[1] for c in doc["choices"]}) == 1  # same line, four speakers
+
+
+def test_bundled_tasks_run_offline_on_an_in_memory_model(olmoe, no_network):
+    model, tok = olmoe
+    res = evaluate_tasks(model, tok, "shakespeare", limit=8)
+    assert set(res) == set(TASKS)
+    for metrics in res.values():
+        assert metrics["n"] == 8
+        for key in ("acc", "acc_norm"):
+            assert 0.0 <= metrics[key] <= 1.0 and metrics[key] * 8 == round(metrics[key] * 8)
+            assert metrics[f"{key}_stderr"] >= 0.0
+
+
+def test_ideal_chip_reproduces_digital_accuracy(olmoe, no_network):
+    import romer_aihwkit as ra
+
+    model, tok = olmoe
+    digital = evaluate_tasks(model, tok, ["shakespeare_line_end"], limit=16)
+    ideal = ra.convert_to_analog_moe(model, "ideal")
+    ideal.program_analog_weights(seed=0)
+    assert evaluate_tasks(ideal, tok, ["shakespeare_line_end"], limit=16) == digital
+
+
+def test_include_path_task_and_errors(olmoe, tmp_path, no_network):
+    model, tok = olmoe
+    data = tmp_path / "local.jsonl"
+    docs = [{"context": f"alpha beta gamma {i} alpha beta gamma {i} alpha beta gamma {i}",
+             "choices": [f"zq xv {i} kw", f"alpha beta gamma {i}", "qq pp rr", "mm nn oo"], "label": 1}
+            for i in range(6)]
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "local.yaml").write_text(
+        "task: local_task\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: label\n"
+        "metric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n")
+    res = evaluate_tasks(model, tok, ["local_task"], include_path=tmp_path)
+    assert set(res["local_task"]) == {"acc", "acc_stderr", "n"}  # no acc_norm: the task does not report it
+    assert res["local_task"]["n"] == 6 and 0.0 <= res["local_task"]["acc"] <= 1.0
+    with pytest.raises(UserError, match="unknown lm-eval task.*no_such_task"):
+        evaluate_tasks(model, tok, ["no_such_task"])
+    with pytest.raises(FileNotFoundError, match="--include-path"):
+        evaluate_tasks(model, tok, ["local_task"], include_path=tmp_path / "missing")
+    with pytest.raises(UserError, match="--limit"):
+        evaluate_tasks(model, tok, TASKS, limit=0)
+
+
+def test_missing_lm_eval_names_the_extra(olmoe, monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "lm_eval" or name.startswith("lm_eval."):
+            raise ImportError("No module named 'lm_eval'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.delitem(sys.modules, "lm_eval", raising=False)
+    with pytest.raises(UserError, match=r"pip install -e '\.\[eval\]'"):
+        evaluate_tasks(*olmoe, TASKS, limit=2)

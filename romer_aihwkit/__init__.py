@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "RomerAuto": "romer_aihwkit.calibration",
     "save_calibration": "romer_aihwkit.calibration",
     "load_calibration": "romer_aihwkit.calibration",
+    # stress controls and diagnosis
+    "apply_stress": "romer_aihwkit.stress",
     # evaluation
     "perplexity": "romer_aihwkit.evaluation",
     "routing_stats": "romer_aihwkit.evaluation",

@@ -289,6 +289,11 @@ TInfOpt = Annotated[
 ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume",
                                          help="Reuse finished rows in the output folder (same configuration).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite results of a different configuration in --out.")]
+StressOpt = Annotated[str | None, typer.Option(
+    "--stress", metavar="SPEC",
+    help="Function-preserving stress control applied to the digital model first, e.g. outliers:3x50 (3 hidden "
+         "channels x50 in the norms feeding the MoE blocks, undone in their readers' weights) or "
+         "heavy-weights:2x20; '+' combines, '@all' also stresses attention inputs. Recorded in every result.")]
 
 
 def _split(values: list[str] | str | None) -> list[str]:
@@ -469,7 +474,7 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
 
 def _compare_settings(models: list[str], devices: list[str], methods: list[str], seeds: int, first_seed: int,
                       t_inference: list[str] | None, eval_text: str, calib_text: str, seq_len: int,
-                      eval_blocks: int, calib_blocks: int, batch_size: int) -> Any:
+                      eval_blocks: int, calib_blocks: int, batch_size: int, stress: str | None = None) -> Any:
     from romer_aihwkit.evaluation.runner import MAX_SEEDS, CompareSettings
 
     _check_positive(seeds=seeds, seq_len=seq_len, eval_blocks=eval_blocks, calib_blocks=calib_blocks,
@@ -489,7 +494,7 @@ def _compare_settings(models: list[str], devices: list[str], methods: list[str],
         models=models, devices=devices, methods=methods,
         seeds=list(range(first_seed, first_seed + seeds)), t_inference=_parse_t_list(t_inference),
         eval_text=eval_text, calib_text=calib_text, seq_len=seq_len, eval_blocks=eval_blocks,
-        calib_blocks=calib_blocks, batch_size=batch_size,
+        calib_blocks=calib_blocks, batch_size=batch_size, stress=stress,
     )
 
 
@@ -527,10 +532,11 @@ def compare(
     resume: ResumeOpt = True,
     force: ForceOpt = False,
     json_output: JsonOpt = False,
+    stress: StressOpt = None,
 ) -> None:
     """Compare methods over simulated chip instances: results.json/.csv, report.md, PNG plots."""
     settings = _compare_settings(_split(model), _split(devices), _split(methods), seeds, first_seed, t_inference,
-                                 eval_text, calib_text, seq_len, eval_blocks, calib_blocks, batch_size)
+                                 eval_text, calib_text, seq_len, eval_blocks, calib_blocks, batch_size, stress)
     _run_compare(settings, out, resume, force, json_output)
 
 

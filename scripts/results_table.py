@@ -58,7 +58,9 @@ def main() -> None:
         for title, columns in groups:
             n = len(settings["seeds"])
             what = f"{args.metric} minus `{args.paired_vs}` on the same chip instance" if args.paired_vs else args.metric
-            print(f"\n**{device}, {title}**: {what}, mean ± 95 % CI over {n} chip instances\n")
+            stress = settings.get("stress") or "none"
+            label = "" if stress == "none" else f", stress `{stress}`"
+            print(f"\n**{device}, {title}{label}**: {what}, mean ± 95 % CI over {n} chip instances\n")
             print("| method | " + " | ".join(c[0] for c in columns) + " |")
             print("|---|" + "---:|" * len(columns))
             if args.metric == "ppl" and not args.paired_vs:

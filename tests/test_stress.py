@@ -134,3 +134,35 @@ def test_label_and_refusals():
 
     with pytest.raises(InputError, match="before convert_to_analog_moe"):
         apply_stress(convert_to_analog_moe(tiny_model("olmoe"), "ideal"), "outliers:3x50")
+
+
+def test_compare_records_stress_everywhere(tmp_path):
+    import json
+
+    from test_runner import make_tiny_model_folder
+    from typer.testing import CliRunner
+
+    from romer_aihwkit.cli import app
+
+    tiny = make_tiny_model_folder(tmp_path / "tiny")
+    out = tmp_path / "cmp"
+    runner = CliRunner()
+    args = ["compare", "--model", tiny, "--devices", "pcm", "--methods", "none,romer", "--seeds", "1",
+            "--seq-len", "32", "--eval-blocks", "2", "--calib-blocks", "2", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--stress", "outliers:3x50"], env={"COLUMNS": "150"})
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["stress"] == "outliers:3x50"
+    assert {r["stress"] for r in results["rows"]} == {"outliers:3x50"}
+    assert "stress outliers:3x50" in (out / "report.md").read_text()
+    assert "stress outliers:3x50" in result.stdout
+    # the digital model is unchanged by the stress: same digital perplexity as without it
+    plain = runner.invoke(app, [*args[:-1], str(tmp_path / "plain")])
+    assert plain.exit_code == 0, plain.output
+    plain_results = json.loads((tmp_path / "plain" / "results.json").read_text())
+    key = next(iter(results["settings"]["digital_ppl"]))
+    assert results["settings"]["digital_ppl"][key] == pytest.approx(plain_results["settings"]["digital_ppl"][key],
+                                                                    rel=1e-4)
+    assert plain_results["settings"].get("stress") is None
+    bad = runner.invoke(app, [*args, "--stress", "outliers:3"])
+    assert bad.exit_code == 2 and "expected KIND:NxS" in bad.stderr

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .report import digital_ppl_of, fmt_seconds, group_summary
+from .report import digital_ppl_of, fmt_seconds, group_summary, stress_suffix
 
 __all__ = ["plot_layer_loads", "plot_ppl_by_method", "plot_ppl_vs_drift", "write_plots", "model_slugs"]
 
@@ -130,8 +130,10 @@ def plot_layer_loads(rows: list[dict[str, Any]], model: str, device: str, t_infe
         if li >= n_layers - ncols:
             ax.set_xlabel("expert", fontsize=8)
     n_seeds = len({r["seed"] for r in romer_rows})
+    stress = romer_rows[0].get("stress") or "none"
     fig.suptitle(f"Expert load per MoE layer — {Path(model).name or model}, {device}, "
-                 f"t = {fmt_seconds(t_inference)}, mean over {n_seeds} chip instance(s)", fontsize=10)
+                 f"t = {fmt_seconds(t_inference)}, mean over {n_seeds} chip instance(s)"
+                 f"{'' if stress == 'none' else f', stress {stress}'}", fontsize=10)
     fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(series) + 1, fontsize=8, frameon=False)
     fig.tight_layout()
     return _save(fig, Path(path))
@@ -178,7 +180,8 @@ def plot_ppl_by_method(results: dict[str, Any], model: str, device: str,
     pad = 0.1 * max(high - low, 1e-6 * max(abs(high), 1.0))
     ax.set_ylim(max(0.0, low - pad), high + pad)
     title_t = "" if len(times) > 1 else f", t = {fmt_seconds(times[0])}"
-    ax.set_title(f"Perplexity by method — {Path(model).name or model}, {device}{title_t}", fontsize=10)
+    ax.set_title(f"Perplexity by method — {Path(model).name or model}, {device}{title_t}{stress_suffix(results)}",
+                 fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, Path(path))
@@ -209,7 +212,7 @@ def plot_ppl_vs_drift(results: dict[str, Any], model: str, device: str,
     ax.minorticks_off()
     ax.set_xlabel("drift time t_inference")
     ax.set_ylabel("perplexity (mean ± 95 % CI)")
-    ax.set_title(f"Perplexity vs drift — {Path(model).name or model}, {device}", fontsize=10)
+    ax.set_title(f"Perplexity vs drift — {Path(model).name or model}, {device}{stress_suffix(results)}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, Path(path))

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 
-__all__ = ["package_versions", "print_summary", "render_report", "write_report", "group_summary"]
+__all__ = ["package_versions", "print_summary", "render_report", "write_report", "group_summary", "stress_suffix"]
 
 REPORT_FILE = "report.md"
 
@@ -81,6 +81,12 @@ def fmt_seconds(t: Any) -> str:
         if t >= size and (t / size).is_integer():
             return f"{t / size:g} {unit}"
     return f"{t:g} s"
+
+
+def stress_suffix(results: dict[str, Any]) -> str:
+    """`` · stress outliers:3x50`` for results of a stressed model (see :mod:`romer_aihwkit.stress`), else ``""``."""
+    spec = (results.get("settings") or {}).get("stress")
+    return f" · stress {spec}" if spec and spec != "none" else ""
 
 
 def digital_ppl_of(results: dict[str, Any], model: str) -> float | None:
@@ -170,7 +176,8 @@ def render_report(results: dict[str, Any], plots: Iterable[str | os.PathLike] = 
         lines += ["No finished rows yet.", ""]
     for key, entries in groups.items():
         model, device, t = key
-        lines.append(f"### {_md_escape(model)} · {_md_escape(device)} · t_inference = {fmt_seconds(t)}")
+        lines.append(f"### {_md_escape(model)} · {_md_escape(device)} · t_inference = {fmt_seconds(t)}"
+                     f"{_md_escape(stress_suffix(results))}")
         lines.append("")
         digital = digital_ppl_of(results, model)
         seeds = sorted({s for e in entries for s in e.get("seeds", [])})
@@ -238,8 +245,8 @@ def print_summary(results: dict[str, Any], console: Any = None) -> None:
         digital = digital_ppl_of(results, model)
         counts = sorted({int(e.get("n", len(e.get("seeds", [])))) for e in entries})
         seeds = f"{counts[0]} chip instances" if len(counts) == 1 else "n varies"
-        title = (f"{escape(model)} · {escape(device)} · t_inference {fmt_seconds(t)} · {seeds} · "
-                 f"digital ppl {_fmt(digital, 2)}")
+        title = (f"{escape(model)} · {escape(device)} · t_inference {fmt_seconds(t)}{escape(stress_suffix(results))} · "
+                 f"{seeds} · digital ppl {_fmt(digital, 2)}")
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                       pad_edge=False)
         replaced = {e["method"]: _mean_replaced(rows_all, (e["model"], e["device"], e["method"],

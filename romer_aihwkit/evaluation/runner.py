@@ -70,6 +70,8 @@ class CompareSettings:
     eval_blocks: int | None = 32
     calib_blocks: int | None = 16
     batch_size: int = 8
+    stress: str | None = None
+    """Function-preserving stress spec applied to every digital model first (:func:`romer_aihwkit.stress.apply_stress`)."""
 
     def __post_init__(self) -> None:
         from ..baselines import get_method
@@ -96,12 +98,17 @@ class CompareSettings:
                 cfg.check_t_inference(cfg.t_inference if t is None else t)
         if self.seq_len < 2:
             raise InputError("seq_len must be at least 2")
+        from ..stress import stress_label
+
+        self.stress = None if stress_label(self.stress) == "none" else stress_label(self.stress)
 
     def fingerprint(self) -> str:
         """Identity of the numbers: everything but the seeds and methods, which may be extended."""
         data = asdict(self)
         data.pop("seeds")
         data.pop("methods")
+        if data.get("stress") is None:
+            data.pop("stress")  # results written before stress existed keep their identity
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -462,6 +469,10 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
     for model_name in settings.models:
         mine = [key for key in todo if key[0] == model_name]
         digital, tokenizer = load_model(model_name)
+        if settings.stress:
+            from ..stress import apply_stress
+
+            apply_stress(digital, settings.stress)
         digital.eval()
         eval_blocks = _blocks("eval_text (--eval-text)", text_blocks, settings.eval_text, tokenizer,
                               seq_len=settings.seq_len, split="test", max_blocks=settings.eval_blocks)
@@ -488,6 +499,7 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
                 "router_fidelity": stats["router_fidelity"], "load_entropy": stats["load_entropy"],
                 "replaced_experts": _replaced(report),
                 "digital_ppl": digital_ppl[model_name],
+                "stress": settings.stress or "none",
                 "seconds": time.perf_counter() - start,
                 "layers": [{"load": layer["load"], "reference_load": layer["reference_load"]}
                            for layer in stats["layers"]],

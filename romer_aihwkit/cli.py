@@ -389,10 +389,16 @@ def _load_model(name: str):
         return load_model(name)
 
 
-def _already_done(out_dir: Any, settings: Any, keys: set[tuple], resume: bool) -> int:
+def _already_done(out_dir: Any, settings: Any, keys: set[tuple], resume: bool, force: bool = False) -> int:
+    from romer_aihwkit.errors import ResultsFolderError
     from romer_aihwkit.evaluation.runner import finished_rows
 
-    return len(finished_rows(out_dir, settings) & keys) if resume else 0
+    try:
+        return len(finished_rows(out_dir, settings) & keys) if resume else 0
+    except ResultsFolderError:
+        if force:  # the run discards the damaged rows
+            return 0
+        raise
 
 
 def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output: bool) -> dict[str, Any]:
@@ -436,7 +442,7 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
     ctx = process_context()
     rank, world_size = ctx.rank, ctx.world_size
     keys = set(planned_rows(settings, rank, world_size))
-    done = _already_done(out_dir, settings, keys, resume)
+    done = _already_done(out_dir, settings, keys, resume, force)
     err = _stderr_console()
     if done and rank == 0:
         err.print(f"resuming: {done} of {len(keys)} rows already in {out_dir}")

@@ -7,8 +7,14 @@ an :class:`~romer_aihwkit.analog.block.AnalogMoEBlock` that routes through the a
 
 Routing: ``softmax`` (or the gate's ``scoring_func``), top-k from the block or gate
 (``top_k``/``num_experts_per_tok``), renormalised when ``norm_topk_prob`` is set (Mixtral, which
-has no such flag, always renormalises). Whether the block returns ``(hidden, router_logits)``
-is probed once on a zero input at conversion time.
+has no such flag, always renormalises). DeepSeek-V2/V3 remote-code gates (``MoEGate`` with
+``topk_method``) are mapped exactly as their code routes: ``greedy``, ``group_limited_greedy``
+(group score = its best expert) or ``noaux_tc`` (sigmoid scores, ``e_score_correction_bias`` for
+selection, group score = sum of its two best), ``routed_scaling_factor`` applied as the code
+applies it (V2: only when the weights are not renormalised; V3: always). Anything else that
+changes routing is refused with :class:`UnsupportedLayoutError` rather than converted wrongly.
+Whether the block returns ``(hidden, router_logits)`` is probed once on a zero input at
+conversion time.
 """
 
 from __future__ import annotations
@@ -65,11 +71,42 @@ class LegacyModuleListAdapter(MoEAdapter):
             top_k = getattr(getattr(block, "config", None), "num_experts_per_tok", None)
         if top_k is None:
             raise UnsupportedLayoutError(f"{type(block).__name__}: cannot find top_k on the block or its gate")
-        norm = _first_attr((block, gate), ("norm_topk_prob",), default=True)
+        norm = bool(_first_attr((block, gate), ("norm_topk_prob",), default=True))
         scoring = getattr(gate, "scoring_func", "softmax")
         if scoring not in ("softmax", "sigmoid"):
             raise UnsupportedLayoutError(f"{type(block).__name__}: scoring_func {scoring!r} is not supported")
-        return RoutingSpec(len(block.experts), int(top_k), scoring, bool(norm))
+        top_k = int(top_k)
+        method = getattr(gate, "topk_method", None)
+        scaling = float(_first_attr((gate, block), ("routed_scaling_factor",), default=1.0))
+        bias = getattr(gate, "e_score_correction_bias", None)
+        name = type(gate).__name__
+        if method is None:
+            if bias is not None or scaling != 1.0:
+                raise UnsupportedLayoutError(
+                    f"{name} has e_score_correction_bias or routed_scaling_factor but no topk_method: how it routes "
+                    "is unknown, so it is not converted")
+            return RoutingSpec(len(block.experts), top_k, scoring, norm)
+        if method not in ("greedy", "group_limited_greedy", "noaux_tc"):
+            raise UnsupportedLayoutError(f"{name}: topk_method {method!r} is not supported "
+                                         "(greedy, group_limited_greedy, noaux_tc are)")
+        norm = norm and top_k > 1  # DeepSeek renormalises only for top_k > 1
+        grouped = method != "greedy"
+        if method == "noaux_tc":
+            if scoring != "sigmoid" or bias is None:
+                raise UnsupportedLayoutError(f"{name}: topk_method 'noaux_tc' needs sigmoid scores and an "
+                                             "e_score_correction_bias")
+        elif bias is not None:
+            raise UnsupportedLayoutError(f"{name}: e_score_correction_bias with topk_method {method!r} is not supported")
+        n_group = int(getattr(gate, "n_group", 1) or 1) if grouped else 1
+        topk_group = int(getattr(gate, "topk_group", 1) or 1) if grouped else 1
+        return RoutingSpec(
+            len(block.experts), top_k, scoring, norm,
+            n_group=n_group, topk_group=topk_group,
+            group_score="top2_sum" if method == "noaux_tc" else "max",
+            # V3 (noaux_tc) always scales; V2 scales only weights it does not renormalise
+            routed_scaling_factor=scaling if method == "noaux_tc" or not norm else 1.0,
+            uses_correction_bias=method == "noaux_tc",
+        )
 
     def num_experts(self, block: nn.Module) -> int:
         return len(block.experts)
@@ -98,7 +135,7 @@ class LegacyModuleListAdapter(MoEAdapter):
         experts = ctx.experts(gate_up, down, act_fn)
         experts.layout = {"kind": "modulelist", "names": names}
         return AnalogMoEBlock(
-            router=ctx.router(block.gate.weight, spec),
+            router=ctx.router(block.gate.weight, spec, getattr(block.gate, "e_score_correction_bias", None)),
             experts=experts,
             shared_experts=shared,
             shared_expert_gate=getattr(block, "shared_expert_gate", None),

@@ -20,8 +20,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -q
+test-slow: $(STAMP)  # pytest exits 5 when no test carries the marker: that is not a failure
+	$(PY) -m pytest -m slow -q || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check romer_aihwkit tests benchmarks scripts

@@ -96,7 +96,7 @@ def _reference_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, bo
         else:
             prefix = f"{name}." if name else ""
             for pname, param in module.named_parameters(recurse=False):
-                yield prefix + pname, param, pname == "weight" and "gate" in name.rsplit(".", 1)[-1]
+                yield prefix + pname, param, False
             skip = getattr(module, "_non_persistent_buffers_set", set())
             for bname, buf in module.named_buffers(recurse=False):
                 if bname not in skip and buf is not None:

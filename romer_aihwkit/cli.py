@@ -296,6 +296,37 @@ StressOpt = Annotated[str | None, typer.Option(
          "heavy-weights:2x20; '+' combines, '@all' also stresses attention inputs. Recorded in every result.")]
 
 
+TasksOpt = Annotated[list[str] | None, typer.Option(
+    "--tasks", metavar="TASK[,TASK...]",
+    help="lm-evaluation-harness tasks run on every chip instance (needs the eval extra): the bundled "
+         "shakespeare_line_end, shakespeare_speaker (tag: shakespeare), tasks of --include-path, or lm-eval's own "
+         "(those need the Hugging Face hub). Comma-separated or repeated.")]
+IncludePathOpt = Annotated[str | None, typer.Option(
+    "--include-path", metavar="DIR", help="Folder of lm-eval task YAMLs (lm-eval's --include_path).")]
+LimitOpt = Annotated[int | None, typer.Option(
+    "--limit", metavar="N", help="Documents per task (the first N; default: all).")]
+FewshotOpt = Annotated[int | None, typer.Option(
+    "--num-fewshot", metavar="K", help="Few-shot examples per task (default: each task's own).")]
+TrainTextOpt = Annotated[str, typer.Option(
+    "--train-text", metavar="bundled|FILE|FOLDER",
+    help="Training text of hardware-aware training (methods hwa, hwa+romer): 'bundled' (the Shakespeare train "
+         "plays, disjoint from calibration and evaluation plays) or a file/folder.")]
+HwaStepsOpt = Annotated[int | None, typer.Option(
+    "--hwa-steps", metavar="N", help="Optimizer steps of hardware-aware training (default 100).")]
+
+
+def _with_tasks_and_hwa(settings: Any, tasks: list[str] | None, include_path: str | None, limit: int | None,
+                        num_fewshot: int | None, train_text: str, hwa_steps: int | None) -> Any:
+    """``settings`` with the downstream-task and HWA options (validated again by ``CompareSettings``)."""
+    import dataclasses
+
+    names = _split(tasks)
+    if (include_path or limit is not None or num_fewshot is not None) and not names:
+        raise UserError("--include-path, --limit and --num-fewshot apply to --tasks: give the tasks too")
+    return dataclasses.replace(settings, tasks=names, task_include_path=include_path, task_limit=limit,
+                               num_fewshot=num_fewshot, train_text=train_text, hwa_steps=hwa_steps)
+
+
 def _split(values: list[str] | str | None) -> list[str]:
     """Comma-separated and/or repeated option values -> a flat list without blanks."""
     if values is None:
@@ -539,10 +570,17 @@ def compare(
     force: ForceOpt = False,
     json_output: JsonOpt = False,
     stress: StressOpt = None,
+    tasks: TasksOpt = None,
+    include_path: IncludePathOpt = None,
+    limit: LimitOpt = None,
+    num_fewshot: FewshotOpt = None,
+    train_text: TrainTextOpt = "bundled",
+    hwa_steps: HwaStepsOpt = None,
 ) -> None:
     """Compare methods over simulated chip instances: results.json/.csv, report.md, PNG plots."""
     settings = _compare_settings(_split(model), _split(devices), _split(methods), seeds, first_seed, t_inference,
                                  eval_text, calib_text, seq_len, eval_blocks, calib_blocks, batch_size, stress)
+    settings = _with_tasks_and_hwa(settings, tasks, include_path, limit, num_fewshot, train_text, hwa_steps)
     _run_compare(settings, out, resume, force, json_output)
 
 
@@ -567,6 +605,12 @@ def evaluate(
     resume: ResumeOpt = True,
     force: ForceOpt = False,
     json_output: JsonOpt = False,
+    tasks: TasksOpt = None,
+    include_path: IncludePathOpt = None,
+    limit: LimitOpt = None,
+    num_fewshot: FewshotOpt = None,
+    train_text: TrainTextOpt = "bundled",
+    hwa_steps: HwaStepsOpt = None,
 ) -> None:
     """Evaluate one method over simulated chip instances (`compare` with a single method)."""
     methods = _split(method)
@@ -574,6 +618,7 @@ def evaluate(
         raise UserError(f"evaluate takes one --method, got {method!r}; use `compare` for several")
     settings = _compare_settings(_split(model), [device], methods, seeds, first_seed, t_inference, eval_text,
                                  calib_text, seq_len, eval_blocks, calib_blocks, batch_size)
+    settings = _with_tasks_and_hwa(settings, tasks, include_path, limit, num_fewshot, train_text, hwa_steps)
     _run_compare(settings, out, resume, force, json_output)
 
 

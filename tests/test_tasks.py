@@ -121,3 +121,53 @@ def test_missing_lm_eval_names_the_extra(olmoe, monkeypatch):
     monkeypatch.delitem(sys.modules, "lm_eval", raising=False)
     with pytest.raises(UserError, match=r"pip install -e '\.\[eval\]'"):
         evaluate_tasks(*olmoe, TASKS, limit=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from test_runner import make_tiny_model_folder
+
+    return make_tiny_model_folder(tmp_path_factory.mktemp("tasks-tiny"))
+
+
+def test_compare_with_tasks_and_hwa_through_the_cli(tiny_folder, tmp_path):
+    """`compare --tasks ... --methods global,hwa,hwa+romer`: accuracies per row, summary, report, plot, HWA cache."""
+    from typer.testing import CliRunner
+
+    from romer_aihwkit.cli import app
+
+    train = tmp_path / "train.txt"
+    from romer_aihwkit.data import read_bundled_text
+
+    train.write_text(read_bundled_text("train")[:20000])
+    out = tmp_path / "out"
+    args = ["compare", "--model", tiny_folder, "--devices", "pcm", "--methods", "global,hwa,hwa+romer",
+            "--seeds", "2", "--seq-len", "32", "--eval-blocks", "2", "--calib-blocks", "2",
+            "--tasks", "shakespeare_line_end", "--limit", "4", "--train-text", str(train), "--hwa-steps", "2",
+            "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + str(result.exception)
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["rows"]) == 6
+    for row in results["rows"]:
+        metrics = row["tasks"]["shakespeare_line_end"]
+        assert metrics["n"] == 4 and 0 <= metrics["acc"] <= 1 and 0 <= metrics["acc_norm"] <= 1
+    for entry in results["summary"]:
+        stats = entry["tasks"]["shakespeare_line_end/acc"]
+        assert stats["n"] == 2 and 0 <= stats["mean"] <= 1
+    settings = results["settings"]
+    assert set(settings["digital_tasks"][tiny_folder]) == {"shakespeare_line_end"}
+    (record,) = settings["hwa_training"].values()
+    assert record["config"]["steps"] == 2 and record["device"] == "pcm"
+    checkpoints = [p for p in (out / "hwa").iterdir() if not p.name.startswith(".")]
+    assert len(checkpoints) == 1  # one training shared by hwa and hwa+romer and both chip instances
+    report = (out / "report.md").read_text()
+    assert "Downstream tasks" in report and "shakespeare_line_end/acc" in report and "HWA training" in report
+    assert "shakespeare_line_end/acc" in (out / "results.csv").read_text().splitlines()[0]
+    assert list(out.glob("task_accuracy_*.png"))
+    # hwa and global share no conversion: different weights, different numbers on the same chips
+    by = {(r["method"], r["seed"]): r["ppl"] for r in results["rows"]}
+    assert by[("hwa", 0)] != by[("global", 0)]
+    # options of --tasks without tasks are refused in one line
+    bad = CliRunner().invoke(app, ["compare", "--model", tiny_folder, "--limit", "3", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--tasks" in bad.stderr

@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import InputError
+
 __all__ = ["Method", "METHODS", "get_method", "list_methods", "register_method", "prepare_model", "apply_method"]
 
 
@@ -55,6 +57,9 @@ class Method:
     """Calibrate static DAC input ranges from the calibration data (AIHWKit)."""
     callbacks: Callable[[], list] = _no_callbacks
     """Fresh calibration callbacks for one chip instance."""
+    hwa: bool = False
+    """Convert a hardware-aware trained copy of the model (:mod:`romer_aihwkit.baselines.hwa`), trained
+    for the device before conversion (the comparison runner trains and caches it)."""
 
     @property
     def needs_calibration_data(self) -> bool:
@@ -62,7 +67,8 @@ class Method:
 
     def conversion_key(self) -> tuple:
         """Methods with equal keys can share one converted model."""
-        return (tuple(sorted(self.device_overrides.items(), key=str)), self.analog_router, self.hetero_fraction)
+        return (tuple(sorted(self.device_overrides.items(), key=str)), self.analog_router, self.hetero_fraction,
+                self.hwa)
 
 
 METHODS: dict[str, Method] = {}
@@ -96,6 +102,9 @@ for _m in (
     Method("romer-auto", "ROMER with percentiles and tau chosen on held-out calibration blocks (ours)",
            callbacks=_romer_auto()),
     Method("romer+hetero", "ROMER on top of the hetero baseline", hetero_fraction=0.125, callbacks=_romer()),
+    Method("hwa", "AIHWKit hardware-aware training: routers and experts fine-tuned on training tiles (device "
+           "periphery, ADD_NORMAL weight noise, output noise), then the device as configured", hwa=True),
+    Method("hwa+romer", "ROMER on the hardware-aware trained model", hwa=True, callbacks=_romer()),
 ):
     register_method(_m)
 
@@ -120,6 +129,13 @@ def prepare_model(digital_model: nn.Module, device_config, method: str | Method,
     from .hetero import select_hetero_experts
 
     method = get_method(method)
+    if method.hwa:
+        from .hwa import is_hwa_trained
+
+        if not is_hwa_trained(digital_model):
+            raise InputError(
+                f"method {method.name!r} converts a hardware-aware trained model: pass the output of "
+                "romer_aihwkit.baselines.hwa.hwa_finetune (or hwa_checkpoint); `compare` trains and caches it")
     config = load_device_config(device_config)
     if method.device_overrides:
         config = config.replace(**method.device_overrides)

@@ -6,6 +6,8 @@
 * :func:`plot_ppl_by_method` — perplexity by method with 95 % CI error bars and the digital
   perplexity as a dashed line.
 * :func:`plot_ppl_vs_drift` — perplexity against drift time (log axis) per method.
+* :func:`plot_task_accuracy` — downstream-task accuracy by method with 95 % CI error bars, one panel
+  per task metric, the digital model's accuracy as a dashed line.
 
 :func:`write_plots` writes all that the data allows and returns the paths; a plot whose data is
 absent (no ``romer`` rows, one drift time only) is skipped, not an error.
@@ -22,7 +24,8 @@ from typing import Any
 
 from .report import digital_ppl_of, fmt_seconds, group_summary, stress_suffix
 
-__all__ = ["plot_layer_loads", "plot_ppl_by_method", "plot_ppl_vs_drift", "write_plots", "model_slugs"]
+__all__ = ["plot_layer_loads", "plot_ppl_by_method", "plot_ppl_vs_drift", "plot_task_accuracy", "write_plots",
+           "model_slugs"]
 
 
 def _pyplot():
@@ -218,6 +221,47 @@ def plot_ppl_vs_drift(results: dict[str, Any], model: str, device: str,
     return _save(fig, Path(path))
 
 
+def plot_task_accuracy(results: dict[str, Any], model: str, device: str,
+                       path: str | os.PathLike) -> Path | None:
+    """Task accuracy by method (mean ± 95 % CI), one panel per ``task/metric``; ``None`` without tasks.
+
+    With several drift times, the first one is plotted (the report has every table).
+    """
+    entries = _summary_of(results, model, device)
+    entries = [e for e in entries if e.get("tasks")]
+    if not entries:
+        return None
+    t0 = min(float(e["t_inference"]) for e in entries)
+    entries = [e for e in entries if float(e["t_inference"]) == t0]
+    names = list(dict.fromkeys(n for e in entries for n in e["tasks"]))
+    digital = ((results.get("settings") or {}).get("digital_tasks") or {}).get(model) or {}
+    plt = _pyplot()
+    methods = [e["method"] for e in entries]
+    fig, axes = plt.subplots(1, len(names), figsize=(max(4.0, 0.6 * len(methods) + 1.5) * len(names), 3.6),
+                             squeeze=False)
+    for ax, name in zip(axes[0], names):
+        task, _, metric = name.rpartition("/")
+        ys = [e["tasks"].get(name, {}).get("mean", math.nan) for e in entries]
+        errs = [e["tasks"].get(name, {}).get("ci95", 0.0) for e in entries]
+        errs = [x if _isnum(x) else 0.0 for x in errs]
+        ax.bar(range(len(methods)), ys, yerr=errs, capsize=3, color="#55a868")
+        ref = (digital.get(task) or {}).get(metric)
+        if _isnum(ref):
+            ax.axhline(ref, color="black", linestyle="--", linewidth=1, label=f"digital ({ref:.3f})")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
+        ax.set_title(name, fontsize=9)
+        finite = [y for y in ys if _isnum(y)] + ([ref] if _isnum(ref) else [])
+        if finite:
+            pad = max(0.02, 0.2 * (max(finite) - min(finite)))
+            ax.set_ylim(max(0.0, min(finite) - pad - max(errs)), min(1.0, max(finite) + pad + max(errs)))
+    axes[0][0].set_ylabel("accuracy (mean ± 95 % CI)")
+    fig.suptitle(f"Downstream tasks — {Path(model).name or model}, {device}, t = {fmt_seconds(t0)}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
 def write_plots(results: dict[str, Any], out_dir: str | os.PathLike,
                 rows: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write every plot the data allows into ``out_dir``; returns the paths written.
@@ -247,7 +291,8 @@ def write_plots(results: dict[str, Any], out_dir: str | os.PathLike,
             p = plot_layer_loads(rows, model, device, t, out_dir / f"expert_load_{stem}{suffix}.png")
             if p is not None:
                 written.append(p)
-        for fn, name in ((plot_ppl_by_method, "ppl_by_method"), (plot_ppl_vs_drift, "ppl_vs_drift")):
+        for fn, name in ((plot_ppl_by_method, "ppl_by_method"), (plot_ppl_vs_drift, "ppl_vs_drift"),
+                         (plot_task_accuracy, "task_accuracy")):
             p = fn(results, model, device, out_dir / f"{name}_{stem}.png")
             if p is not None:
                 written.append(p)

@@ -155,6 +155,47 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
+def _flat_tasks(tasks: dict[str, dict[str, float]] | None) -> dict[str, float]:
+    """``{"task/metric": value}`` of one evaluation (``acc``/``acc_norm``)."""
+    from .stats import task_values
+
+    return task_values({"tasks": tasks or {}})
+
+
+def _task_table(results: dict[str, Any], model: str, entries: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of the downstream-task table of one group (none without tasks)."""
+    names = list(dict.fromkeys(name for e in entries for name in e.get("tasks") or {}))
+    if not names:
+        return []
+    digital = _flat_tasks(((results.get("settings") or {}).get("digital_tasks") or {}).get(model))
+    lines = ["Downstream tasks (lm-evaluation-harness): accuracy, mean ± CI95 over chip instances "
+             "(higher is better).", "",
+             "| method | " + " | ".join(_md_escape(n) for n in names) + " |",
+             "|" + "|".join(["---"] + ["---:"] * len(names)) + "|"]
+    if digital:
+        lines.append("| *digital* | " + " | ".join(f"*{_fmt(digital.get(n))}*" for n in names) + " |")
+    for e in entries:
+        cells = [_fmt_pm((e.get("tasks") or {}).get(n, {}).get("mean"), (e.get("tasks") or {}).get(n, {}).get("ci95"))
+                 for n in names]
+        lines.append(f"| {_md_escape(e['method'])} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _hwa_lines(training: dict[str, dict[str, Any]] | None) -> list[str]:
+    """Settings lines on the hardware-aware training runs (their cost)."""
+    if not isinstance(training, dict):
+        return []
+    lines = []
+    for key, info in training.items():
+        cfg = info.get("config", {})
+        lines.append(
+            f"- HWA training of `{_md_escape(key)}`: {cfg.get('steps')} steps x {cfg.get('batch_size')} blocks x "
+            f"{cfg.get('seq_len')} tokens, lr {cfg.get('lr')}, weight noise {cfg.get('weight_noise')}; "
+            f"loss {_fmt(info.get('loss_first'))} -> {_fmt(info.get('loss_last'))}; "
+            f"{_fmt(info.get('seconds'), 1)} s; peak memory {_fmt(info.get('peak_memory_mb'), 0)} MiB")
+    return lines
+
+
 def render_report(results: dict[str, Any], plots: Iterable[str | os.PathLike] = (),
                   base_dir: str | os.PathLike | None = None) -> str:
     """The markdown text of ``report.md``.
@@ -189,6 +230,7 @@ def render_report(results: dict[str, Any], plots: Iterable[str | os.PathLike] = 
         for row in _table_rows(results, key, entries):
             lines.append("| " + " | ".join(_md_escape(c) for c in row) + " |")
         lines.append("")
+        lines += _task_table(results, model, entries)
 
     plots = [Path(p) for p in plots]
     if plots:
@@ -200,6 +242,8 @@ def render_report(results: dict[str, Any], plots: Iterable[str | os.PathLike] = 
 
     lines += ["## Settings", ""]
     digital = settings.pop("digital_ppl", None)
+    digital_tasks = settings.pop("digital_tasks", None)
+    hwa_training = settings.pop("hwa_training", None)
     for k, v in settings.items():
         if isinstance(v, (list, tuple)):
             v = ", ".join("device default" if x is None else str(x) for x in v)
@@ -207,6 +251,11 @@ def render_report(results: dict[str, Any], plots: Iterable[str | os.PathLike] = 
     if isinstance(digital, dict):
         for model, value in digital.items():
             lines.append(f"- digital perplexity of `{model}`: {_fmt(value, 3)}")
+    if isinstance(digital_tasks, dict):
+        for model, tasks in digital_tasks.items():
+            accs = ", ".join(f"{name} {_fmt(v, 3)}" for name, v in _flat_tasks(tasks).items())
+            lines.append(f"- digital task accuracy of `{model}`: {_md_escape(accs)}")
+    lines += _hwa_lines(hwa_training)
     lines += ["", "## Versions", ""]
     lines += [f"- {name}: {version}" for name, version in package_versions().items()]
     lines.append("")
@@ -272,9 +321,34 @@ def print_summary(results: dict[str, Any], console: Any = None) -> None:
                 col.min_width = max(col.min_width or 0, len(cell))
             table.add_row(*(escape(c) for c in cells), style="green" if e["method"] == best else None)
         console.print(table)
+        _print_tasks(console, results, model, entries)
     console.print("Means over chip instances; ±CI: half-width of the 95 % confidence interval of the mean ppl. "
                   "Lower ppl, load_cv, max_load (ratio) are better; higher (router) fidelity is better; best ppl "
                   "in green. repl.: experts ROMER replaced per chip instance.")
+
+
+def _print_tasks(console: Any, results: dict[str, Any], model: str, entries: list[dict[str, Any]]) -> None:
+    """The downstream-task accuracies of one group as a compact table (nothing without tasks)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    names = list(dict.fromkeys(name for e in entries for name in e.get("tasks") or {}))
+    if not names:
+        return
+    digital = _flat_tasks(((results.get("settings") or {}).get("digital_tasks") or {}).get(model))
+    table = Table(title="downstream tasks: accuracy ± CI95", title_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False)
+    table.add_column("method", style="bold")
+    for name in names:
+        table.add_column(escape(name), justify="right")
+    if digital:
+        table.add_row("digital", *(_fmt(digital.get(n)) for n in names), style="dim")
+    for e in entries:
+        tasks = e.get("tasks") or {}
+        table.add_row(escape(e["method"]), *(_fmt_pm(tasks.get(n, {}).get("mean"), tasks.get(n, {}).get("ci95"))
+                                             for n in names))
+    console.print(table)
 
 
 def _best_method(entries: list[dict[str, Any]]) -> str | None:

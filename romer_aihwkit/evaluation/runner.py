@@ -23,7 +23,7 @@ import torch
 
 from ..atomic import atomic_write_text, default_file_mode
 from ..errors import ArtifactError, InputError, ResultsFolderError
-from .stats import summarize_rows
+from .stats import summarize_rows, task_values
 
 __all__ = [
     "CompareSettings",
@@ -44,6 +44,11 @@ LOCK_FILE = ".romer-aihwkit.lock"
 ROW_KEYS = ("model", "device", "method", "t_inference", "seed", "ppl")
 MAX_SEEDS = 1000
 """Most chip instances one comparison accepts (each costs a programming pass per method)."""
+
+
+_OPTIONAL_DEFAULTS: dict[str, Any] = {"tasks": [], "task_include_path": None, "task_limit": None,
+                                      "num_fewshot": None, "train_text": "bundled", "hwa_steps": None}
+"""Settings added after results were first written: at these values they leave the fingerprint alone."""
 
 
 class ResultsExistError(ResultsFolderError):
@@ -72,6 +77,18 @@ class CompareSettings:
     batch_size: int = 8
     stress: str | None = None
     """Function-preserving stress spec applied to every digital model first (:func:`romer_aihwkit.stress.apply_stress`)."""
+    tasks: list[str] = field(default_factory=list)
+    """lm-eval tasks run on every chip instance (:func:`~romer_aihwkit.evaluation.tasks.evaluate_tasks`)."""
+    task_include_path: str | None = None
+    """Folder of lm-eval task YAMLs besides the bundled tasks (``--include-path``)."""
+    task_limit: int | None = None
+    """Documents per task (lm-eval's ``limit``; ``None``: all)."""
+    num_fewshot: int | None = None
+    """Few-shot examples per task (``None``: each task's default)."""
+    train_text: str = "bundled"
+    """Training text of hardware-aware training (methods ``hwa``, ``hwa+romer``; ``--train-text``)."""
+    hwa_steps: int | None = None
+    """HWA optimizer steps (``None``: :class:`~romer_aihwkit.baselines.hwa.HWAConfig`'s default)."""
 
     def __post_init__(self) -> None:
         from ..baselines import get_method
@@ -101,6 +118,21 @@ class CompareSettings:
         from ..stress import stress_label
 
         self.stress = None if stress_label(self.stress) == "none" else stress_label(self.stress)
+        self._check_tasks_and_hwa()
+
+    def _check_tasks_and_hwa(self) -> None:
+        if self.tasks:
+            from .tasks import require_lm_eval
+
+            require_lm_eval()
+        if self.task_include_path is not None and not Path(self.task_include_path).expanduser().is_dir():
+            raise InputError(f"--include-path {self.task_include_path}: no such folder of lm-eval task YAMLs")
+        if self.task_limit is not None and self.task_limit < 1:
+            raise InputError(f"--limit must be at least 1, got {self.task_limit}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise InputError(f"--num-fewshot must be at least 0, got {self.num_fewshot}")
+        if self.hwa_steps is not None and self.hwa_steps < 1:
+            raise InputError(f"--hwa-steps must be at least 1, got {self.hwa_steps}")
 
     def fingerprint(self) -> str:
         """Identity of the numbers: everything but the seeds and methods, which may be extended."""
@@ -109,6 +141,9 @@ class CompareSettings:
         data.pop("methods")
         if data.get("stress") is None:
             data.pop("stress")  # results written before stress existed keep their identity
+        for key, default in _OPTIONAL_DEFAULTS.items():
+            if data.get(key) == default:
+                data.pop(key)  # likewise for results written before tasks and HWA existed
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -166,7 +201,9 @@ def write_results(out_dir: Path, settings: dict[str, Any], rows: list[dict[str, 
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, default=str))
     columns = ["model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
                "tile_max_load_ratio", "router_fidelity", "load_entropy", "replaced_experts", "seconds"]
-    lines = [",".join(columns)] + [",".join(_csv(r.get(c)) for c in columns) for r in rows]
+    task_columns = list(dict.fromkeys(name for r in rows for name in task_values(r)))
+    lines = [",".join(columns + task_columns)] + [
+        ",".join([_csv(r.get(c)) for c in columns] + [_csv(task_values(r).get(c)) for c in task_columns]) for r in rows]
     atomic_write_text(out_dir / "results.csv", "\n".join(lines) + "\n")
     return results
 
@@ -329,6 +366,10 @@ def input_fingerprints(settings: CompareSettings) -> dict[str, str]:
     out.update({f"device {d}": device_fingerprint(d) for d in settings.devices})
     out["eval_text"] = _text_digest(settings.eval_text)
     out["calib_text"] = _text_digest(settings.calib_text)
+    if settings.train_text != "bundled":
+        out["train_text"] = _text_digest(settings.train_text)
+    if settings.task_include_path is not None:
+        out["task_include_path"] = _text_digest(settings.task_include_path)
     return out
 
 
@@ -466,6 +507,8 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
     methods = {m: get_method(m) for m in settings.methods}
     todo = [key for key in planned_rows(settings, ctx.rank, ctx.world_size) if key not in done]
     digital_ppl: dict[str, float] = {}
+    digital_tasks: dict[str, dict[str, dict[str, float]]] = {}
+    hwa_records: dict[str, dict[str, Any]] = {}
     for model_name in settings.models:
         mine = [key for key in todo if key[0] == model_name]
         digital, tokenizer = load_model(model_name)
@@ -479,13 +522,22 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
         calib_blocks = _blocks("calib_text (--calib-text)", text_blocks, settings.calib_text, tokenizer,
                                seq_len=settings.seq_len, split="validation", max_blocks=settings.calib_blocks)
         digital_ppl[model_name] = perplexity(digital, eval_blocks, batch_size=settings.batch_size, progress=False)
+        if settings.tasks and ctx.is_main:
+            digital_tasks[model_name] = _run_tasks(digital, tokenizer, settings)
         converted: dict[tuple, torch.nn.Module] = {}
+        hwa_models: dict[str, torch.nn.Module] = {}
         for key in mine:
             _, device, method_name, t_value, seed = key
             method = methods[method_name]
             conv_key = (device, method.conversion_key())
             if conv_key not in converted:
-                converted[conv_key] = prepare_model(digital, device, method)
+                source = digital
+                if method.hwa:
+                    if device not in hwa_models:
+                        hwa_models[device], record = _hwa_model(digital, tokenizer, model_name, device, settings, out_dir)
+                        hwa_records[f"{model_name} on {device}"] = record
+                    source = hwa_models[device]
+                converted[conv_key] = prepare_model(source, device, method)
             model = converted[conv_key]
             start = time.perf_counter()
             _seed_everything(seed, model_name, device, method_name, t_value)
@@ -504,6 +556,9 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
                 "layers": [{"load": layer["load"], "reference_load": layer["reference_load"]}
                            for layer in stats["layers"]],
             }
+            if settings.tasks:
+                row["tasks"] = _run_tasks(model, tokenizer, settings)
+                row["seconds"] = time.perf_counter() - start
             if not math.isfinite(ppl):
                 warnings.warn(f"non-finite perplexity for {key}", stacklevel=2)
             with open(row_path, "a") as f:
@@ -515,6 +570,10 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
     ctx.wait_for_everyone()  # every process's rows are on disk now
     plain = asdict(settings)
     plain["digital_ppl"] = digital_ppl
+    if digital_tasks:
+        plain["digital_tasks"] = digital_tasks
+    if hwa_records:
+        plain["hwa_training"] = hwa_records
     rows = load_rows(out_dir)
     if ctx.is_main:
         results = write_results(out_dir, plain, rows)
@@ -522,6 +581,24 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
         results = {"settings": plain, "rows": rows, "summary": summarize_rows(rows)}
     ctx.wait_for_everyone()
     return results
+
+
+def _run_tasks(model: torch.nn.Module, tokenizer: Any, settings: CompareSettings) -> dict[str, dict[str, float]]:
+    from .tasks import evaluate_tasks
+
+    return evaluate_tasks(model, tokenizer, settings.tasks, include_path=settings.task_include_path,
+                          limit=settings.task_limit, num_fewshot=settings.num_fewshot,
+                          batch_size=max(16, settings.batch_size))
+
+
+def _hwa_model(digital: torch.nn.Module, tokenizer: Any, model_name: str, device: str, settings: CompareSettings,
+               out_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The HWA-trained model for ``device``, cached in ``out_dir/hwa`` (shared by all chip instances and reruns)."""
+    from ..baselines.hwa import HWAConfig, hwa_checkpoint
+
+    config = HWAConfig() if settings.hwa_steps is None else HWAConfig(steps=settings.hwa_steps)
+    return hwa_checkpoint(digital, tokenizer, model_name, device, out_dir / "hwa", train_text=settings.train_text,
+                          config=config, fingerprint=_model_digest(model_name))
 
 
 def _blocks(option: str, text_blocks: Any, source: str, tokenizer: Any, **kwargs: Any) -> torch.Tensor:

@@ -6,10 +6,18 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["mean_std_ci", "summarize_rows", "METRICS", "GROUP_KEYS"]
+__all__ = ["mean_std_ci", "summarize_rows", "task_values", "METRICS", "GROUP_KEYS", "TASK_METRICS"]
 
 METRICS = ("ppl", "load_cv", "max_load_ratio", "tile_max_load_ratio", "router_fidelity", "load_entropy")
 GROUP_KEYS = ("model", "device", "method", "t_inference")
+TASK_METRICS = ("acc", "acc_norm")
+"""Downstream-task metrics summarised over chip instances (rows keep lm-eval's stderr too)."""
+
+
+def task_values(row: dict[str, Any]) -> dict[str, float]:
+    """``{"task/metric": value}`` of a row's downstream tasks (``acc``, ``acc_norm``), empty without tasks."""
+    return {f"{task}/{metric}": float(value) for task, metrics in (row.get("tasks") or {}).items()
+            for metric, value in metrics.items() if metric in TASK_METRICS and value is not None}
 
 
 def _t_quantile(df: int, p: float = 0.975) -> float:
@@ -36,7 +44,11 @@ def mean_std_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, 
 
 
 def summarize_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One summary entry per (model, device, method, t_inference), in first-seen order."""
+    """One summary entry per (model, device, method, t_inference), in first-seen order.
+
+    Each metric gets its mean, ``_std`` and ``_ci95`` over the group's chip instances; rows with
+    downstream tasks add ``entry["tasks"] = {"task/metric": {"n", "mean", "std", "ci95"}}``.
+    """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in GROUP_KEYS), []).append(row)
@@ -51,6 +63,10 @@ def summarize_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[f"{metric}_std"] = stats["std"]
             entry[f"{metric}_ci95"] = stats["ci95"]
             entry["n"] = stats["n"] if metric == "ppl" else entry.get("n", stats["n"])
+        per_row = [task_values(r) for r in members]
+        names = list(dict.fromkeys(name for values in per_row for name in values))
+        if names:
+            entry["tasks"] = {name: mean_std_ci(v[name] for v in per_row if name in v) for name in names}
         summary.append(entry)
     return summary
 

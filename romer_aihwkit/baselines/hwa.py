@@ -1,0 +1,414 @@
+"""Hardware-aware training (HWA): AIHWKit's noise-injection fine-tuning of routers and experts.
+
+AIHWKit's central method (Rasch et al., Nat. Electron. 2023, ``StandardHWATrainingPreset``): train
+with the analog forward pass in the loop, so the weights learn to tolerate the hardware's noise.
+Here every MoE router and expert matrix (and shared experts) runs on an AIHWKit ``AnalogLinear``
+with a torch tile in training mode: the device preset's periphery (DAC/ADC, output noise, weight
+remapping, clipping) plus a weight-noise modifier (``WeightModifierType.ADD_NORMAL``), since the
+torch tiles reject per-forward read noise (``forward.w_noise``). Attention, embeddings and norms
+stay digital and frozen. The trained weights are written back into the original model's layout,
+so the result is a plain digital checkpoint that is converted and programmed like any model.
+
+:func:`hwa_finetune` trains one model; :func:`hwa_checkpoint` caches the trained checkpoint in a
+folder keyed by (model, device, settings), so every chip instance and every rerun reuses it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+__all__ = ["HWAConfig", "HWA_MARK", "hwa_checkpoint", "hwa_finetune", "hwa_rpu_config", "is_hwa_trained"]
+
+HWA_MARK = "romer_hwa"
+"""Key in the model config (``config.json``) recording the HWA training of a checkpoint."""
+
+
+@dataclass(frozen=True)
+class HWAConfig:
+    """Settings of hardware-aware fine-tuning (everything that determines the trained weights)."""
+
+    steps: int = 100
+    """Optimizer steps (AdamW)."""
+    lr: float = 2e-4
+    """Learning rate (constant)."""
+    batch_size: int = 8
+    """Token blocks per step."""
+    seq_len: int = 128
+    """Tokens per block."""
+    weight_noise: float = 0.05
+    """``ADD_NORMAL`` weight-noise std, relative to each tile's largest weight, drawn every forward."""
+    train_blocks: int | None = 2048
+    """Training blocks taken from the start of the training text (``None``: all)."""
+    seed: int = 0
+    """Seed of the batch order and of the injected noise."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"HWA {name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise InputError(f"HWA lr must be positive, got {self.lr!r}")
+        if not 0 <= self.weight_noise < 1:
+            raise InputError(f"HWA weight_noise must be in [0, 1), got {self.weight_noise!r}")
+        if self.train_blocks is not None and self.train_blocks < 1:
+            raise InputError(f"HWA train_blocks must be positive or None, got {self.train_blocks!r}")
+
+
+def hwa_rpu_config(device_config: Any, weight_noise: float) -> Any:
+    """The device's ``TorchInferenceRPUConfig`` with AIHWKit's HWA weight-noise modifier added.
+
+    Args:
+        device_config: A preset name, YAML path or :class:`~romer_aihwkit.devices.DeviceConfig`.
+        weight_noise: ``ADD_NORMAL`` std relative to the tile's largest weight (0: no weight noise).
+
+    Returns:
+        A fresh ``TorchInferenceRPUConfig`` (periphery, remapping, clipping of the device).
+    """
+    from aihwkit.simulator.parameters import WeightModifierParameter
+    from aihwkit.simulator.parameters.enums import WeightModifierType
+
+    from ..devices import load_device_config
+
+    rpu = load_device_config(device_config).rpu_config()
+    rpu.modifier = WeightModifierParameter(
+        type=WeightModifierType.ADD_NORMAL if weight_noise > 0 else WeightModifierType.NONE,
+        std_dev=float(weight_noise), rel_to_actual_wmax=True)
+    return rpu
+
+
+def _analog_linear(weight: torch.Tensor, bias: torch.Tensor | None, rpu_factory: Callable[[], Any]) -> nn.Module:
+    from aihwkit.nn import AnalogLinear
+
+    out_features, in_features = weight.shape
+    layer = AnalogLinear(in_features, out_features, bias=bias is not None, rpu_config=rpu_factory())
+    layer.set_weights(weight.detach().float().clone(), None if bias is None else bias.detach().float().clone())
+    return layer
+
+
+class _HWARouter(nn.Module):
+    """A transformers-5 router on an analog tile: returns ``(logits, weights, indices)``."""
+
+    def __init__(self, linear: nn.Module, spec: Any, correction_bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.linear = linear
+        self.spec = spec
+        self.correction_bias = None if correction_bias is None else correction_bias.detach().float().clone()
+
+    def forward(self, hidden_states: torch.Tensor):
+        from ..adapters.routing import route
+
+        hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+        logits = self.linear(hidden).float()
+        weights, selected = route(self.spec, logits, self.correction_bias)
+        return logits, weights.to(hidden_states.dtype), selected
+
+
+class _HWAExperts(nn.Module):
+    """transformers-5 fused experts, one analog ``gate_up`` and ``down`` tile per expert."""
+
+    def __init__(self, gate_up: list[nn.Module], down: list[nn.Module], act_fn: Callable, has_gate: bool) -> None:
+        super().__init__()
+        self.gate_up = nn.ModuleList(gate_up)
+        self.down = nn.ModuleList(down)
+        self.act_fn = act_fn
+        self.has_gate = has_gate
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+        out = torch.zeros_like(hidden_states)
+        for e in top_k_index.unique().tolist():
+            token, slot = (top_k_index == e).nonzero(as_tuple=True)
+            h = self.gate_up[e](hidden_states[token])
+            if self.has_gate:
+                gate, up = h.chunk(2, dim=-1)
+                h = self.act_fn(gate) * up
+            else:
+                h = self.act_fn(h)
+            y = self.down[e](h) * top_k_weights[token, slot, None]
+            out = out.index_add(0, token, y.to(out.dtype))
+        return out
+
+
+def _replace_linears(module: nn.Module, prefix: str, rpu_factory: Callable[[], Any], out: dict[str, nn.Module]) -> None:
+    """Swap every ``nn.Linear`` below ``module`` for an ``AnalogLinear``; record them by parameter prefix."""
+    for name, child in list(module.named_children()):
+        path = f"{prefix}.{name}"
+        if isinstance(child, nn.Linear):
+            analog = _analog_linear(child.weight, child.bias, rpu_factory)
+            setattr(module, name, analog)
+            out[path] = analog
+        else:
+            _replace_linears(child, path, rpu_factory, out)
+
+
+def _moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
+    from ..adapters import find_adapter
+
+    found: list[tuple[str, nn.Module, Any]] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix, _, _ in found):
+            continue
+        adapter = find_adapter(module)
+        if adapter is not None:
+            found.append((name, module, adapter))
+    if not found:
+        raise InputError(f"{type(model).__name__} has no MoE block an adapter recognises: nothing to train with HWA")
+    return found
+
+
+def _attach_training_tiles(model: nn.Module, rpu_factory: Callable[[], Any]) -> list[tuple[str, str, Any]]:
+    """Put every router, expert and shared-expert matrix of ``model`` on a training tile, in place.
+
+    Returns:
+        ``(kind, parameter prefix, module)`` for the write-back: kind ``"linear"`` (an
+        ``nn.Linear`` swapped in place), ``"router"`` or ``"fused"`` (transformers-5 experts; the
+        module is the original experts module, the tiles are in ``model``).
+    """
+    from ..adapters.base import fused_expert_weights
+
+    plan: list[tuple[str, str, Any]] = []
+    for name, block, adapter in _moe_blocks(model):
+        linears: dict[str, nn.Module] = {}
+        experts = getattr(block, adapter.experts_attr)
+        router = getattr(block, adapter.router_attr)
+        if isinstance(experts, nn.ModuleList):  # older layout: the block routes itself through nn.Linear modules
+            _replace_linears(block, name, rpu_factory, linears)
+        else:
+            spec = adapter.routing_spec(block)
+            bias = adapter.correction_bias(block)
+            setattr(block, adapter.router_attr,
+                    _HWARouter(_analog_linear(router.weight, None, rpu_factory), spec, bias))
+            plan.append(("router", f"{name}.{adapter.router_attr}", getattr(block, adapter.router_attr)))
+            gate_up, down, b1, b2, has_gate = fused_expert_weights(experts)
+            b1, b2 = b1 or [None] * len(gate_up), b2 or [None] * len(down)
+            tiles = _HWAExperts([_analog_linear(w, b, rpu_factory) for w, b in zip(gate_up, b1)],
+                                [_analog_linear(w, b, rpu_factory) for w, b in zip(down, b2)],
+                                experts.act_fn, has_gate)
+            setattr(block, adapter.experts_attr, tiles)
+            plan.append(("fused", f"{name}.{adapter.experts_attr}", (experts, tiles)))
+            for attr in adapter.shared_expert_attrs:
+                shared = getattr(block, attr, None)
+                if shared is not None:
+                    _replace_linears(shared, f"{name}.{attr}", rpu_factory, linears)
+        plan.extend(("linear", path, module) for path, module in linears.items())
+    return plan
+
+
+def _weights(tile: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight, bias = tile.get_weights()
+    return weight.detach().float(), None if bias is None else bias.detach().float()
+
+
+def _digital_state(plan: list[tuple[str, str, Any]]) -> dict[str, torch.Tensor]:
+    """The trained weights under the original model's parameter names (original layouts)."""
+    state: dict[str, torch.Tensor] = {}
+    for kind, path, module in plan:
+        if kind == "linear":
+            weight, bias = _weights(module)
+            state[f"{path}.weight"] = weight
+            if bias is not None:
+                state[f"{path}.bias"] = bias
+        elif kind == "router":
+            state[f"{path}.weight"] = _weights(module.linear)[0]
+        else:
+            original, tiles = module
+            gate_up = [_weights(t) for t in tiles.gate_up]
+            down = [_weights(t) for t in tiles.down]
+            first = torch.stack([w for w, _ in gate_up])
+            second = torch.stack([w for w, _ in down])
+            if tiles.has_gate and not getattr(original, "is_concatenated", True):
+                g, u = first.chunk(2, dim=1)
+                first = torch.stack([g, u], dim=2).reshape(first.shape)  # back to interleaved rows
+            if getattr(original, "is_transposed", False):
+                first, second = first.transpose(1, 2), second.transpose(1, 2)
+            name = "gate_up_proj" if tiles.has_gate else "up_proj"
+            state[f"{path}.{name}"] = first.contiguous()
+            state[f"{path}.down_proj"] = second.contiguous()
+            if getattr(original, "has_bias", False):
+                b1 = torch.stack([b for _, b in gate_up])
+                if tiles.has_gate and not getattr(original, "is_concatenated", True):
+                    g, u = b1.chunk(2, dim=1)
+                    b1 = torch.stack([g, u], dim=2).reshape(b1.shape)
+                state[f"{path}.{name}_bias"] = b1
+                state[f"{path}.down_proj_bias"] = torch.stack([b for _, b in down])
+    return state
+
+
+def _train_batches(tokenizer: Any, train_text: str, config: HWAConfig) -> torch.Tensor:
+    from ..data import text_blocks
+
+    blocks = text_blocks(train_text, tokenizer, seq_len=config.seq_len, split="train", max_blocks=config.train_blocks)
+    if blocks.shape[0] < 1:
+        raise InputError(f"training text {train_text!r} gives no block of {config.seq_len} tokens")
+    return blocks
+
+
+def hwa_finetune(
+    model: nn.Module,
+    tokenizer: Any,
+    device_config: Any,
+    train_text: str = "bundled",
+    config: HWAConfig | None = None,
+    progress: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune a copy of ``model``'s routers and experts with AIHWKit hardware-aware training.
+
+    Args:
+        model: A digital Hugging Face MoE causal LM (not changed).
+        tokenizer: Its tokenizer (to tokenize the training text).
+        device_config: The device whose periphery the training tiles simulate (preset, YAML, config).
+        train_text: ``"bundled"`` (the bundled ``train`` plays, disjoint from calibration and
+            evaluation plays), a text file, a folder of them or a saved dataset.
+        config: Training settings (:class:`HWAConfig`).
+        progress: Show a progress bar.
+
+    Returns:
+        ``(trained, info)``: a digital model of the same class with the trained router/expert
+        weights (its config carries ``romer_hwa``), and the training record (settings, loss at the
+        start and end, seconds, peak memory, number of trained matrices).
+
+    Raises:
+        InputError: No MoE block in ``model``, or a training text without a full block.
+    """
+    from aihwkit.optim import AnalogOptimizer
+
+    from ..devices import load_device_config
+
+    config = config or HWAConfig()
+    device = load_device_config(device_config)
+    blocks = _train_batches(tokenizer, train_text, config)
+    trained = copy.deepcopy(model).float()
+    student = copy.deepcopy(trained)
+    student.requires_grad_(False)
+    plan = _attach_training_tiles(student, lambda: hwa_rpu_config(device, config.weight_noise))
+    params = [p for _, _, m in plan for p in (m[1] if isinstance(m, tuple) else m).parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    where = next(model.parameters()).device
+    student.to(where).train()
+    optimizer = AnalogOptimizer(torch.optim.AdamW, [p for p in params if p.requires_grad], lr=config.lr,
+                                weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed)
+    fork_devices = [where] if where.type == "cuda" else []
+    if where.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(where)
+    losses: list[float] = []
+    start = time.perf_counter()
+    steps = range(config.steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"HWA on {device.name}")
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(config.seed)
+        for _ in steps:
+            idx = torch.randint(0, blocks.shape[0], (min(config.batch_size, blocks.shape[0]),), generator=generator)
+            batch = blocks[idx].to(where)
+            loss = student(input_ids=batch, labels=batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()  # AIHWKit's optimizer also applies the tiles' post-update clip/remap
+            losses.append(float(loss.detach()))
+    seconds = time.perf_counter() - start
+    state = _digital_state(plan)
+    missing = sorted(set(state) - set(dict(trained.named_parameters())))
+    if missing:
+        raise RuntimeError(f"HWA write-back found no parameter {missing[0]} in {type(model).__name__}")
+    with torch.no_grad():
+        for name, value in trained.named_parameters():
+            if name in state:
+                value.copy_(state[name].to(value.dtype))
+    head = max(1, min(10, len(losses) // 5))
+    info = {
+        "device": device.name, "train_text": train_text, "config": asdict(config),
+        "trained_matrices": sum(1 if kind != "fused" else 2 * len(m[1].gate_up) for kind, _, m in plan),
+        "trained_parameters": sum(p.numel() for p in params),
+        "loss_first": sum(losses[:head]) / head, "loss_last": sum(losses[-head:]) / head,
+        "seconds": seconds, "seconds_per_step": seconds / config.steps,
+        "peak_memory_mb": _peak_memory_mb(where),
+    }
+    setattr(trained.config, HWA_MARK, {k: info[k] for k in ("device", "train_text", "config")})
+    return trained.eval(), info
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of the process so far: CUDA allocations on GPU, else the resident set (RSS)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def is_hwa_trained(model: nn.Module) -> bool:
+    """Whether ``model`` came out of :func:`hwa_finetune` (its config records the training)."""
+    return bool(getattr(getattr(model, "config", None), HWA_MARK, None))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "-", Path(str(text).rstrip("/")).name or str(text)).strip("-._") or "model"
+
+
+def hwa_checkpoint(
+    model: nn.Module,
+    tokenizer: Any,
+    model_id: str,
+    device_config: Any,
+    cache_dir: str | os.PathLike,
+    train_text: str = "bundled",
+    config: HWAConfig | None = None,
+    fingerprint: str = "",
+    progress: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The HWA-trained ``model`` for ``device_config``: loaded from ``cache_dir`` or trained and saved there.
+
+    The checkpoint folder ``cache_dir/<model>_<device>_steps<N>_seed<S>_<hash>`` holds the
+    ``save_pretrained`` files (the original layout, safetensors), the tokenizer and ``hwa.json``
+    (the training record). ``hash`` covers the model id, ``fingerprint`` (e.g. a content hash of
+    the model files), the device's content, the training text and every :class:`HWAConfig` field.
+
+    Returns:
+        ``(trained model, training record)``.
+    """
+    from ..artifacts import device_fingerprint
+    from ..devices import load_device_config
+    from ..models import load_model
+
+    config = config or HWAConfig()
+    device = load_device_config(device_config)
+    key = json.dumps({"model": model_id, "fingerprint": fingerprint, "device": device_fingerprint(device),
+                      "train_text": train_text, "config": asdict(config)}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    folder = Path(cache_dir) / f"{_slug(model_id)}_{_slug(device.name)}_steps{config.steps}_seed{config.seed}_{digest}"
+    record = folder / "hwa.json"
+    if record.is_file():
+        trained, _ = load_model(str(folder))
+        return trained.to(next(model.parameters()).device), json.loads(record.read_text())
+    trained, info = hwa_finetune(model, tokenizer, device, train_text, config, progress=progress)
+    info["model"] = model_id
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trained.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    (tmp / "hwa.json").write_text(json.dumps(info, indent=2))
+    if folder.exists():  # another process finished the same training first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+    return trained, info

@@ -80,6 +80,7 @@ def test_hwa_finetune_trains_routers_and_experts_only(tiny_folder, train_file):
     assert type(trained) is type(model) and is_hwa_trained(trained) and not is_hwa_trained(model)
     assert info["config"]["steps"] == 3 and info["trained_matrices"] == 2 * (1 + 2 * 8)
     assert info["seconds"] > 0 and info["peak_memory_mb"] > 0 and info["trained_parameters"] > 0
+    assert len(info["losses"]) == 3 and all(x > 0 for x in info["losses"])
     # the digital checkpoint converts like any model
     amodel = prepare_model(trained, "pcm", "hwa")
     amodel.program_analog_weights(seed=0)
@@ -94,6 +95,9 @@ def test_hwa_methods_need_a_trained_model(tiny_folder):
     assert get_method("hwa").conversion_key() != get_method("romer").conversion_key()
     with pytest.raises(InputError, match="hardware-aware trained"):
         prepare_model(load_model(tiny_folder)[0], "pcm", "hwa+romer")
+    model, tok = load_model(tiny_folder)
+    with pytest.raises(InputError, match="before convert_to_analog_moe"):
+        hwa_finetune(prepare_model(model, "pcm", "global"), tok, "pcm", config=SMALL_HWA)
 
 
 def test_checkpoint_is_cached_and_saved_in_the_original_layout(tiny_folder, train_file, tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ NOTEBOOKS = [
     "01_convert_an_moe_model.ipynb",
     "02_romer_calibration.ipynb",
     "03_compare_with_aihwkit_baselines.ipynb",
+    "04_tasks_and_hwa.ipynb",
 ]
 CELL_TIMEOUT_S = 600
 

@@ -65,9 +65,10 @@ def test_speaker_choices_never_offer_the_previous_speaker():
         assert len({c.split("\n", 1)[1] for c in doc["choices"]}) == 1  # same line, four speakers
 
 
-def test_bundled_tasks_run_offline_on_an_in_memory_model(olmoe, no_network):
+def test_bundled_tasks_run_offline_on_an_in_memory_model(olmoe, no_network, capfd):
     model, tok = olmoe
     res = evaluate_tasks(model, tok, "shakespeare", limit=8)
+    assert "loglikelihood requests" not in capfd.readouterr().err  # lm-eval's bars stay quiet by default
     assert set(res) == set(TASKS)
     for metrics in res.values():
         assert metrics["n"] == 8

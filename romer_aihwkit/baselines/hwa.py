@@ -279,16 +279,21 @@ def hwa_finetune(
 
     Returns:
         ``(trained, info)``: a digital model of the same class with the trained router/expert
-        weights (its config carries ``romer_hwa``), and the training record (settings, loss at the
-        start and end, seconds, peak memory, number of trained matrices).
+        weights (its config carries ``romer_hwa``), and the training record (settings, the loss of
+        every step and its mean over the first and last steps, seconds, peak memory, number of
+        trained matrices and parameters).
 
     Raises:
-        InputError: No MoE block in ``model``, or a training text without a full block.
+        InputError: ``model`` is already converted, has no MoE block, or the training text has no
+            full block.
     """
     from aihwkit.optim import AnalogOptimizer
 
     from ..devices import load_device_config
 
+    if getattr(model, "analog_state", None) is not None:
+        raise InputError("hwa_finetune trains the digital model: pass the model before convert_to_analog_moe "
+                         "(which converts in place; convert a copy.deepcopy to keep the digital one)")
     config = config or HWAConfig()
     device = load_device_config(device_config)
     blocks = _train_batches(tokenizer, train_text, config)
@@ -339,6 +344,7 @@ def hwa_finetune(
         "trained_matrices": sum(1 if kind != "fused" else 2 * len(m[1].gate_up) for kind, _, m in plan),
         "trained_parameters": sum(p.numel() for p in params),
         "loss_first": sum(losses[:head]) / head, "loss_last": sum(losses[-head:]) / head,
+        "losses": [round(x, 5) for x in losses],
         "seconds": seconds, "seconds_per_step": seconds / config.steps,
         "peak_memory_mb": _peak_memory_mb(where),
     }

@@ -108,6 +108,37 @@ def _task_manager(folders: tuple[str, ...], include_defaults: bool) -> Any:
     return TaskManager(include_path=list(folders), include_defaults=include_defaults)
 
 
+_TQDM_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """Silence lm-eval's progress bars (they would interleave with the caller's own progress)."""
+    import importlib
+
+    if not enabled:
+        yield
+        return
+    saved = {}
+    for name in _TQDM_MODULES:
+        module = importlib.import_module(name)
+        real = getattr(module, "tqdm", None)
+        if real is None:
+            continue
+
+        def silent(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            kwargs["disable"] = True
+            return _real(*args, **kwargs)
+
+        saved[module] = real
+        module.tqdm = silent
+    try:
+        yield
+    finally:
+        for module, real in saved.items():
+            module.tqdm = real
+
+
 def task_metric_names(results: dict[str, dict[str, float]]) -> list[str]:
     """``"task/metric"`` names of a :func:`evaluate_tasks` result (metrics only, no stderr)."""
     return [f"{task}/{m}" for task, metrics in results.items() for m in TASK_METRICS if m in metrics]
@@ -141,6 +172,7 @@ def evaluate_tasks(
     batch_size: int = 16,
     device: str | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Run lm-eval tasks on ``model`` as it is in memory (e.g. one converted, programmed chip instance).
 
@@ -156,6 +188,7 @@ def evaluate_tasks(
         batch_size: Requests per forward pass.
         device: Where the model runs; default: the device of its first parameter.
         seed: Seed of lm-eval's own random draws (few-shot sampling).
+        progress: Show lm-eval's progress bars.
 
     Returns:
         ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}}`` for every task that
@@ -195,12 +228,13 @@ def evaluate_tasks(
             logging.getLogger(name).setLevel(logging.ERROR)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
         try:
-            raw = simple_evaluate(
-                model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                # torch's generator is left alone: the caller seeds the per-forward output noise
-                random_seed=seed, numpy_random_seed=None, torch_random_seed=None, fewshot_random_seed=seed,
-                log_samples=False,
-            )
+            with _quiet(not progress):
+                raw = simple_evaluate(
+                    model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
+                    # torch's generator is left alone: the caller seeds the per-forward output noise
+                    random_seed=seed, numpy_random_seed=None, torch_random_seed=None, fewshot_random_seed=seed,
+                    log_samples=False,
+                )
         finally:
             model.train(was_training)
     leaves = {t for t, subtasks in raw.get("group_subtasks", {}).items() if not subtasks} or set(raw["results"])

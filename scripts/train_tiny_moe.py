@@ -7,6 +7,9 @@ Models (transformers 5 classes, configs built here):
 * ``qwen2moe-tiny``  ``Qwen2MoeForCausalLM``   softmax top-2 of 8 experts + gated shared expert
 * ``deepseek-tiny``  ``DeepseekV3ForCausalLM`` sigmoid scores + e_score_correction_bias,
   group-limited top-2 (n_group=4, topk_group=2), 1 shared expert, first layer dense, MLA attention
+* ``olmoe-64x8``     ``OlmoeForCausalLM``      OLMoE-1B-7B's routing regime: softmax top-8 of 64
+  fine-grained experts (intermediate 32), no shared expert; its own defaults in ``MODEL_PRESETS``
+  (64 experts, top-8, intermediate 32, 1500 steps, 75 warmup), trained with ``--threads 1``
 
 Common: vocab 4096 (bundled BPE tokenizer), hidden 128, 4 layers, 4 heads, expert intermediate
 128, tied embeddings, max_position_embeddings 512; trained on the bundled Shakespeare ``train``
@@ -37,7 +40,7 @@ check the perplexity.
 
 Usage::
 
-    python scripts/train_tiny_moe.py                       # all three, defaults below
+    python scripts/train_tiny_moe.py                       # all four, defaults below
     python scripts/train_tiny_moe.py --models olmoe-tiny --steps 20 --out /tmp/m   # smoke test
 """
 from __future__ import annotations
@@ -62,7 +65,23 @@ from romer_aihwkit.data import text_blocks  # noqa: E402
 from romer_aihwkit.evaluation.perplexity import perplexity  # noqa: E402
 from romer_aihwkit.models import TOKENIZER_DIR, bundled_tokenizer  # noqa: E402
 
-MODEL_NAMES = ("olmoe-tiny", "qwen2moe-tiny", "deepseek-tiny")
+MODEL_NAMES = ("olmoe-tiny", "qwen2moe-tiny", "deepseek-tiny", "olmoe-64x8")
+# Per-model defaults that differ from the common ones; an option given on the command line wins.
+# olmoe-64x8 is in OLMoE-1B-7B's routing regime (64 fine-grained experts, top-8): the same active
+# expert width per token as the tiny models (8 x 32 = 2 x 128), eight times the experts.
+MODEL_PRESETS = {
+    "olmoe-64x8": {"experts": 64, "top_k": 8, "expert_size": 32, "steps": 1500, "warmup": 75},
+}
+COMMON_DEFAULTS = {"experts": 8, "top_k": 2, "expert_size": 128, "steps": 800, "warmup": 40}
+
+
+def model_args(name: str, args):
+    """``args`` with ``name``'s preset filled in where the command line left an option unset."""
+    out = argparse.Namespace(**vars(args))
+    for key, default in COMMON_DEFAULTS.items():
+        if getattr(out, key) is None:
+            setattr(out, key, MODEL_PRESETS.get(name, {}).get(key, default))
+    return out
 
 
 def make_config(name: str, args, tok):
@@ -73,7 +92,7 @@ def make_config(name: str, args, tok):
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         num_experts_per_tok=args.top_k, output_router_logits=False, use_cache=True,
     )
-    if name == "olmoe-tiny":
+    if name in ("olmoe-tiny", "olmoe-64x8"):
         from transformers import OlmoeConfig
 
         return OlmoeConfig(**common, intermediate_size=args.expert_size, num_experts=args.experts,
@@ -330,13 +349,13 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--experts", type=int, default=8)
-    ap.add_argument("--top-k", type=int, default=2)
-    ap.add_argument("--expert-size", type=int, default=128)
+    ap.add_argument("--experts", type=int, default=None, help="default: the model's preset, else 8")
+    ap.add_argument("--top-k", type=int, default=None, help="default: the model's preset, else 2")
+    ap.add_argument("--expert-size", type=int, default=None, help="default: the model's preset, else 128")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--warmup", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=None, help="default: the model's preset, else 800")
+    ap.add_argument("--warmup", type=int, default=None, help="default: the model's preset, else 40")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
     ap.add_argument("--weight-decay", type=float, default=0.1)
@@ -359,7 +378,7 @@ def main(argv=None):
           flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.models:
-        train_one(name, args, tok, train_blocks, val_blocks, test_blocks, args.out)
+        train_one(name, model_args(name, args), tok, train_blocks, val_blocks, test_blocks, args.out)
 
 
 if __name__ == "__main__":

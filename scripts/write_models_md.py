@@ -13,7 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "romer_aihwkit" / "bundled" / "models"
-ORDER = ["olmoe-tiny", "qwen2moe-tiny", "deepseek-tiny"]
+ORDER = ["olmoe-tiny", "qwen2moe-tiny", "deepseek-tiny", "olmoe-64x8"]
 
 FAMILY = {
     "olmoe-tiny": "OLMoE (`OlmoeForCausalLM`): softmax router, top-2 of 8 routed experts, no shared expert, "
@@ -26,6 +26,11 @@ FAMILY = {
                      "(intermediate 128), 1 shared expert, first layer dense (`first_k_dense_replace=1`, "
                      "intermediate 256), MLA attention (q_lora_rank 64, kv_lora_rank 32, "
                      "qk_nope/rope 16/16, v_head_dim 32), `norm_topk_prob=True`, `routed_scaling_factor=1`.",
+    "olmoe-64x8": "OLMoE (`OlmoeForCausalLM`) in OLMoE-1B-7B's routing regime: softmax router, top-8 of 64 "
+                  "fine-grained routed experts (intermediate 32: the same active expert width per token as the "
+                  "8-expert models, 8 x 32 = 2 x 128), no shared expert, `norm_topk_prob=False`. Its own settings "
+                  "(`MODEL_PRESETS` in the script): 64 experts, top-8, expert intermediate 32, 1500 steps with "
+                  "75 warmup steps, one thread.",
 }
 
 
@@ -42,7 +47,7 @@ def main() -> int:
     L = [
         "# Bundled models",
         "",
-        "Three small Mixture-of-Experts causal LMs ship with `romer_aihwkit` (folder "
+        f"{len(infos)} small Mixture-of-Experts causal LMs ship with `romer_aihwkit` (folder "
         "`romer_aihwkit/bundled/models/<name>/`): `save_pretrained` output (safetensors, float16), the "
         "bundled tokenizer files and `training.json` (settings, loss curve, results). They are trained "
         "from random initialisation by `scripts/train_tiny_moe.py` on the bundled Shakespeare corpus "
@@ -64,7 +69,8 @@ def main() -> int:
         "(`output_router_logits=True`, coefficient {aux_coef}); DeepSeek-V3 has no auxiliary loss in HF, so "
         "the script adds the same Switch-style loss on the hooked router outputs (share of top-k slots × mean "
         "normalised sigmoid score, coefficient {aux_coef}) **and** DeepSeek-V3's bias update "
-        "(`e_score_correction_bias += {bias_update_rate}·sign(mean load − load)` after every step).".format(**s0),
+        "(`e_score_correction_bias += {bias_update_rate}·sign(mean load − load)` after every step). "
+        "`olmoe-64x8` differs in experts, top-k, expert width and steps (its section).".format(**s0),
         "",
         "Training times are wall-clock on a shared 2-core CPU machine that other jobs were using at the same time (about 0.35 s/step when idle), so they overstate the cost.",
         "",
@@ -127,7 +133,9 @@ def main() -> int:
         "python scripts/train_tiny_moe.py --models olmoe-tiny",
         "python scripts/train_tiny_moe.py --models qwen2moe-tiny --threads 1",
         "python scripts/train_tiny_moe.py --models deepseek-tiny --threads 1",
-        "# (python scripts/train_tiny_moe.py trains all three in one process)",
+        "# olmoe-64x8 uses its preset (64 experts, top-8, intermediate 32, 1500 steps), one thread:",
+        "python scripts/train_tiny_moe.py --models olmoe-64x8 --threads 1",
+        "# (python scripts/train_tiny_moe.py trains all four in one process)",
         "python scripts/write_models_md.py             # this file, from the training.json files",
         "```",
         "",

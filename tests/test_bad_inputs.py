@@ -632,3 +632,28 @@ def test_remote_gate_with_unknown_topk_method_is_refused():
     model.model.layers[1].mlp.gate.topk_method = "sinkhorn"
     with pytest.raises(ValueError, match="topk_method 'sinkhorn'"):
         ra.convert_to_analog_moe(model, "ideal")
+
+
+def test_romer_keeps_every_unmasked_deepseek_v3_expert_reachable():
+    """Group score = sum of the two best: a group must never keep exactly one unmasked expert."""
+    from romer_aihwkit.adapters.routing import RoutingSpec
+    from romer_aihwkit.calibration.romer import Romer
+
+    spec = RoutingSpec(16, 2, "sigmoid", True, n_group=4, topk_group=2, group_score="top2_sum",
+                       uses_correction_bias=True)
+    router = type("R", (), {"spec": spec})()
+    load = torch.tensor([0.0, 0.3, 0.0, 0.3, 0.0, 0.1, 0.0, 0.1, 0.001, 0.0, 0.05, 0.05, 0.0, 0.0, 0.05, 0.05])
+    pairs = Romer(tau=0.9)._pairs(load, router, [True] * 16)
+    masked = {c for c, _ in pairs}
+    assert masked  # replacement still happens
+    for group in range(4):
+        left = [e for e in range(group * 4, group * 4 + 4) if e not in masked]
+        assert len(left) != 1, (group, left)
+    logits = torch.randn(4000, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[list(masked)] = True
+    from romer_aihwkit.adapters.routing import route
+
+    _, selected = route(spec, logits, torch.zeros(16), mask)
+    reached = set(selected.unique().tolist())
+    assert reached == set(range(16)) - masked

@@ -120,6 +120,10 @@ class Romer(CalibrationCallback):
         hot = [int(i) for i in torch.argsort(load, descending=True) if load[i] >= threshold and analog[int(i)]]
         group_size = e // spec.n_group
         min_left = math.ceil(spec.top_k / spec.topk_group) if spec.n_group > 1 else spec.top_k
+        if spec.n_group > 1 and spec.group_score == "top2_sum":
+            # a group is scored by the sum of its two best experts: with one unmasked expert left its
+            # score is -inf and that expert could never be selected
+            min_left = max(min_left, min(2, group_size))
         unmasked = [group_size] * spec.n_group
         pairs = []
         for c in cold:

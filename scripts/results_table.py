@@ -13,6 +13,9 @@ from pathlib import Path
 
 def fmt(entry: dict, metric: str) -> str:
     mean, ci = entry.get(metric), entry.get(f"{metric}_ci95")
+    if "/" in metric:  # a downstream task's "task/acc": summarised under entry["tasks"]
+        stats = (entry.get("tasks") or {}).get(metric, {})
+        mean, ci = stats.get("mean"), stats.get("ci95")
     if mean is None:
         return "–"
     digits = 2 if metric == "ppl" else 3
@@ -21,14 +24,14 @@ def fmt(entry: dict, metric: str) -> str:
 
 def paired(rows: list[dict], model: str, device: str, t: float, method: str, baseline: str, metric: str) -> str:
     """Mean ± 95 % CI of the per-chip-instance difference method - baseline (same seeds)."""
-    from romer_aihwkit.evaluation.stats import mean_std_ci
+    from romer_aihwkit.evaluation.stats import mean_std_ci, task_values
 
     def by_seed(name: str) -> dict[int, float]:
-        return {r["seed"]: r[metric] for r in rows
+        return {r["seed"]: (task_values(r).get(metric) if "/" in metric else r[metric]) for r in rows
                 if (r["model"], r["device"], r["method"], r["t_inference"]) == (model, device, name, t)}
 
     a, b = by_seed(method), by_seed(baseline)
-    diffs = [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
+    diffs = [a[s] - b[s] for s in sorted(a.keys() & b.keys()) if a[s] is not None and b[s] is not None]
     if not diffs:
         return "–"
     st = mean_std_ci(diffs)
@@ -37,13 +40,39 @@ def paired(rows: list[dict], model: str, device: str, t: float, method: str, bas
     return f"{st['mean']:+.{digits}f}{ci}"
 
 
+def recovered(rows: list[dict], model: str, device: str, t: float, method: str, baseline: str, upper: str,
+              metric: str) -> str:
+    """Share of the paired gain of ``upper`` over ``baseline`` that ``method`` recovers:
+    mean(baseline - method) / mean(baseline - upper) over the common chip instances, in %; ``n.s.``
+    marks an ``upper`` gain whose 95 % CI includes 0."""
+    from romer_aihwkit.evaluation.stats import mean_std_ci
+
+    def by_seed(name: str) -> dict[int, float]:
+        return {r["seed"]: r[metric] for r in rows
+                if (r["model"], r["device"], r["method"], r["t_inference"]) == (model, device, name, t)}
+
+    m, b, u = by_seed(method), by_seed(baseline), by_seed(upper)
+    seeds = sorted(m.keys() & b.keys() & u.keys())
+    if not seeds:
+        return "–"
+    gain = mean_std_ci([b[s] - u[s] for s in seeds])
+    if gain["mean"] == 0:
+        return "–"
+    share = sum(b[s] - m[s] for s in seeds) / len(seeds) / gain["mean"]
+    weak = gain["ci95"] == gain["ci95"] and abs(gain["mean"]) <= gain["ci95"]
+    return f"{100 * share:.0f} %" + (" (n.s.)" if weak else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path)
-    ap.add_argument("--metric", default="ppl", help="ppl, load_cv, max_load_ratio, router_fidelity, ...")
+    ap.add_argument("--metric", default="ppl",
+                    help="ppl, load_cv, max_load_ratio, router_fidelity, ..., or a task's TASK/acc, TASK/acc_norm")
     ap.add_argument("--paired-vs", metavar="METHOD", default=None,
                     help="show per-chip-instance differences against METHOD instead of raw means")
     ap.add_argument("--columns", choices=("model", "t"), default="model", help="one column per model or per drift time")
+    ap.add_argument("--recovered", metavar="BASELINE:UPPER", default=None,
+                    help="show the share of UPPER's paired gain over BASELINE that each method recovers")
     args = ap.parse_args()
     res = json.loads(args.results.read_text())
     settings, summary = res["settings"], res["summary"]
@@ -58,17 +87,29 @@ def main() -> None:
         for title, columns in groups:
             n = len(settings["seeds"])
             what = f"{args.metric} minus `{args.paired_vs}` on the same chip instance" if args.paired_vs else args.metric
+            if args.recovered:
+                base, upper = args.recovered.split(":")
+                what = f"share of the `{upper}` gain over `{base}` recovered ({args.metric}, paired)"
             stress = settings.get("stress") or "none"
             label = "" if stress == "none" else f", stress `{stress}`"
-            print(f"\n**{device}, {title}{label}**: {what}, mean ± 95 % CI over {n} chip instances\n")
+            stat = "" if args.recovered else ", mean ± 95 % CI"
+            print(f"\n**{device}, {title}{label}**: {what}{stat} over {n} chip instances\n")
             print("| method | " + " | ".join(c[0] for c in columns) + " |")
             print("|---|" + "---:|" * len(columns))
-            if args.metric == "ppl" and not args.paired_vs:
+            if args.metric == "ppl" and not args.paired_vs and not args.recovered:
                 digital = settings.get("digital_ppl", {})
                 print("| *digital* | " + " | ".join(f"*{digital[m]:.2f}*" if m in digital else "–" for _, m, _ in columns) + " |")
+            if "/" in args.metric and not args.paired_vs:
+                task, _, name = args.metric.rpartition("/")
+                digital = {m: v.get(task, {}).get(name) for m, v in settings.get("digital_tasks", {}).items()}
+                print("| *digital* | " + " | ".join(f"*{digital[m]:.3f}*" if digital.get(m) is not None else "–"
+                                                   for _, m, _ in columns) + " |")
             for method in settings["methods"]:
                 cells = []
                 for _, m, t in columns:
+                    if args.recovered:
+                        cells.append(recovered(res["rows"], m, device, t, method, base, upper, args.metric))
+                        continue
                     if args.paired_vs:
                         cells.append(paired(res["rows"], m, device, t, method, args.paired_vs, args.metric))
                         continue

@@ -4,9 +4,10 @@ Plain script (not a test):  python benchmarks/bench_forward.py [--models NAME ..
 
 Measured in one run, interleaved, median of ``--repeat`` calls after warm-up:
 
-* ``analog/digital``: the converted model (every router and expert on AIHWKit tiles, programmed
-  and drifted) vs the same model left digital, on the same token blocks;
-* ``fast/aihwkit``: the same converted model with the batched forward vs AIHWKit's own tile forward
+* ``analog/digital``: the converted model (every router and expert on analog tiles, programmed
+  and drifted; the default stacked engine) vs the same model left digital, on the same token blocks;
+* ``aihwkit engine``: the model converted with ``engine="aihwkit"`` (one ``AnalogLinear`` per
+  matrix) with the batched forward, and with AIHWKit's own tile forward
   (``romer_aihwkit.analog.fast.set_fast_forward(False)``);
 * ``ours/naive`` (one MoE layer's experts, same hidden states and routing): our ``AnalogExperts``
   vs the naive route -- each expert's matrices an ``aihwkit.nn.AnalogLinear`` in an
@@ -34,10 +35,10 @@ class NaiveExperts(nn.Module):
         self.gate_up = nn.ModuleList()
         self.down = nn.ModuleList()
         for e in range(self.num_experts):
-            for src, dst in ((experts.gate_up[e], self.gate_up), (experts.down[e], self.down)):
-                lin = AnalogLinear(src.in_features, src.out_features, bias=False, rpu_config=rpu_config_factory())
+            for weight, dst in zip(experts.own_weights(e), (self.gate_up, self.down)):
+                lin = AnalogLinear(weight.shape[1], weight.shape[0], bias=False, rpu_config=rpu_config_factory())
                 lin.eval()
-                lin.set_weights(src.weight.detach().float())
+                lin.set_weights(weight.detach().float())
                 dst.append(lin)
 
     @torch.no_grad()
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=4, help="token blocks per forward")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="bench_forward")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,10 +82,12 @@ def main() -> None:
     for name, factory in models:
         digital, tok = factory()
         analog, _ = factory()
+        reference, _ = factory()
         x = _common.tokens_for(tok, args.blocks, args.seq_len, digital.config.vocab_size)
         ra.convert_to_analog_moe(analog, cfg)
-        analog.program_analog_weights(seed=0)
-        analog.drift_analog_weights()
+        ra.convert_to_analog_moe(reference, cfg, engine="aihwkit")
+        for m in (analog, reference):
+            m.program_analog_weights(seed=0, t_inference=cfg.t_inference)
 
         def run_digital():
             with torch.no_grad():
@@ -94,12 +97,17 @@ def main() -> None:
             with torch.no_grad():
                 analog(x)
 
+        def run_engine_aihwkit():
+            with torch.no_grad():
+                reference(x)
+
         def run_aihwkit():
             with torch.no_grad(), fast_forward(False):
-                analog(x)
+                reference(x)
 
         model_t = _common.median_times(
-            {"digital": run_digital, "analog_fast": run_fast, "analog_aihwkit": run_aihwkit}, args.repeat
+            {"digital": run_digital, "analog_fast": run_fast, "analog_engine_aihwkit": run_engine_aihwkit,
+             "analog_aihwkit": run_aihwkit}, args.repeat
         )
 
         # one MoE layer's experts on that layer's real hidden states and routing
@@ -116,9 +124,11 @@ def main() -> None:
             with torch.no_grad():
                 experts(hidden, idx, w)
 
+        ref_experts = next(m for m in reference.modules() if isinstance(m, AnalogExperts))
+
         def run_ours_aihwkit():
-            with torch.no_grad(), fast_forward(False):
-                experts(hidden, idx, w)
+            with torch.no_grad():
+                ref_experts(hidden, idx, w)
 
         def run_naive():
             with torch.no_grad():
@@ -131,22 +141,24 @@ def main() -> None:
             "tokens": int(x.numel()),
             "seconds": {**{f"model_{k}": v for k, v in model_t.items()}, **{f"experts_{k}": v for k, v in exp_t.items()}},
             "analog_over_digital": model_t["analog_fast"] / model_t["digital"],
+            "engine_aihwkit_over_digital": model_t["analog_engine_aihwkit"] / model_t["digital"],
             "aihwkit_analog_over_digital": model_t["analog_aihwkit"] / model_t["digital"],
             "fast_over_aihwkit": model_t["analog_fast"] / model_t["analog_aihwkit"],
             "experts_ours_over_naive": exp_t["ours"] / exp_t["naive"],
-            "experts_ours_aihwkit_forward_over_naive": exp_t["ours_aihwkit"] / exp_t["naive"],
+            "experts_engine_aihwkit_over_naive": exp_t["ours_aihwkit"] / exp_t["naive"],
             "experts_tokens": int(hidden.shape[0]),
         }
         results.append(res)
         rows.append([
             name, cfg.name, res["tokens"],
             f"{1e3 * model_t['digital']:.1f}", f"{1e3 * model_t['analog_fast']:.1f}", f"{1e3 * model_t['analog_aihwkit']:.1f}",
-            f"{res['analog_over_digital']:.2f}x", f"{res['fast_over_aihwkit']:.2f}x", f"{res['experts_ours_over_naive']:.2f}x",
+            f"{res['analog_over_digital']:.2f}x", f"{res['engine_aihwkit_over_digital']:.2f}x",
+            f"{res['aihwkit_analog_over_digital']:.2f}x", f"{res['experts_ours_over_naive']:.2f}x",
         ])
     _common.table(
         f"Forward speed ({args.threads} threads, median of {args.repeat})",
-        ["model", "device", "tokens", "digital ms", "analog fast ms", "analog aihwkit ms", "analog/digital",
-         "fast/aihwkit", "experts ours/naive"],
+        ["model", "device", "tokens", "digital ms", "analog (stacked) ms", "AIHWKit tile forward ms", "stacked/digital",
+         "aihwkit engine/digital", "AIHWKit forward/digital", "experts stacked/naive"],
         rows,
     )
     path = _common.write_json(args.out, {"settings": vars(args), "machine": _common.machine(), "results": results})

@@ -59,12 +59,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--device", default="pcm")
+    parser.add_argument("--engines", nargs="*", default=["stacked", "aihwkit"])
     parser.add_argument("--out", default="bench_memory")
     args = parser.parse_args()
     torch.set_num_threads(2)
 
     import romer_aihwkit as ra
-    from romer_aihwkit.analog.matrix import AnalogMatrix, set_keep_programming_state
+    from romer_aihwkit.analog.matrix import AnalogMatrix, StackedMatrix, set_keep_programming_state
+    from romer_aihwkit.analog.stacked import AnalogStack
+
+    def analog_parts(model):
+        """``(converted analog weights, modules owning their tiles)``."""
+        n, owners = 0, []
+        for m in model.modules():
+            if isinstance(m, AnalogMatrix) or isinstance(m, StackedMatrix):
+                n += m.out_features * m.in_features
+                owners.append(m)
+            elif isinstance(m, AnalogStack) and not any(m is getattr(o, "stack", None) for o in owners):
+                n += sum(m.analog) * m.out_features * m.in_features
+                owners.append(m)
+        return n, {id(s) for o in owners for s in o.modules()}
 
     models, cfg = _common.models_and_device(args.models, args.device)
     rows, results = [], []
@@ -73,14 +87,13 @@ def main() -> None:
         digital_bytes = held_bytes(digital)
         n_params = sum(p.numel() for p in digital.parameters())
         x = torch.randint(3, digital.config.vocab_size, (1, 32))
-        for keep in (False, True):
+        variants = [(e, k) for e in args.engines for k in ((False, True) if e == "aihwkit" else (False,))]
+        for engine, keep in variants:
             old = set_keep_programming_state(keep)
             try:
                 analog, _ = factory()
-                ra.convert_to_analog_moe(analog, cfg)
-                matrices = [m for m in analog.modules() if isinstance(m, AnalogMatrix)]
-                analog_weights = sum(m.weight.numel() for m in matrices)
-                owned = {id(s) for m in matrices for s in m.modules()}
+                ra.convert_to_analog_moe(analog, cfg, engine=engine)
+                analog_weights, owned = analog_parts(analog)
                 only_matrices = lambda mod: id(mod) in owned  # noqa: E731
                 stages = {}
                 stages["converted"] = (held_bytes(analog), held_bytes(analog, only_matrices))
@@ -94,7 +107,7 @@ def main() -> None:
                 set_keep_programming_state(old)
             for stage, (total, mats) in stages.items():
                 res = {
-                    "model": name, "device": cfg.name, "keep_programming_state": keep, "stage": stage,
+                    "model": name, "device": cfg.name, "engine": engine, "keep_programming_state": keep, "stage": stage,
                     "digital_bytes": digital_bytes, "analog_bytes": total,
                     "ratio_model": total / digital_bytes,
                     "params": n_params, "analog_matrix_weights": analog_weights,
@@ -102,13 +115,13 @@ def main() -> None:
                     "ratio_per_analog_weight_vs_digital_fp32": mats / analog_weights / 4.0,
                 }
                 results.append(res)
-                rows.append([name, "kept" if keep else "released", stage, f"{digital_bytes / 2**20:.2f}",
+                rows.append([name, engine + (" (state kept)" if keep else ""), stage, f"{digital_bytes / 2**20:.2f}",
                              f"{total / 2**20:.2f}", f"{res['ratio_model']:.2f}x", f"{res['bytes_per_analog_weight']:.2f}",
                              f"{res['ratio_per_analog_weight_vs_digital_fp32']:.2f}x"])
         del digital
     _common.table(
         f"Memory held ({cfg.name}); digital weights are fp32 (4 B/param)",
-        ["model", "AIHWKit programming state", "stage", "digital MiB", "analog MiB", "analog/digital (model)",
+        ["model", "engine", "stage", "digital MiB", "analog MiB", "analog/digital (model)",
          "B per analog weight", "per analog weight vs digital"],
         rows,
     )

@@ -16,11 +16,13 @@ def logits(model, x, **kw):
         return model(x, **kw).logits
 
 
+@pytest.mark.parametrize("engine", ["stacked", "aihwkit"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_ideal_reproduces_digital_logits(family, tokens):
+def test_ideal_reproduces_digital_logits(family, engine, tokens):
     model = tiny_model(family)
     ref = logits(model, tokens)
-    ra.convert_to_analog_moe(model, "ideal")
+    ra.convert_to_analog_moe(model, "ideal", engine=engine)
+    assert model.analog_state.engine == engine
     model.program_analog_weights(seed=0)
     model.drift_analog_weights(3600.0)
     out = logits(model, tokens)
@@ -39,11 +41,12 @@ def test_summary_counts_routers_and_every_expert_matrix(family):
     assert summary["attention"] == 0 and summary["digital"] > 0
 
 
+@pytest.mark.parametrize("engine", ["stacked", "aihwkit"])
 @pytest.mark.parametrize("family", ["olmoe", "qwen2_moe", "deepseek_v3", "legacy_mixtral"])
-def test_pcm_chip_instance_perturbs_logits_router_and_each_expert(family, tokens):
+def test_pcm_chip_instance_perturbs_logits_router_and_each_expert(family, engine, tokens):
     model = tiny_model(family)
     ref = logits(model, tokens)
-    ra.convert_to_analog_moe(model, "pcm")
+    ra.convert_to_analog_moe(model, "pcm", engine=engine)
     model.program_analog_weights(seed=1)
     model.drift_analog_weights(3600.0)
     assert not torch.allclose(logits(model, tokens), ref, atol=1e-3)
@@ -57,9 +60,9 @@ def test_pcm_chip_instance_perturbs_logits_router_and_each_expert(family, tokens
         assert not torch.allclose(ev.noisy_logits, ev.reference_logits, atol=1e-4)
 
     experts = next(m for m in model.modules() if isinstance(m, AnalogExperts))
-    x = torch.randn(5, experts.gate_up[0].in_features)
+    x = torch.randn(5, experts.own_weights(0)[0].shape[1])
     for e in range(experts.num_experts):
-        w_gu, w_d = experts.gate_up[e].weight, experts.down[e].weight
+        w_gu, w_d = experts.own_weights(e)
         g, u = nn.functional.linear(x, w_gu).chunk(2, dim=-1)
         digital = nn.functional.linear(nn.functional.silu(g) * u, w_d)
         with torch.no_grad():

@@ -10,7 +10,7 @@ family routes (a :class:`RoutingSpec`). transformers-5 fused experts need no per
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,18 +40,48 @@ class ConversionContext:
     analog_router: bool = True
     digital_experts: frozenset[int] = field(default_factory=frozenset)
     """Experts of this block kept digital."""
+    engine: str = "aihwkit"
+    """``"stacked"`` or ``"aihwkit"`` (see :data:`romer_aihwkit.analog.matrix.ENGINES`)."""
+    store: Any = None
+    """The :class:`~romer_aihwkit.analog.reference.ReferenceStore` of the stacked engine's clean weights."""
 
     def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True) -> WeightMatrix:
         from ..analog.matrix import make_matrix
+        from ..analog.reference import ReferenceStore
 
         rpu = self.rpu_config_factory() if analog else None
-        return make_matrix(weight, bias, role, f"{self.block_name}.{name}", rpu_config=rpu, analog=analog)
+        # routers are small and their clean weights are read on every traced forward: keep them in memory
+        store = ReferenceStore("memory") if role == "router" else self.store
+        return make_matrix(weight, bias, role, f"{self.block_name}.{name}", rpu_config=rpu, analog=analog,
+                           engine=self.engine, store=store)
 
-    def experts(self, gate_up: list[torch.Tensor], down: list[torch.Tensor], act_fn, has_gate: bool = True,
-                gate_up_bias: list[torch.Tensor | None] | None = None, down_bias: list[torch.Tensor | None] | None = None):
+    def experts(self, gate_up, down, act_fn, has_gate: bool = True, gate_up_bias=None, down_bias=None):
+        """The block's :class:`~romer_aihwkit.analog.experts.AnalogExperts`.
+
+        Args:
+            gate_up: per-expert ``[2I or I, H]`` matrices: a list, or one ``[E, out, in]`` tensor (the
+                stacked engine then takes over its storage, like an in-place conversion).
+            down: per-expert ``[H, I]`` matrices, likewise.
+            act_fn: the experts' activation.
+            has_gate: gated (``act(gate) * up``) experts.
+            gate_up_bias: per-expert biases or ``None``.
+            down_bias: per-expert biases or ``None``.
+        """
         from ..analog.experts import AnalogExperts
 
         n = len(gate_up)
+        if self.engine == "stacked":
+            from ..analog.stacked import AnalogStack
+
+            analog = [e not in self.digital_experts for e in range(n)]
+            banks = []
+            for part, weights, bias in (("gate_up", gate_up, gate_up_bias), ("down", down, down_bias)):
+                stacked = weights if isinstance(weights, torch.Tensor) else torch.stack([w.detach() for w in weights])
+                bias_t = None if bias is None or bias[0] is None else torch.stack([b.detach() for b in bias])
+                names = [f"{self.block_name}.experts.{e}.{part}" for e in range(n)]
+                banks.append(AnalogStack(stacked.detach(), names, self.rpu_config_factory(), "expert", self.store,
+                                         key=f"{self.block_name}.experts.{part}", analog=analog, bias=bias_t))
+            return AnalogExperts(banks[0], banks[1], act_fn, has_gate=has_gate)
         gate_up_bias = gate_up_bias or [None] * n
         down_bias = down_bias or [None] * n
         gu = [self.matrix(gate_up[e], gate_up_bias[e], "expert", f"experts.{e}.gate_up", e not in self.digital_experts) for e in range(n)]
@@ -68,7 +98,8 @@ class ConversionContext:
 def fused_expert_weights(experts: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list | None, list | None, bool]:
     """Per-expert ``gate_up [2I or I, H]`` and ``down [H, I]`` matrices of a transformers-5 experts module.
 
-    Returns ``(gate_up, down, gate_up_bias, down_bias, has_gate)``.
+    Returns ``(gate_up [E, 2I or I, H], down [E, H, I], gate_up_bias, down_bias, has_gate)``; the two
+    tensors are views of the module's parameters where the layout allows (no copy).
     """
     from transformers.integrations.moe import _default_apply_gate
 
@@ -93,7 +124,7 @@ def fused_expert_weights(experts: nn.Module) -> tuple[list[torch.Tensor], list[t
         if has_gate and not getattr(experts, "is_concatenated", True):
             b1 = torch.cat([b1[:, 0::2], b1[:, 1::2]], dim=1)
         bias_first, bias_down = list(b1.detach()), list(experts.down_proj_bias.detach())
-    return list(first.detach()), list(down.detach()), bias_first, bias_down, has_gate
+    return first.detach(), down.detach(), bias_first, bias_down, has_gate
 
 
 def convert_linears(module: nn.Module, ctx: ConversionContext, role: str, prefix: str, analog: bool = True) -> int:

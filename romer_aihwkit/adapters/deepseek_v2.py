@@ -29,4 +29,5 @@ class DeepseekV2Adapter(MoEAdapter):
             topk_group=gate.topk_group if grouped else 1,
             group_score="max",
             routed_scaling_factor=float(gate.routed_scaling_factor),
+            fp32_logits=True,  # transformers computes this router in float32
         )

@@ -30,4 +30,5 @@ class DeepseekV3Adapter(MoEAdapter):
             group_score="top2_sum",
             routed_scaling_factor=float(gate.routed_scaling_factor),
             uses_correction_bias=True,
+            fp32_logits=True,  # transformers computes this router in float32
         )

@@ -37,6 +37,9 @@ class RoutingSpec:
     """Multiplier on the routed experts' weights."""
     uses_correction_bias: bool = False
     """Whether selection adds ``e_score_correction_bias`` to the scores (DeepSeek-V3)."""
+    fp32_logits: bool = False
+    """Whether the family computes router logits in float32 from float32 inputs (DeepSeek-V2/V3);
+    otherwise in the model's dtype, as transformers does. Logits are returned in float32 either way."""
 
     def __post_init__(self) -> None:
         if self.num_experts < 1 or not 1 <= self.top_k <= self.num_experts:

@@ -13,7 +13,7 @@ from torch import nn
 from ..adapters import ConversionContext, MoEAdapter, find_adapter, list_adapters
 from ..adapters.base import convert_linears
 from .experts import AnalogExperts
-from .matrix import ROLES, AnalogMatrix, WeightMatrix
+from .matrix import ENGINES, ROLES, WeightMatrix
 from .router import AnalogRouter
 from .trace import find_routers
 
@@ -46,9 +46,14 @@ class AnalogState:
     """``(module name, adapter family)`` of each converted MoE block, in layer order."""
     seed: int | None = None
     t_inference: float | None = None
+    """Seconds the chip instance has drifted; ``None`` while only programmed (not drifted)."""
     analog_attention: bool = False
     analog_router: bool = True
     digital_experts: dict[int, list[int]] = field(default_factory=dict)
+    engine: str = "stacked"
+    """The analog engine the model was converted with (see :data:`~romer_aihwkit.analog.matrix.ENGINES`)."""
+    reference: object = None
+    """The :class:`~romer_aihwkit.analog.reference.ReferenceStore` of the stacked engine (``None``: aihwkit engine)."""
 
     @property
     def programmed(self) -> bool:
@@ -141,6 +146,9 @@ def convert_to_analog_moe(
     analog_router: bool = True,
     analog_attention: bool = False,
     digital_experts: Iterable[tuple[int, int]] | Mapping[int, Iterable[int]] | None = None,
+    engine: str = "stacked",
+    reference: str = "auto",
+    reference_dir: str | None = None,
 ) -> nn.Module:
     """Map the router and every expert of each MoE block of ``model`` onto AIHWKit analog tiles.
 
@@ -155,6 +163,14 @@ def convert_to_analog_moe(
         analog_router: put the routers on tiles (``False``: digital routers, the ``digital-router`` baseline).
         analog_attention: put attention projections on tiles too.
         digital_experts: ``(moe_layer, expert)`` pairs (or ``{layer: [experts]}``) kept digital.
+        engine: ``"stacked"`` (default): each layer's experts as stacked tensors programmed in a few
+            vectorised passes with AIHWKit's noise models (:mod:`romer_aihwkit.analog.stacked`);
+            ``"aihwkit"``: one AIHWKit ``AnalogLinear`` per matrix, the reference path. A device
+            setting the stacked engine does not reproduce falls back to ``"aihwkit"`` with a warning.
+        reference: where the stacked engine keeps the clean weights it programs from: ``"auto"``,
+            ``"memory"``, ``"cpu"`` or ``"spill"`` (see :class:`~romer_aihwkit.analog.reference.ReferenceStore`).
+            The stacked engine takes over the experts' weight storage for its tiles.
+        reference_dir: folder for ``reference="spill"`` files (default: a temporary folder).
 
     Returns:
         The converted model.
@@ -167,7 +183,18 @@ def convert_to_analog_moe(
 
     if isinstance(getattr(model, "analog_state", None), AnalogState):
         raise ValueError("this model is already converted; load a fresh copy to convert it again")
+    from .reference import ReferenceStore
+    from .stacked import unsupported_reason
+
     config = load_device_config(device_config)
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is not one of {', '.join(ENGINES)}")
+    if engine == "stacked":
+        reason = unsupported_reason(config.rpu_config())
+        if reason is not None:
+            _warn_fallback(reason)
+            engine = "aihwkit"
+    store = ReferenceStore(reference, reference_dir) if engine == "stacked" else None
     was_training = model.training
     blocks = _find_blocks(model)
     n_experts = [adapter.num_experts(block) for _, block, adapter in blocks]
@@ -187,6 +214,8 @@ def convert_to_analog_moe(
         analog_attention=analog_attention,
         analog_router=analog_router,
         digital_experts={k: sorted(v) for k, v in digital.items()},
+        engine=engine,
+        reference=store,
     )
     for index, (name, block, adapter) in enumerate(blocks):
         device = _module_device(block)
@@ -196,6 +225,8 @@ def convert_to_analog_moe(
             block_name=name,
             analog_router=analog_router,
             digital_experts=digital.get(index, frozenset()),
+            engine=engine,
+            store=store,
         )
         new = adapter.convert(block, ctx)
         new.to(device)
@@ -212,7 +243,7 @@ def convert_to_analog_moe(
                 device = _module_device(module)
                 n = convert_linears(
                     module,
-                    ConversionContext(config.rpu_config, -1, name),
+                    ConversionContext(config.rpu_config, -1, name, engine=engine, store=store),
                     "attention",
                     prefix="",
                 )
@@ -232,8 +263,31 @@ def convert_to_analog_moe(
     return model
 
 
-def _named_matrices(model: nn.Module) -> list[tuple[str, WeightMatrix]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, WeightMatrix)]
+_WARNED: set[str] = set()
+
+
+def _warn_fallback(reason: str) -> None:
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(
+            f"the stacked analog engine does not reproduce {reason}; converting with AIHWKit's "
+            "per-matrix tiles (engine='aihwkit'), which is slower and uses more memory",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _programmables(model: nn.Module) -> list:
+    """Everything that holds programmed tiles: weight matrices and stacked expert banks."""
+    from .stacked import AnalogStack
+
+    found = []
+    for module in model.modules():
+        if isinstance(module, WeightMatrix):
+            found.append(module)
+        elif isinstance(module, AnalogExperts):
+            found.extend(bank for bank in module.banks() if isinstance(bank, AnalogStack))
+    return found
 
 
 @torch.no_grad()
@@ -253,10 +307,10 @@ def program_analog_weights(model: nn.Module, seed: int = 0, t_inference: float |
         experts.clear_replicas()
     for router in find_routers(model):
         router.reset_calibration()
-    for _, matrix in _named_matrices(model):
-        matrix.program(seed, None if t_inference is None else float(t_inference))
+    for item in _programmables(model):
+        item.program(seed, None if t_inference is None else float(t_inference))
     state.seed = int(seed)
-    state.t_inference = 0.0 if t_inference is None else float(t_inference)
+    state.t_inference = None if t_inference is None else float(t_inference)
 
 
 @torch.no_grad()
@@ -267,8 +321,13 @@ def drift_analog_weights(model: nn.Module, t_inference: float | None = None) -> 
         raise RuntimeError("call program_analog_weights(seed=...) before drift_analog_weights(...)")
     t = float(state.device_config.t_inference if t_inference is None else t_inference)
     state.device_config.check_t_inference(t)
-    for _, matrix in _named_matrices(model):
-        matrix.drift(t, state.seed)
+    from .stacked import AnalogStack
+
+    for item in _programmables(model):
+        if isinstance(item, AnalogStack):
+            item.program(state.seed, t)  # re-programs from the seed (bit-identical) and drifts
+        else:
+            item.drift(t, state.seed)
     state.t_inference = t
 
 
@@ -279,11 +338,18 @@ def analog_summary(model: nn.Module) -> dict[str, int]:
     hetero experts, digital routers) plus the model's remaining ``nn.Linear`` layers (attention,
     ``lm_head``, dense MLPs, gates).
     """
+    from .stacked import AnalogStack
+
     counts = {role: 0 for role in ROLES}
     counts["digital"] = 0
     for module in model.modules():
-        if isinstance(module, AnalogMatrix):
-            counts[module.role] += 1
-        elif isinstance(module, WeightMatrix) or isinstance(module, nn.Linear):
+        if isinstance(module, WeightMatrix):
+            counts[module.role if module.is_analog else "digital"] += 1
+        elif isinstance(module, nn.Linear):
             counts["digital"] += 1
+        elif isinstance(module, AnalogExperts):
+            for bank in module.banks():
+                if isinstance(bank, AnalogStack):
+                    counts["expert"] += sum(bank.analog)
+                    counts["digital"] += len(bank) - sum(bank.analog)
     return counts

@@ -1,17 +1,87 @@
-"""Routed experts, each on its own tiles, run once per forward on the tokens routed to it."""
+"""Routed experts on analog tiles, run once per forward on the tokens routed to each expert.
+
+The experts' matrices live in two *banks* (``gate_up`` and ``down``), one matrix per expert:
+
+* :class:`~romer_aihwkit.analog.stacked.AnalogStack` (``engine="stacked"``, default): one tensor
+  ``[E, out, in]`` per projection, programmed in vectorised passes;
+* :class:`MatrixBank` (``engine="aihwkit"``): one AIHWKit ``AnalogLinear`` per expert matrix, the
+  reference path.
+
+Both answer the same questions (:class:`ExpertBank`), so :class:`AnalogExperts`, ROMER and the
+evaluation code do not depend on the engine.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from .matrix import WeightMatrix
 
-__all__ = ["AnalogExperts", "REPLICA_MODES"]
+__all__ = ["AnalogExperts", "ExpertBank", "MatrixBank", "REPLICA_MODES"]
 
 REPLICA_MODES = ("average", "split")
+
+
+class ExpertBank(Protocol):
+    """One projection of every expert: what :class:`AnalogExperts` needs of its matrix storage."""
+
+    analog: list[bool]
+
+    def __len__(self) -> int: ...
+
+    @property
+    def out_features(self) -> int: ...
+
+    def mvm(self, e: int, x: torch.Tensor) -> torch.Tensor: ...
+
+    def reference(self, e: int, device=None) -> torch.Tensor: ...
+
+    def set_source(self, e: int, source: int) -> None: ...
+
+    def program(self, seed: int, t_inference: float | None = None, which: list[int] | None = None) -> None: ...
+
+
+class MatrixBank(nn.ModuleList):
+    """Expert matrices as separate :class:`WeightMatrix` modules (the AIHWKit per-matrix path)."""
+
+    def __init__(self, matrices: list[WeightMatrix]) -> None:
+        super().__init__(matrices)
+        self._own: dict[int, torch.Tensor] = {}
+
+    @property
+    def analog(self) -> list[bool]:
+        return [m.is_analog for m in self]
+
+    @property
+    def out_features(self) -> int:
+        return self[0].out_features
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return None if self[0].bias is None else torch.stack([m.bias for m in self])
+
+    def mvm(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        return self[e](x)
+
+    def reference(self, e: int, device=None) -> torch.Tensor:
+        weight = self._own.get(e, self[e].weight.detach())
+        return weight.to(device) if device is not None else weight
+
+    def set_source(self, e: int, source: int) -> None:
+        if source == e:
+            if e in self._own:
+                self[e].set_reference(self._own.pop(e))
+            return
+        self._own.setdefault(e, self[e].weight.detach().clone())
+        self[e].set_reference(self.reference(source))
+
+    def program(self, seed: int, t_inference: float | None = None, which: list[int] | None = None) -> None:
+        for e in range(len(self)) if which is None else which:
+            self[e].program(seed, t_inference)
 
 
 class AnalogExperts(nn.Module):
@@ -28,16 +98,18 @@ class AnalogExperts(nn.Module):
 
     def __init__(
         self,
-        gate_up: list[WeightMatrix],
-        down: list[WeightMatrix],
+        gate_up: ExpertBank | list[WeightMatrix],
+        down: ExpertBank | list[WeightMatrix],
         act_fn: Callable[[torch.Tensor], torch.Tensor],
         has_gate: bool = True,
     ) -> None:
         super().__init__()
-        if len(gate_up) != len(down) or not gate_up:
+        gate_up = MatrixBank(gate_up) if isinstance(gate_up, list) else gate_up
+        down = MatrixBank(down) if isinstance(down, list) else down
+        if len(gate_up) != len(down) or len(gate_up) == 0:
             raise ValueError("need one gate_up and one down matrix per expert")
-        self.gate_up = nn.ModuleList(gate_up)
-        self.down = nn.ModuleList(down)
+        self.gate_up = gate_up
+        self.down = down
         self.act_fn = act_fn
         self.has_gate = has_gate
         self.num_experts = len(gate_up)
@@ -45,16 +117,26 @@ class AnalogExperts(nn.Module):
         self.replica_mode = "average"
         self.layout: dict = {"kind": "fused", "has_gate": has_gate, "transposed": False, "concatenated": True, "has_bias": False}
         """How the original model stored these experts (used to write its digital weights back)."""
-        self._displaced: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def engine(self) -> str:
+        return "aihwkit" if isinstance(self.gate_up, MatrixBank) else "stacked"
+
+    def banks(self) -> tuple[ExpertBank, ExpertBank]:
+        return self.gate_up, self.down
+
+    def analog_mask(self) -> list[bool]:
+        """Per expert: whether it is on analog tiles (hetero experts are digital)."""
+        return list(self.gate_up.analog)
 
     def expert_forward(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        h = self.gate_up[e](x)
+        h = self.gate_up.mvm(e, x)
         if self.has_gate:
             gate, up = h.chunk(2, dim=-1)
             h = self.act_fn(gate) * up
         else:
             h = self.act_fn(h)
-        return self.down[e](h)
+        return self.down.mvm(e, h)
 
     def _run(self, e: int, x: torch.Tensor) -> torch.Tensor:
         u = int(self._replicas.get(e, -1))
@@ -62,7 +144,7 @@ class AnalogExperts(nn.Module):
             return self.expert_forward(e, x)
         if self.replica_mode == "average":
             return 0.5 * (self.expert_forward(e, x) + self.expert_forward(u, x))
-        out = torch.empty(x.shape[0], self.down[e].out_features, dtype=x.dtype, device=x.device)
+        out = torch.empty(x.shape[0], self.down.out_features, dtype=torch.float32, device=x.device)
         out[0::2] = self.expert_forward(e, x[0::2])
         if x.shape[0] > 1:
             out[1::2] = self.expert_forward(u, x[1::2])
@@ -87,26 +169,37 @@ class AnalogExperts(nn.Module):
             start += n
         return out
 
+    # ------------------------------------------------------------------ replicas
     def set_replica(self, hot: int, cold: int) -> None:
         """Make expert ``cold``'s tiles a replica of expert ``hot`` (re-program them afterwards)."""
-        if hot == cold or self.replica_of[hot] >= 0 or cold in self._displaced:
+        if hot == cold or self.replica_of[hot] >= 0 or cold in self._replaced():
             raise ValueError(f"cannot replicate expert {hot} onto expert {cold}")
-        self._displaced[cold] = tuple(m[cold].weight.detach().clone() for m in (self.gate_up, self.down))
-        for matrices in (self.gate_up, self.down):
-            matrices[cold].set_reference(matrices[hot].weight, matrices[hot].bias)
+        for bank in self.banks():
+            bank.set_source(cold, hot)
         self.replica_of[hot] = cold
+
+    def _replaced(self) -> set[int]:
+        return {int(u) for u in self.replica_of.tolist() if u >= 0}
 
     def reprogram(self, e: int, seed: int, t_inference: float | None) -> None:
         """Program (and drift) expert ``e``'s tiles for chip instance ``seed``, e.g. after a replica change."""
-        for matrix in (self.gate_up[e], self.down[e]):
-            matrix.program(seed, t_inference or None)
+        for bank in self.banks():
+            bank.program(seed, None if t_inference is None else float(t_inference), which=[e])
 
     def own_weights(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert ``e``'s own digital ``(gate_up, down)`` weights, even while its tiles hold a replica."""
-        if e in self._displaced:
-            return self._displaced[e]
-        return self.gate_up[e].weight.detach(), self.down[e].weight.detach()
+        return self.gate_up.reference(e), self.down.reference(e)
 
+    def clear_replicas(self) -> list[int]:
+        """Give every replaced expert its own weights back; returns the experts to re-program."""
+        restored = sorted(self._replaced())
+        for cold in restored:
+            for bank in self.banks():
+                bank.set_source(cold, cold)
+        self.replica_of.fill_(-1)
+        return restored
+
+    # ------------------------------------------------------------------ the digital model
     def digital_state(self, prefix: str) -> dict[str, torch.Tensor]:
         """The experts' weights under the original model's parameter names."""
         gate_up, down = zip(*(self.own_weights(e) for e in range(self.num_experts)))
@@ -128,16 +221,6 @@ class AnalogExperts(nn.Module):
         name = "gate_up_proj" if self.layout["has_gate"] else "up_proj"
         out = {f"{prefix}{name}": first.contiguous(), f"{prefix}down_proj": second.contiguous()}
         if self.layout.get("has_bias"):
-            out[f"{prefix}{name}_bias"] = torch.stack([m.bias for m in self.gate_up])
-            out[f"{prefix}down_proj_bias"] = torch.stack([m.bias for m in self.down])
+            out[f"{prefix}{name}_bias"] = self.gate_up.bias
+            out[f"{prefix}down_proj_bias"] = self.down.bias
         return out
-
-    def clear_replicas(self) -> list[int]:
-        """Give every replaced expert its own weights back; returns the experts to re-program."""
-        restored = sorted(self._displaced)
-        for cold, (gate_up_w, down_w) in self._displaced.items():
-            self.gate_up[cold].set_reference(gate_up_w)
-            self.down[cold].set_reference(down_w)
-        self._displaced.clear()
-        self.replica_of.fill_(-1)
-        return restored

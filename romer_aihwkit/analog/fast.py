@@ -294,57 +294,11 @@ def _tile_out(x: torch.Tensor, weight: torch.Tensor, tiles: list, bounds, io: _I
         r = input_range.detach()
         x = torch.maximum(torch.minimum(x, r.abs()), -r.abs()) / r
 
-    if io.perfect:
-        y = x @ weight.T
-    else:
-        # Input side. AIHWKit: xs = quant(x / nm) (clip), y = xs @ W.T, then noise, ADC, * nm.
-        # Here the DAC levels are kept as integers k = round(x / nm / step_in) and rescaled to ADC
-        # units (step_in / step_out) before the matmul, so the output needs no division: the same
-        # values as AIHWKit up to float rounding of the last bit.
-        if io.nm in (1, 2):
-            nm = (x.abs() if io.nm == 1 else x).amax(dim=-1, keepdim=True)
-            if io.nm_thres > 0.0:
-                nm = nm.clamp(max=io.nm_thres)
-            nonzero = (nm != 0.0).any()  # AIHWKit: an all-zero input gives an exactly zero output
-            nm = nm.masked_fill(nm <= 0.0, 1.0)
-            in_mult = 1.0 / nm
-            restore = (nm * io.out_scale) * nonzero
-        else:
-            const = (io.nm_thres if io.nm_thres > 0.0 else 1.0) if io.nm == 3 else 1.0
-            in_mult, restore = 1.0 / const, io.out_scale * const
-        step_out = io.out_res if io.out_res > 0 else 1.0
-        if io.inp_res > 0:  # DAC: integer levels
-            xs = x * (in_mult / io.inp_res)
-            xs.round_()
-            # |x / abs_max| <= 1 <= inp_bound: the clip cannot bite, skip it
-            if math.isfinite(io.inp_bound) and not (io.nm == 1 and io.nm_thres <= 0.0 and io.inp_bound >= 1.0):
-                level = io.inp_bound / io.inp_res
-                xs.clamp_(-level, level)
-            xs.mul_(io.inp_res / step_out)
-        else:
-            xs = x * in_mult if not (isinstance(in_mult, float) and in_mult == 1.0) else x.clone()
-            if math.isfinite(io.inp_bound):
-                xs.clamp_(-io.inp_bound, io.inp_bound)
-            if step_out != 1.0:
-                xs.mul_(1.0 / step_out)
-
-        y = xs @ weight.T  # in ADC steps
-
-        # output noise: per-column values if the tiles drew them (out_noise_std > 0)
-        values = [t.tile.out_noise_values for t in tiles]
-        if values[0] is not None:
-            sigma = values[0] if len(values) == 1 else torch.cat(values)
-            y.addcmul_(torch.randn_like(y), sigma.to(y.dtype) / step_out)
-        elif io.out_noise > 0.0:
-            y.add_(torch.randn_like(y), alpha=io.out_noise / step_out)
-        if io.out_res > 0:  # ADC
-            y.round_()
-        if math.isfinite(io.out_bound):
-            level = io.out_bound / step_out
-            y.clamp_(-level, level)
-        restore = restore * step_out
-        if not (isinstance(restore, float) and restore == 1.0):
-            y.mul_(restore)
+    values = [t.tile.out_noise_values for t in tiles]
+    sigma = None
+    if values[0] is not None:
+        sigma = values[0] if len(values) == 1 else torch.cat(values)
+    y = periphery_mvm(x, weight, io, sigma)
 
     # post_forward (input range * mapping scales), drift compensation, learned out scales, bias
     col = _column_scale(tiles, io, y)
@@ -355,6 +309,92 @@ def _tile_out(x: torch.Tensor, weight: torch.Tensor, tiles: list, bounds, io: _I
     bias = [t.bias for t in tiles if t.digital_bias and t.bias is not None]
     if bias:
         y.add_(bias[0].detach() if len(tiles) == 1 else torch.cat([t.bias.detach() for t in tiles]))
+    return y
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` in the weight's dtype (tiles may be held in bf16/fp16), returned as float32."""
+    if x.dtype != weight.dtype:
+        x = x.to(weight.dtype)
+    y = x @ weight.T
+    return y if y.dtype == torch.float32 else y.float()
+
+
+def periphery_mvm(x: torch.Tensor, weight: torch.Tensor, io: _IO, sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """One analog MVM of AIHWKit's ``AnalogMVM.matmul`` in eval mode: ``[N, in] x [out, in] -> [N, out]``.
+
+    Noise management, DAC, the matmul, output noise (scalar ``io.out_noise`` or per-column
+    ``sigma``), ADC and the output bound, in tile units (no mapping scales, no drift alpha).
+    Returns float32.
+    """
+    if io.perfect:
+        return _matmul(x, weight)
+    levels, in_scale, restore, step_out = input_levels(x, io)
+    if sigma is None and io.out_noise > 0.0 and weight.dtype == torch.float32:
+        # the output noise and the DAC-to-ADC unit change fused into the matmul's epilogue
+        y = torch.randn(levels.shape[0], weight.shape[0], dtype=torch.float32, device=levels.device)
+        y = torch.addmm(y, levels, weight.T, beta=io.out_noise / step_out, alpha=in_scale)
+        return output_stage(y, io, restore, step_out, noise=False)
+    y = _matmul(levels, weight)
+    if in_scale != 1.0:
+        y.mul_(in_scale)
+    return output_stage(y, io, restore, step_out, sigma)
+
+
+def input_levels(x: torch.Tensor, io: _IO) -> tuple[torch.Tensor, float, torch.Tensor | float, float]:
+    """Noise management and DAC: ``(levels, in_scale, restore, step_out)``.
+
+    ``levels * in_scale`` are the inputs in ADC steps (with a DAC, ``levels`` are AIHWKit's integer
+    DAC levels), ``restore`` is the per-row factor that brings the ADC output back (noise management
+    scale x ``out_scale``), ``step_out`` the ADC step.
+    """
+    # AIHWKit: xs = quant(x / nm) (clip), y = xs @ W.T, then noise, ADC, * nm. Here the DAC levels
+    # are kept as integers k = round(x / nm / step_in) and rescaled to ADC units (step_in /
+    # step_out) by the matmul, so the output needs no division: the same values as AIHWKit up to
+    # float rounding of the last bit.
+    x = x.float()
+    if io.nm in (1, 2):
+        nm = (x.abs() if io.nm == 1 else x).amax(dim=-1, keepdim=True)
+        if io.nm_thres > 0.0:
+            nm = nm.clamp(max=io.nm_thres)
+        nonzero = (nm != 0.0).any()  # AIHWKit: an all-zero input gives an exactly zero output
+        nm = nm.masked_fill(nm <= 0.0, 1.0)
+        in_mult = 1.0 / nm
+        restore = (nm * io.out_scale) * nonzero
+    else:
+        const = (io.nm_thres if io.nm_thres > 0.0 else 1.0) if io.nm == 3 else 1.0
+        in_mult, restore = 1.0 / const, io.out_scale * const
+    step_out = io.out_res if io.out_res > 0 else 1.0
+    if io.inp_res > 0:  # DAC: integer levels
+        levels = x * (in_mult / io.inp_res)
+        levels.round_()
+        # |x / abs_max| <= 1 <= inp_bound: the clip cannot bite, skip it
+        if math.isfinite(io.inp_bound) and not (io.nm == 1 and io.nm_thres <= 0.0 and io.inp_bound >= 1.0):
+            level = io.inp_bound / io.inp_res
+            levels.clamp_(-level, level)
+        return levels, io.inp_res / step_out, restore, step_out
+    levels = x * in_mult if not (isinstance(in_mult, float) and in_mult == 1.0) else x.clone()
+    if math.isfinite(io.inp_bound):
+        levels.clamp_(-io.inp_bound, io.inp_bound)
+    return levels, 1.0 / step_out, restore, step_out
+
+
+def output_stage(y: torch.Tensor, io: _IO, restore, step_out: float, sigma: torch.Tensor | None = None,
+                 noise: bool = True) -> torch.Tensor:
+    """Output noise (unless ``noise=False``: already added), ADC and output bound on ``y`` (in ADC
+    steps, modified in place), then the restore factor."""
+    if noise and sigma is not None:  # per-column values if the tiles drew them (out_noise_std > 0)
+        y.addcmul_(torch.randn_like(y), sigma.to(y.dtype) / step_out)
+    elif noise and io.out_noise > 0.0:
+        y.add_(torch.randn_like(y), alpha=io.out_noise / step_out)
+    if io.out_res > 0:  # ADC
+        y.round_()
+    if math.isfinite(io.out_bound):
+        level = io.out_bound / step_out
+        y.clamp_(-level, level)
+    restore = restore * step_out
+    if not (isinstance(restore, float) and restore == 1.0):
+        y.mul_(restore)
     return y
 
 

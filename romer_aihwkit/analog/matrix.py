@@ -18,9 +18,14 @@ from torch import nn
 
 from . import fast as _fast
 
-__all__ = ["WeightMatrix", "AnalogMatrix", "DigitalMatrix", "ROLES", "matrix_seed", "set_keep_programming_state"]
+__all__ = [
+    "WeightMatrix", "AnalogMatrix", "DigitalMatrix", "StackedMatrix", "ROLES", "ENGINES", "matrix_seed",
+    "set_keep_programming_state",
+]
 
 ROLES = ("router", "expert", "shared_expert", "attention")
+ENGINES = ("stacked", "aihwkit")
+"""``stacked``: :mod:`romer_aihwkit.analog.stacked` (default); ``aihwkit``: one AIHWKit ``AnalogLinear`` per matrix (the reference)."""
 
 
 def matrix_seed(seed: int, name: str, purpose: str = "program") -> int:
@@ -54,6 +59,10 @@ class WeightMatrix(nn.Module):
 
     def drift(self, t_inference: float, seed: int) -> None:  # noqa: B027
         """Let the programmed conductances drift to ``t_inference`` seconds."""
+
+    def forward_fp32(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward with a float32 output (router logits), without rounding to ``x``'s dtype."""
+        return self(x).float()
 
     def set_reference(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         """Replace the digital weights this matrix represents (must then be re-programmed)."""
@@ -204,6 +213,9 @@ class AnalogMatrix(WeightMatrix):
         self._fast_plan = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_fp32(x).to(x.dtype)
+
+    def forward_fp32(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         y = None
@@ -214,7 +226,7 @@ class AnalogMatrix(WeightMatrix):
             y = self.analog(x2.float())
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
+        return y.reshape(*shape[:-1], y.shape[-1]).float()
 
 
 _KEEP_PROGRAMMED = os.environ.get("ROMER_AIHWKIT_KEEP_PROGRAMMED", "0").strip().lower() in ("1", "true", "yes", "on")
@@ -235,6 +247,65 @@ def set_keep_programming_state(keep: bool) -> bool:
     return old
 
 
+class StackedMatrix(WeightMatrix):
+    """One matrix on the stacked engine (:class:`~romer_aihwkit.analog.stacked.AnalogStack` of one).
+
+    Used for routers, shared experts and attention projections when ``engine="stacked"``; its clean
+    weights live in the stack's reference store.
+    """
+
+    is_analog = True
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rpu_config, role: str, name: str, store) -> None:
+        super().__init__(role, name)
+        from .stacked import AnalogStack
+
+        self.stack = AnalogStack(
+            weight.detach()[None], [name], rpu_config, role, store, key=name,
+            bias=None if bias is None else bias.detach()[None],
+        )
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        """The clean weights this matrix was programmed from."""
+        return self.stack.reference(0, self.stack.tiles.device)
+
+    @property
+    def bias(self) -> torch.Tensor | None:  # type: ignore[override]
+        return None if self.stack.bias is None else self.stack.bias[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.stack.out_features
+
+    @property
+    def in_features(self) -> int:
+        return self.stack.in_features
+
+    @property
+    def programmed(self) -> bool:
+        return self.stack.programmed[0]
+
+    def program(self, seed: int, t_inference: float | None = None) -> None:
+        self.stack.program(seed, t_inference)
+
+    def drift(self, t_inference: float, seed: int) -> None:
+        self.stack.program(seed, t_inference)  # re-programs from the seed: the same chip, drifted
+
+    def set_reference(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        self.stack.set_reference(0, weight)
+        if bias is not None and self.stack.bias is not None:
+            self.stack.bias.data[0] = bias.detach().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_fp32(x).to(x.dtype)
+
+    def forward_fp32(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = self.stack.mvm(0, x.reshape(-1, shape[-1]))
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+
 def make_matrix(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -242,10 +313,16 @@ def make_matrix(
     name: str,
     rpu_config=None,
     analog: bool = True,
+    engine: str = "aihwkit",
+    store=None,
 ) -> WeightMatrix:
-    """An :class:`AnalogMatrix` when ``analog`` (needs ``rpu_config``), else a :class:`DigitalMatrix`."""
+    """An analog matrix of ``engine`` when ``analog`` (needs ``rpu_config``), else a :class:`DigitalMatrix`."""
     if analog:
         if rpu_config is None:
             raise ValueError("an analog matrix needs an rpu_config")
+        if engine == "stacked":
+            from .reference import ReferenceStore
+
+            return StackedMatrix(weight, bias, rpu_config, role, name, store or ReferenceStore("memory"))
         return AnalogMatrix(weight, bias, rpu_config, role, name)
     return DigitalMatrix(weight, bias, role, name)

@@ -83,7 +83,8 @@ class AnalogRouter(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor):
         hidden = hidden_states.reshape(-1, self.hidden_dim)
-        noisy = self.matrix(hidden).float()
+        # fp32 logits always; computed in fp32 where the family's own router is (DeepSeek-V2/V3)
+        noisy = self.matrix.forward_fp32(hidden.float() if self.spec.fp32_logits else hidden)
         if not torch.isfinite(noisy).all():
             raise FloatingPointError(f"router {self.name!r} produced non-finite logits")
         logits = self.calibrate_logits(noisy)

@@ -14,6 +14,7 @@ from .convert import analog_state
 from .experts import AnalogExperts
 from .matrix import AnalogMatrix, WeightMatrix
 from .router import AnalogRouter
+from .stacked import AnalogStack
 
 __all__ = ["digital_state_dict", "save_pretrained_digital", "save_analog_state", "load_analog_state"]
 
@@ -56,11 +57,16 @@ def save_pretrained_digital(model: nn.Module, save_directory: str | os.PathLike,
     type(model).save_pretrained(model, save_directory, state_dict=digital_state_dict(model), **kwargs)
 
 
+_TILE_ATTRS = ("programmed_weights", "reference_combined_weights", "drift_baseline", "drift_readout_tensor", "alpha")
+_ROUTER_BUFFERS = ("logit_scale", "logit_bias", "expert_mask")
+FORMAT = "romer-aihwkit-analog-state/2"
+
+
 def _tile_tensors(matrix: AnalogMatrix) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for i, tile in enumerate(matrix.analog.analog_tiles()):
         out[f"{i}.weight"] = tile.tile.weight.detach()
-        for attr in ("programmed_weights", "reference_combined_weights", "drift_baseline", "drift_readout_tensor", "alpha"):
+        for attr in _TILE_ATTRS:
             value = getattr(tile, attr, None)
             if isinstance(value, torch.Tensor):
                 out[f"{i}.{attr}"] = value.detach()
@@ -72,25 +78,46 @@ def _tile_tensors(matrix: AnalogMatrix) -> dict[str, torch.Tensor]:
     return out
 
 
+def _chip_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Everything that makes ``model`` one calibrated chip instance, by ``module/part`` key."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, AnalogMatrix):
+            parts = _tile_tensors(module)
+        elif isinstance(module, AnalogStack):
+            parts = module.chip_state()
+        elif isinstance(module, AnalogExperts):
+            parts = {"replica_of": module.replica_of,
+                     "replica_split": torch.tensor(module.replica_mode == "split")}
+        elif isinstance(module, AnalogRouter):
+            parts = {b: getattr(module, b) for b in _ROUTER_BUFFERS}
+        else:
+            continue
+        for key, value in parts.items():
+            tensors[f"{name}/{key}"] = value.detach().cpu().contiguous().clone()
+    return tensors
+
+
 def save_analog_state(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Save the programmed (and drifted) tiles of every analog matrix to a safetensors file."""
+    """Save one chip instance: every programmed tile, expert replicas and the routers' installed calibration.
+
+    The file is a safetensors file with the model's fingerprint (architecture, weights, device
+    content, seed, t_inference, analog roles, engine) in its metadata; :func:`load_analog_state`
+    refuses it for any other model, device or engine.
+    """
     from safetensors.torch import save_file
+
+    from ..artifacts import fingerprint
 
     state = analog_state(model)
     if not state.programmed:
         raise RuntimeError("nothing to save: call program_analog_weights(seed=...) first")
-    tensors: dict[str, torch.Tensor] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, AnalogMatrix):
-            for key, value in _tile_tensors(module).items():
-                tensors[f"{name}/{key}"] = value.detach().cpu().contiguous().clone()
-        elif isinstance(module, AnalogExperts):
-            tensors[f"{name}/replica_of"] = module.replica_of.cpu().clone()
+    tensors = _chip_tensors(model)
     meta = {
-        "format": "romer-aihwkit-analog-state/1",
-        "device": json.dumps(state.device_config.to_dict()),
-        "seed": str(state.seed),
-        "t_inference": str(state.t_inference),
+        "format": FORMAT,
+        "fingerprint": json.dumps(fingerprint(model)),
+        "seed": json.dumps(state.seed),
+        "t_inference": json.dumps(state.t_inference),
     }
     path = Path(path)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -99,56 +126,92 @@ def save_analog_state(model: nn.Module, path: str | os.PathLike) -> Path:
 
 @torch.no_grad()
 def load_analog_state(model: nn.Module, path: str | os.PathLike) -> None:
-    """Restore a chip instance saved by :func:`save_analog_state` onto a model converted the same way."""
-    from safetensors import safe_open
+    """Restore a chip instance saved by :func:`save_analog_state` onto a model converted the same way.
+
+    All or nothing: the file's format, fingerprint (architecture, weights, device content, analog
+    roles, engine) and every tensor's presence and shape are checked before the model is touched.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ArtifactError: not a chip-state file, truncated or corrupted, or not matching this model
+            (:class:`~romer_aihwkit.errors.FingerprintMismatchError` lists what differs).
+    """
+    from ..artifacts import check_fingerprint, fingerprint, read_safetensors
+    from ..errors import ArtifactError
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"analog state file not found: {path}")
     state = analog_state(model)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != "romer-aihwkit-analog-state/1":
-            raise ValueError(f"{path} is not a romer-aihwkit analog state file")
-        keys = set(f.keys())
-        modules = dict(model.named_modules())
-        expected = {k for k in keys}
-        for name, module in modules.items():
-            if isinstance(module, AnalogMatrix):
-                for i, tile in enumerate(module.analog.analog_tiles()):
-                    key = f"{name}/{i}.weight"
-                    if key not in keys:
-                        raise ValueError(f"{path} has no state for analog matrix {name!r}: was it saved from this model?")
-                    device = tile.tile.weight.device
-                    tile.tile.weight.data.copy_(f.get_tensor(key))
-                    expected.discard(key)
-                    for attr in ("programmed_weights", "reference_combined_weights", "drift_baseline", "drift_readout_tensor", "alpha"):
-                        k = f"{name}/{i}.{attr}"
-                        if k in keys:
-                            value = f.get_tensor(k).to(device)
-                            if attr == "alpha":
-                                tile.__dict__.pop("alpha", None)
-                            setattr(tile, attr, value)
-                            expected.discard(k)
-                    params = []
-                    j = 0
-                    while f"{name}/{i}.drift_noise_parameters.{j}" in keys:
-                        k = f"{name}/{i}.drift_noise_parameters.{j}"
-                        params.append(f.get_tensor(k).to(device))
-                        expected.discard(k)
-                        j += 1
-                    tile.drift_noise_parameters = params or None
-                    k = f"{name}/{i}.out_noise_values"
-                    if k in keys:
-                        tile.tile.out_noise_values.data.copy_(f.get_tensor(k))
-                        expected.discard(k)
-                module.programmed = True
-            elif isinstance(module, AnalogExperts):
-                k = f"{name}/replica_of"
-                if k in keys:
-                    module.replica_of.copy_(f.get_tensor(k))
-                    expected.discard(k)
-        if expected:
-            raise ValueError(f"{path} holds state for modules this model does not have, e.g. {sorted(expected)[0]!r}")
-    state.seed = int(meta["seed"]) if meta.get("seed", "None") != "None" else None
-    state.t_inference = float(meta["t_inference"]) if meta.get("t_inference", "None") != "None" else None
+    tensors, meta = read_safetensors(path, "analog chip state")
+    if meta.get("format") != FORMAT:
+        raise ArtifactError(path, f"is not a romer-aihwkit analog chip state ({FORMAT}); got format {meta.get('format')!r}")
+    try:
+        saved_fp = json.loads(meta.get("fingerprint", "null"))
+        seed = json.loads(meta["seed"])
+        t_inference = json.loads(meta["t_inference"])
+    except (KeyError, json.JSONDecodeError):
+        raise ArtifactError(path, "metadata is incomplete or corrupted (fingerprint, seed, t_inference)") from None
+    check_fingerprint(saved_fp, fingerprint(model), path,
+                      fields=("architecture", "weights", "device", "analog", "engine"))
+    expected = _chip_tensors(model)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        what = f"lacks {missing[0]!r}" if missing else f"holds {extra[0]!r}, which this model does not have"
+        raise ArtifactError(path, f"does not fit this model: it {what} ({len(missing)} missing, {len(extra)} unexpected)")
+    for key, mine in expected.items():
+        if tuple(tensors[key].shape) != tuple(mine.shape):
+            raise ArtifactError(path, f"{key!r} has shape {tuple(tensors[key].shape)}, this model expects {tuple(mine.shape)}")
+        if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():
+            raise ArtifactError(path, f"{key!r} holds non-finite values")
+    for name, module in model.named_modules():
+        if isinstance(module, AnalogStack):
+            problem = module.check_chip_state({k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == name})
+            if problem:
+                raise ArtifactError(path, f"{name}: {problem}")
+        elif isinstance(module, AnalogExperts):
+            replica = tensors[f"{name}/replica_of"]
+            if replica.numel() and int(replica.max()) >= module.num_experts:
+                raise ArtifactError(path, f"{name}/replica_of names an expert out of range")
+
+    # every check passed: write
+    for name, module in model.named_modules():
+        part = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == name}
+        if isinstance(module, AnalogMatrix):
+            _load_tiles(module, part)
+        elif isinstance(module, AnalogStack):
+            module.load_chip_state(part)
+        elif isinstance(module, AnalogExperts):
+            module.clear_replicas()
+            for hot, cold in enumerate(part["replica_of"].tolist()):
+                if cold >= 0:
+                    for bank in module.banks():
+                        if not isinstance(bank, AnalogStack):
+                            bank.set_source(cold, hot)
+            module.replica_of.copy_(part["replica_of"])
+            module.replica_mode = "split" if bool(part["replica_split"]) else "average"
+        elif isinstance(module, AnalogRouter):
+            for b in _ROUTER_BUFFERS:
+                getattr(module, b).copy_(part[b])
+    state.seed = seed
+    state.t_inference = t_inference
+
+
+def _load_tiles(module: AnalogMatrix, part: dict[str, torch.Tensor]) -> None:
+    for i, tile in enumerate(module.analog.analog_tiles()):
+        device = tile.tile.weight.device
+        tile.tile.weight.data.copy_(part[f"{i}.weight"])
+        for attr in _TILE_ATTRS:
+            if f"{i}.{attr}" in part:
+                value = part[f"{i}.{attr}"].to(device)
+                if attr == "alpha":
+                    tile.__dict__.pop("alpha", None)
+                setattr(tile, attr, value)
+        params, j = [], 0
+        while f"{i}.drift_noise_parameters.{j}" in part:
+            params.append(part[f"{i}.drift_noise_parameters.{j}"].to(device))
+            j += 1
+        tile.drift_noise_parameters = params or None
+        if f"{i}.out_noise_values" in part:
+            tile.tile.out_noise_values.data.copy_(part[f"{i}.out_noise_values"])
+    module.programmed = True
+    module.invalidate_cache()

@@ -141,7 +141,15 @@ def prepare_model(digital_model: nn.Module, device_config, method: str | Method,
         config = config.replace(**method.device_overrides)
     model = copy.deepcopy(digital_model) if copy_model else digital_model
     digital = select_hetero_experts(model, method.hetero_fraction) if method.hetero_fraction > 0 else None
-    return convert_to_analog_moe(model, config, analog_router=method.analog_router, digital_experts=digital)
+    engine = "stacked"
+    if method.static_input_ranges:
+        from ..analog.convert import _warn_fallback
+
+        # AIHWKit's calibrate_input_ranges works on its own tiles: use the per-matrix reference path
+        _warn_fallback("static input ranges calibrated by AIHWKit (method 'input-range')")
+        engine = "aihwkit"
+    return convert_to_analog_moe(model, config, analog_router=method.analog_router, digital_experts=digital,
+                                 engine=engine)
 
 
 def apply_method(model: nn.Module, method: str | Method, seed: int, t_inference: float, calib_batches=None,

@@ -123,7 +123,7 @@ def _check_tensors(tensors: dict[str, torch.Tensor], routers: list, experts: dic
         if not ((mask == 0) | (mask == 1)).all():
             raise ArtifactError(tensor_path, f"tensor '{i}.expert_mask' must hold 0/1 values")
         replica = tensors[f"{i}.replica_of"].tolist()
-        analog = [m.is_analog for m in experts[router.name].gate_up]
+        analog = experts[router.name].analog_mask()
         colds = [c for c in replica if c >= 0]
         for hot, cold in enumerate(replica):
             if cold < -1 or cold >= e or cold == hot:

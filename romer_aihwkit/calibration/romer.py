@@ -173,7 +173,7 @@ class Romer(CalibrationCallback):
             pairs: list[tuple[int, int]] = []
             if self.replacement != "none":
                 experts = experts_of(model, router)
-                pairs = self._pairs(normalized_load, router, [m.is_analog for m in experts.gate_up])
+                pairs = self._pairs(normalized_load, router, experts.analog_mask())
                 for cold, hot in pairs:
                     experts.set_replica(hot, cold)
                     router.expert_mask[cold] = True

@@ -279,3 +279,35 @@ def test_chip_state_of_the_stacked_engine_round_trips(tmp_path):
     b = other(x).logits
     assert torch.equal(a, b)
     assert int(next(m for m in other.modules() if isinstance(m, AnalogExperts)).replica_of[0]) == 5
+
+
+def test_tile_dtype_option_keeps_fp32_tiles_for_a_bf16_model():
+    model = tiny_model("olmoe").to(torch.bfloat16)
+    ra.convert_to_analog_moe(model, "pcm", tile_dtype=torch.float32)
+    experts = next(m for m in model.modules() if isinstance(m, AnalogExperts))
+    assert experts.gate_up.tiles.dtype == torch.float32 and experts.own_weights(0)[0].dtype == torch.bfloat16
+
+
+def test_bf16_deepseek_v2_routes_exactly_like_digital_under_ideal():
+    """The router computes in fp32 like transformers' DeepSeek-V2 gate, so no token picks other experts."""
+    from romer_aihwkit.analog import trace_routing
+
+    model = tiny_model("deepseek_v2").to(torch.bfloat16)
+    tokens = torch.randint(3, 90, (4, 32), generator=torch.Generator().manual_seed(1))
+    picked = []
+    gates = [m for m in model.modules() if type(m).__name__ == "DeepseekV2TopkRouter" or type(m).__name__.endswith("Gate")]
+    hooks = [g.register_forward_hook(lambda mod, i, o: picked.append(o)) for g in gates]
+    with torch.no_grad():
+        model(tokens)
+    for h in hooks:
+        h.remove()
+    ra.convert_to_analog_moe(model, "ideal")
+    model.program_analog_weights(seed=0)
+    events = []
+    with torch.no_grad(), trace_routing(model, events.append):
+        model(tokens)
+    assert len(events) == len(picked) > 0
+    for ev, digital in list(zip(events, picked))[:1]:  # the first MoE layer sees the same hidden states
+        logits = digital[0] if isinstance(digital, tuple) else digital
+        assert logits.dtype == torch.float32
+        assert torch.allclose(ev.noisy_logits, logits.reshape(ev.noisy_logits.shape), atol=1e-6, rtol=0)

@@ -44,6 +44,8 @@ class ConversionContext:
     """``"stacked"`` or ``"aihwkit"`` (see :data:`romer_aihwkit.analog.matrix.ENGINES`)."""
     store: Any = None
     """The :class:`~romer_aihwkit.analog.reference.ReferenceStore` of the stacked engine's clean weights."""
+    tile_dtype: torch.dtype | None = None
+    """dtype of the stacked engine's expert tiles (``None``: the weights' dtype)."""
 
     def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True) -> WeightMatrix:
         from ..analog.matrix import make_matrix
@@ -80,7 +82,8 @@ class ConversionContext:
                 bias_t = None if bias is None or bias[0] is None else torch.stack([b.detach() for b in bias])
                 names = [f"{self.block_name}.experts.{e}.{part}" for e in range(n)]
                 banks.append(AnalogStack(stacked.detach(), names, self.rpu_config_factory(), "expert", self.store,
-                                         key=f"{self.block_name}.experts.{part}", analog=analog, bias=bias_t))
+                                         key=f"{self.block_name}.experts.{part}", analog=analog, bias=bias_t,
+                                         tile_dtype=self.tile_dtype))
             return AnalogExperts(banks[0], banks[1], act_fn, has_gate=has_gate)
         gate_up_bias = gate_up_bias or [None] * n
         down_bias = down_bias or [None] * n
@@ -91,6 +94,8 @@ class ConversionContext:
     def router(self, weight: torch.Tensor, spec: RoutingSpec, correction_bias: torch.Tensor | None = None):
         from ..analog.router import AnalogRouter
 
+        if spec.fp32_logits:
+            weight = weight.float()  # the family's router computes in float32: so does its tile
         matrix = self.matrix(weight, None, "router", "router", analog=self.analog_router)
         return AnalogRouter(matrix, spec, correction_bias, layer_index=self.layer_index, name=self.block_name)
 

@@ -149,6 +149,7 @@ def convert_to_analog_moe(
     engine: str = "stacked",
     reference: str = "auto",
     reference_dir: str | None = None,
+    tile_dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Map the router and every expert of each MoE block of ``model`` onto AIHWKit analog tiles.
 
@@ -171,6 +172,10 @@ def convert_to_analog_moe(
             ``"memory"``, ``"cpu"`` or ``"spill"`` (see :class:`~romer_aihwkit.analog.reference.ReferenceStore`).
             The stacked engine takes over the experts' weight storage for its tiles.
         reference_dir: folder for ``reference="spill"`` files (default: a temporary folder).
+        tile_dtype: dtype the stacked engine holds programmed expert tiles in (default: the model's).
+            ``torch.float32`` for a bf16 model keeps the tile matmul's output unrounded (twice the
+            tile memory); the default bf16 tiles add a rounding error of about 1 % of the
+            programming noise (``benchmarks/bench_bf16_tiles.py``).
 
     Returns:
         The converted model.
@@ -227,6 +232,7 @@ def convert_to_analog_moe(
             digital_experts=digital.get(index, frozenset()),
             engine=engine,
             store=store,
+            tile_dtype=tile_dtype,
         )
         new = adapter.convert(block, ctx)
         new.to(device)

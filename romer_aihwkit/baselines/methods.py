@@ -57,6 +57,10 @@ class Method:
     """Calibrate static DAC input ranges from the calibration data (AIHWKit)."""
     callbacks: Callable[[], list] = _no_callbacks
     """Fresh calibration callbacks for one chip instance."""
+    sequential_calibration: bool = False
+    """Run the callbacks layer by layer (:func:`romer_aihwkit.calibrate` ``sequential=True``)."""
+    router_copies: int = 1
+    """Programmed tiles per router, logits averaged (:mod:`romer_aihwkit.baselines.router_ensemble`)."""
     hwa: bool = False
     """Convert a hardware-aware trained copy of the model (:mod:`romer_aihwkit.baselines.hwa`), trained
     for the device before conversion (the comparison runner trains and caches it)."""
@@ -68,7 +72,7 @@ class Method:
     def conversion_key(self) -> tuple:
         """Methods with equal keys can share one converted model."""
         return (tuple(sorted(self.device_overrides.items(), key=str)), self.analog_router, self.hetero_fraction,
-                self.hwa)
+                self.hwa, self.router_copies)
 
 
 METHODS: dict[str, Method] = {}
@@ -99,6 +103,10 @@ for _m in (
     Method("romer-norm", "ROMER ablation: percentile normalization only", callbacks=_romer(replacement="none")),
     Method("romer-replace", "ROMER ablation: expert replacement only", callbacks=_romer(normalize=False)),
     Method("romer-split", "ROMER with split replicas (halves the hottest tile's load)", callbacks=_romer(replacement="split")),
+    Method("router-ensemble", "4 programmed copies of every router tile, logits averaged (ours; 4x router tiles)",
+           router_copies=4),
+    Method("romer-seq", "ROMER calibrated layer by layer (layer l's statistics with layers < l corrected)",
+           callbacks=_romer(), sequential_calibration=True),
     Method("romer-auto", "ROMER with percentiles and tau chosen on held-out calibration blocks (ours)",
            callbacks=_romer_auto()),
     Method("romer+hetero", "ROMER on top of the hetero baseline", hetero_fraction=0.125, callbacks=_romer()),
@@ -148,8 +156,13 @@ def prepare_model(digital_model: nn.Module, device_config, method: str | Method,
         # AIHWKit's calibrate_input_ranges works on its own tiles: use the per-matrix reference path
         _warn_fallback("static input ranges calibrated by AIHWKit (method 'input-range')")
         engine = "aihwkit"
-    return convert_to_analog_moe(model, config, analog_router=method.analog_router, digital_experts=digital,
-                                 engine=engine)
+    model = convert_to_analog_moe(model, config, analog_router=method.analog_router, digital_experts=digital,
+                                  engine=engine)
+    if method.router_copies > 1:
+        from .router_ensemble import install_router_ensemble
+
+        install_router_ensemble(model, method.router_copies)
+    return model
 
 
 def apply_method(model: nn.Module, method: str | Method, seed: int, t_inference: float, calib_batches=None,
@@ -171,5 +184,6 @@ def apply_method(model: nn.Module, method: str | Method, seed: int, t_inference:
         report["input_range_tiles"] = calibrate_static_input_ranges(model, calib_batches, batch_size)
     callbacks = method.callbacks()
     if callbacks:
-        report.update(calibrate(model, calib_batches, callbacks, batch_size=batch_size, progress=progress).to_dict())
+        report.update(calibrate(model, calib_batches, callbacks, batch_size=batch_size, progress=progress,
+                                sequential=method.sequential_calibration).to_dict())
     return report

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..analog.trace import RouterEvent, find_routers, trace_routing
 
-__all__ = ["CalibrationCallback", "CalibrationReport", "calibrate", "split_holdout"]
+__all__ = ["CalibrationCallback", "CalibrationReport", "calibrate", "merge_reports", "split_holdout"]
 
 
 class CalibrationCallback:
@@ -103,6 +103,7 @@ def calibrate(
     callbacks: list[CalibrationCallback],
     batch_size: int = 8,
     progress: bool = True,
+    sequential: bool = False,
 ) -> CalibrationReport:
     """Calibrate a converted, programmed model on ``calib_batches`` with ``callbacks`` (in order).
 
@@ -113,6 +114,12 @@ def calibrate(
         callbacks: e.g. ``[romer_aihwkit.Romer()]``.
         batch_size: rows per forward when ``calib_batches`` is one tensor.
         progress: show a progress bar.
+        sequential: calibrate one MoE layer at a time, in order: layer ``l``'s statistics are taken
+            with the corrections of layers ``< l`` already installed, so they describe the hidden
+            states the corrected model really produces (one pass per layer, each stopped right after
+            that layer's router; the default takes every layer's statistics in one pass on the
+            uncorrected model). Each callback is started with one router at a time; the per-layer
+            reports are merged (:func:`merge_reports`) and marked ``"sequential": True``.
 
     Returns:
         A :class:`CalibrationReport`.
@@ -145,8 +152,81 @@ def calibrate(
         fit = calib_batches
         if cb.holdout_fraction > 0:
             fit, cb.holdout_batches = split_holdout(calib_batches, cb.holdout_fraction, batch_size)
-        cb.start(model, routers)
-        with trace_routing(model, cb.observe):
-            run_batches(model, fit, batch_size, progress, desc=f"calibrate [{cb.name}]")
-        report.callbacks[key] = cb.finish(model)
+        if not sequential:
+            cb.start(model, routers)
+            with trace_routing(model, cb.observe):
+                run_batches(model, fit, batch_size, progress, desc=f"calibrate [{cb.name}]")
+            report.callbacks[key] = cb.finish(model)
+            continue
+        per_layer = []
+        for router in routers:
+            cb.start(model, [router])
+            _run_until(model, router, cb.observe, fit, batch_size, progress, f"calibrate [{cb.name}] {router.name}")
+            per_layer.append(cb.finish(model))
+        report.callbacks[key] = {**merge_reports(per_layer), "sequential": True}
     return report
+
+
+class _StopForward(Exception):
+    """Raised by the sequential observer once its layer's router has run: the rest of the forward is not needed."""
+
+
+@torch.no_grad()
+def _run_until(model: nn.Module, router, observe, batches, batch_size: int, progress: bool, desc: str) -> None:
+    """Forward every batch up to (and including) ``router``, handing its events to ``observe``."""
+    from tqdm.auto import tqdm
+
+    from ..data import iter_model_batches
+
+    def only_this(event: RouterEvent) -> None:
+        if event.router is router:
+            observe(event)
+            raise _StopForward
+
+    was_training = model.training
+    model.eval()
+    device = _input_device(model)
+    router.observers.append(only_this)
+    try:
+        for batch in tqdm(list(iter_model_batches(model, batches, batch_size)), desc=desc, disable=not progress,
+                          leave=False):
+            try:
+                model(batch.to(device))
+            except _StopForward:
+                pass
+    finally:
+        router.observers.remove(only_this)
+        model.train(was_training)
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge per-layer callback reports into one.
+
+    ``settings`` is taken from the first report; ``selection`` (per-layer choices, e.g. RomerAuto's)
+    is listed per layer; lists are concatenated (e.g. ``layers``), integers summed (e.g.
+    ``replaced_experts``), other numbers averaged (per-layer means stay means over layers), mappings
+    merged key by key, equal strings kept once; anything else is listed per layer.
+    """
+    if not reports:
+        return {}
+    out: dict[str, Any] = {}
+    for k in dict.fromkeys(k for r in reports for k in r):
+        values = [r[k] for r in reports if k in r]
+        out[k] = values[0] if k == "settings" else values if k == "selection" else _merge_values(values)
+    return out
+
+
+def _merge_values(values: list[Any]) -> Any:
+    if all(isinstance(v, list) for v in values):
+        return [x for v in values for x in v]
+    if all(isinstance(v, bool) for v in values):
+        return values[0] if len(set(values)) == 1 else values
+    if all(isinstance(v, int) for v in values):
+        return sum(values)
+    if all(isinstance(v, (int, float)) for v in values):
+        return sum(values) / len(values)
+    if all(isinstance(v, dict) for v in values):
+        return merge_reports(values)
+    if all(v == values[0] for v in values[1:]):
+        return values[0]
+    return values

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..adapters.routing import route
-from ..analog.experts import REPLICA_MODES, AnalogExperts
+from ..analog.experts import REPLICA_MODES
 from ..analog.trace import RouterEvent, experts_of
 from .base import CalibrationCallback
 from .reservoir import RowReservoir
@@ -42,6 +42,12 @@ class Romer(CalibrationCallback):
         capacity: rows of router logits kept per layer for statistics (reservoir sample; memory
             does not grow with calibration tokens, exact quantiles up to this many tokens).
         seed: seed of the reservoir sampling.
+        super_expert_ratio: replacement guard. An expert whose largest |output| on the calibration
+            hidden states (its digital ``down_proj`` output on a sample of every token, routed or
+            not, so a rarely routed expert is measured too) exceeds this many times the layer's
+            median expert is a "super expert" (it creates massive activations, Su et al. 2025,
+            arXiv 2507.23279) and is never replaced, however cold. ``None`` turns the guard off.
+        guard_tokens: hidden-state rows per layer sampled for the guard.
     """
 
     name = "romer"
@@ -54,7 +60,13 @@ class Romer(CalibrationCallback):
         normalize: bool = True,
         capacity: int = 16384,
         seed: int = 0,
+        super_expert_ratio: float | None = 10.0,
+        guard_tokens: int = 1024,
     ) -> None:
+        if super_expert_ratio is not None and not float(super_expert_ratio) > 1.0:
+            raise ValueError(f"super_expert_ratio must be > 1 (or None to turn the guard off), got {super_expert_ratio!r}")
+        if int(guard_tokens) < 1:
+            raise ValueError(f"guard_tokens must be >= 1, got {guard_tokens!r}")
         if len(percentiles) != 3:
             raise ValueError(f"percentiles must be (low, mid, high), got {percentiles!r}")
         lo, mid, hi = (float(p) for p in percentiles)
@@ -72,13 +84,15 @@ class Romer(CalibrationCallback):
         self.normalize = normalize
         self.capacity = int(capacity)
         self.seed = int(seed)
+        self.super_expert_ratio = None if super_expert_ratio is None else float(super_expert_ratio)
+        self.guard_tokens = int(guard_tokens)
         if not normalize:
             self.name = "romer-replace"
         elif replacement == "none":
             self.name = "romer-norm"
 
     def start(self, model: nn.Module, routers: list) -> None:
-        reset_replacements(model)
+        reset_replacements(model, routers)
         self._model = model
         self._routers = routers
         self._reservoirs = [RowReservoir(self.capacity, 2 * r.num_experts, seed=self.seed + i) for i, r in enumerate(routers)]
@@ -87,11 +101,16 @@ class Romer(CalibrationCallback):
             for r in routers
         ]
         self._index = {id(r): i for i, r in enumerate(routers)}
+        guard = self.super_expert_ratio is not None and self.replacement != "none"
+        self._hidden = [RowReservoir(self.guard_tokens, r.hidden_dim, seed=self.seed + 7919 + i) if guard else None
+                        for i, r in enumerate(routers)]
 
     def observe(self, event: RouterEvent) -> None:
         i = self._index[id(event.router)]
         noisy = event.noisy_logits  # finite: the router raises on NaN/inf before observers run
         self._reservoirs[i].add(torch.cat([noisy, event.reference_logits.to(noisy)], dim=1))
+        if self._hidden[i] is not None:
+            self._hidden[i].add(event.hidden)
         stats = self._before[i]
         stats["counts"] += torch.bincount(event.selected.reshape(-1).cpu(), minlength=event.num_experts).double()
         ref = event.reference_selected
@@ -108,15 +127,17 @@ class Romer(CalibrationCallback):
         bias = pr[1] - scale * pn[1]
         return scale.float(), bias.float()
 
-    def _pairs(self, load: torch.Tensor, router, analog: list[bool]) -> list[tuple[int, int]]:
+    def _pairs(self, load: torch.Tensor, router, analog: list[bool], protected: frozenset[int] = frozenset()
+               ) -> list[tuple[int, int]]:
         """(cold, hot) pairs: coldest under-activated experts matched with the hottest experts.
 
-        Experts kept digital (e.g. by the hetero baseline) neither give up their tile nor get a replica.
+        Experts kept digital (e.g. by the hetero baseline) neither give up their tile nor get a replica;
+        ``protected`` experts (super experts) never give up their tile.
         """
         spec = router.spec
         e = spec.num_experts
         threshold = self.tau / e
-        cold = [int(i) for i in torch.argsort(load) if load[i] < threshold and analog[int(i)]]
+        cold = [int(i) for i in torch.argsort(load) if load[i] < threshold and analog[int(i)] and int(i) not in protected]
         hot = [int(i) for i in torch.argsort(load, descending=True) if load[i] >= threshold and analog[int(i)]]
         group_size = e // spec.n_group
         min_left = math.ceil(spec.top_k / spec.topk_group) if spec.n_group > 1 else spec.top_k
@@ -135,6 +156,32 @@ class Romer(CalibrationCallback):
             unmasked[g] -= 1
             pairs.append((c, hot[len(pairs)]))
         return pairs
+
+    @torch.no_grad()
+    def _super_experts(self, model: nn.Module, router, hidden: RowReservoir | None) -> tuple[list[float], list[dict[str, Any]]]:
+        """Per expert: max |digital output| on the sampled calibration hidden states; and the super experts.
+
+        Every expert runs on every sampled token (routed or not), with its own digital weights, so
+        the statistic does not depend on the chip instance nor on how often the expert is routed.
+        """
+        if hidden is None or hidden.rows.shape[0] == 0:
+            return [], []
+        experts = experts_of(model, router)
+        x = hidden.rows
+        peaks = []
+        for e in range(experts.num_experts):
+            gate_up, down = (w.detach().float().cpu() for w in experts.own_weights(e))
+            h = x @ gate_up.T
+            if experts.has_gate:
+                g, u = h.chunk(2, dim=-1)
+                h = experts.act_fn(g) * u
+            else:
+                h = experts.act_fn(h)
+            peaks.append(float((h @ down.T).abs().max()))
+        median = float(torch.tensor(peaks).median().clamp_min(1e-30))
+        supers = [{"expert": e, "max_abs_output": p, "ratio_to_median": p / median}
+                  for e, p in enumerate(peaks) if p > self.super_expert_ratio * median]
+        return peaks, supers
 
     @torch.no_grad()
     def finish(self, model: nn.Module) -> dict[str, Any]:
@@ -171,9 +218,10 @@ class Romer(CalibrationCallback):
             normalized_load = torch.bincount(sel.reshape(-1), minlength=e).double() / sel.numel()
 
             pairs: list[tuple[int, int]] = []
+            max_output, supers = self._super_experts(model, router, self._hidden[i])
             if self.replacement != "none":
                 experts = experts_of(model, router)
-                pairs = self._pairs(normalized_load, router, experts.analog_mask())
+                pairs = self._pairs(normalized_load, router, experts.analog_mask(), frozenset(s["expert"] for s in supers))
                 for cold, hot in pairs:
                     experts.set_replica(hot, cold)
                     router.expert_mask[cold] = True
@@ -183,7 +231,7 @@ class Romer(CalibrationCallback):
             after = routing_metrics(sel_after, ref_sel, e)
             layers.append(
                 {
-                    "layer": i,
+                    "layer": router.layer_index,
                     "name": router.name,
                     "tokens": int(self._reservoirs[i].seen),
                     "scale": scale.tolist(),
@@ -191,6 +239,8 @@ class Romer(CalibrationCallback):
                     "normalized_load": normalized_load.tolist(),
                     "threshold": self.tau / e,
                     "replaced": [{"cold": c, "hot": h} for c, h in pairs],
+                    "expert_max_output": max_output,
+                    "super_experts": supers,
                     "before": before,
                     "after": after,
                 }
@@ -208,21 +258,29 @@ class Romer(CalibrationCallback):
                 "replacement": self.replacement,
                 "normalize": self.normalize,
                 "capacity": self.capacity,
+                "super_expert_ratio": self.super_expert_ratio,
             },
             "replaced_experts": sum(len(layer["replaced"]) for layer in layers),
+            "super_experts": [{"layer": layer["layer"], **s} for layer in layers for s in layer["super_experts"]],
             "summary": summary,
             "layers": layers,
         }
 
 
 @torch.no_grad()
-def reset_replacements(model: nn.Module) -> None:
-    """Undo expert replacement: masked experts route again and get their own weights re-programmed."""
+def reset_replacements(model: nn.Module, routers: list | None = None) -> None:
+    """Undo expert replacement: masked experts route again and get their own weights re-programmed.
+
+    Args:
+        model: The converted model.
+        routers: Only the MoE layers of these routers (``None``: every layer).
+    """
     from ..analog.convert import analog_state
+    from ..analog.trace import find_routers
 
     state = analog_state(model)
-    for router in (m for m in model.modules() if hasattr(m, "expert_mask") and hasattr(m, "spec")):
+    for router in find_routers(model) if routers is None else routers:
         router.expert_mask.zero_()
-    for experts in (m for m in model.modules() if isinstance(m, AnalogExperts)):
+        experts = experts_of(model, router)
         for cold in experts.clear_replicas():
             experts.reprogram(cold, state.seed, state.t_inference)

@@ -59,7 +59,7 @@ class RomerAuto(Romer):
         return nll / count
 
     def _try(self, model: nn.Module, percentiles, tau) -> tuple[float, dict[str, Any]]:
-        reset_replacements(model)
+        reset_replacements(model, self._routers)
         self.percentiles, self.tau = percentiles, tau
         report = self.install(model)
         return self._holdout_loss(model), report

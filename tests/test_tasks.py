@@ -68,7 +68,11 @@ def test_speaker_choices_never_offer_the_previous_speaker():
 def test_bundled_tasks_run_offline_on_an_in_memory_model(olmoe, no_network, capfd):
     model, tok = olmoe
     res = evaluate_tasks(model, tok, "shakespeare", limit=8)
-    assert "loglikelihood requests" not in capfd.readouterr().err  # lm-eval's bars stay quiet by default
+    err = capfd.readouterr().err
+    assert "loglikelihood requests" not in err  # lm-eval's bars stay quiet by default
+    from lm_eval import evaluator
+
+    assert evaluator.add_env_info.__module__ == "lm_eval.loggers.utils"  # lm-eval's own again afterwards
     assert set(res) == set(TASKS)
     for metrics in res.values():
         assert metrics["n"] == 8

@@ -111,14 +111,28 @@ def _task_manager(folders: tuple[str, ...], include_defaults: bool) -> Any:
 _TQDM_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
 
 
+def _no_env_info(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 @contextlib.contextmanager
 def _quiet(enabled: bool) -> Iterator[None]:
-    """Silence lm-eval's progress bars (they would interleave with the caller's own progress)."""
+    """Silence lm-eval's progress bars (they would interleave with the caller's own progress).
+
+    Also skips lm-eval's environment report of every call (``git describe``, which prints an error
+    outside a git checkout, and ``torch.utils.collect_env``, about a second of subprocesses): the
+    comparison runner records the versions itself, once per results folder.
+    """
     import importlib
 
     if not enabled:
         yield
         return
+    evaluator = importlib.import_module("lm_eval.evaluator")
+    saved_env = {name: getattr(evaluator, name) for name in ("add_env_info", "get_git_commit_hash")
+                 if hasattr(evaluator, name)}
+    for name in saved_env:
+        setattr(evaluator, name, _no_env_info)
     saved = {}
     for name in _TQDM_MODULES:
         module = importlib.import_module(name)
@@ -137,6 +151,8 @@ def _quiet(enabled: bool) -> Iterator[None]:
     finally:
         for module, real in saved.items():
             module.tqdm = real
+        for name, real in saved_env.items():
+            setattr(evaluator, name, real)
 
 
 def task_metric_names(results: dict[str, dict[str, float]]) -> list[str]:

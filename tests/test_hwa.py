@@ -50,6 +50,20 @@ def test_weight_noise_modifier_is_applied_in_training_only():
     assert rpu.forward.out_noise == 0.04 and rpu.forward.w_noise == 0.0  # the preset's periphery
     assert hwa_rpu_config("pcm", 0.0).modifier.type == WeightModifierType.NONE
 
+    from romer_aihwkit.baselines.hwa import _analog_linear
+
+    torch.manual_seed(0)
+    weight, x = torch.randn(32, 64), torch.randn(256, 64)
+    noisy = _analog_linear(weight, None, lambda: hwa_rpu_config("ideal", 0.1))  # no periphery noise on `ideal`
+    noisy.train()
+    a, b = noisy(x), noisy(x)
+    assert not torch.allclose(a, b)  # fresh weight noise every forward while training
+    # ADD_NORMAL: weight noise of std 0.1 x max|w|, so output noise of std 0.1 x max|w| x |x|
+    expected = 0.1 * weight.abs().max() * x.pow(2).sum(1).mean().sqrt()
+    torch.testing.assert_close((a - x @ weight.T).std(), expected, atol=0.0, rtol=0.25)
+    noisy.eval()
+    torch.testing.assert_close(noisy(x), x @ weight.T, atol=1e-5, rtol=1e-5)  # none at inference
+
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import types
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -14,7 +12,10 @@ from ..adapters import ConversionContext, MoEAdapter, find_adapter, list_adapter
 from ..adapters.base import convert_linears
 from .experts import AnalogExperts
 from .matrix import ENGINES, ROLES, WeightMatrix
+from .model import AnalogMoEModel, mark_converted
+from .programming import drift_analog_weights, program_analog_weights
 from .router import AnalogRouter
+from .state import AnalogState, analog_state
 from .trace import find_routers
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "NoMoEBlocksError",
     "UnsupportedMoEError",
     "AnalogState",
+    "AnalogMoEModel",
     "analog_state",
 ]
 
@@ -35,38 +37,6 @@ class NoMoEBlocksError(ValueError):
 
 class UnsupportedMoEError(ValueError):
     """The model has MoE-looking blocks that no registered adapter converts."""
-
-
-@dataclass
-class AnalogState:
-    """Chip-instance bookkeeping attached to a converted model as ``model.analog_state``."""
-
-    device_config: object
-    blocks: list[tuple[str, str]] = field(default_factory=list)
-    """``(module name, adapter family)`` of each converted MoE block, in layer order."""
-    seed: int | None = None
-    t_inference: float | None = None
-    """Seconds the chip instance has drifted; ``None`` while only programmed (not drifted)."""
-    analog_attention: bool = False
-    analog_router: bool = True
-    digital_experts: dict[int, list[int]] = field(default_factory=dict)
-    engine: str = "stacked"
-    """The analog engine the model was converted with (see :data:`~romer_aihwkit.analog.matrix.ENGINES`)."""
-    reference: object = None
-    """The :class:`~romer_aihwkit.analog.reference.ReferenceStore` of the stacked engine (``None``: aihwkit engine)."""
-
-    @property
-    def programmed(self) -> bool:
-        return self.seed is not None
-
-
-def analog_state(model: nn.Module) -> AnalogState:
-    state = getattr(model, "analog_state", None)
-    if not isinstance(state, AnalogState):
-        raise ValueError(
-            f"{type(model).__name__} is not a converted model: call romer_aihwkit.convert_to_analog_moe(model, ...) first"
-        )
-    return state
 
 
 def _normalise_digital_experts(digital_experts, n_blocks: int, n_experts: list[int]) -> dict[int, frozenset[int]]:
@@ -150,7 +120,7 @@ def convert_to_analog_moe(
     reference: str = "auto",
     reference_dir: str | None = None,
     tile_dtype: torch.dtype | None = None,
-) -> nn.Module:
+) -> AnalogMoEModel:
     """Map the router and every expert of each MoE block of ``model`` onto AIHWKit analog tiles.
 
     The model is converted in place and returned. Each expert matrix and each router gets its own
@@ -178,7 +148,10 @@ def convert_to_analog_moe(
             programming noise (``benchmarks/bench_bf16_tiles.py``).
 
     Returns:
-        The converted model.
+        The same model object, converted: its class is now a subclass of :class:`AnalogMoEModel`
+        and of its own class, with typed ``program_analog_weights``, ``drift_analog_weights``,
+        ``save_pretrained`` (digital weights), ``save_chip_state`` / ``load_chip_state``,
+        ``save_calibration`` / ``load_calibration`` and the ``analog_state`` property.
 
     Raises:
         NoMoEBlocksError: the model has no MoE block.
@@ -260,13 +233,7 @@ def convert_to_analog_moe(
 
     model.train(was_training)  # new modules start in training mode; match the model
     _hook_router_logits(model, find_routers(model))
-    model.analog_state = state
-    model.program_analog_weights = types.MethodType(program_analog_weights, model)
-    model.drift_analog_weights = types.MethodType(drift_analog_weights, model)
-    from .state_io import save_pretrained_digital
-
-    model.save_pretrained = types.MethodType(save_pretrained_digital, model)
-    return model
+    return mark_converted(model, state)
 
 
 _WARNED: set[str] = set()
@@ -281,60 +248,6 @@ def _warn_fallback(reason: str) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-def _programmables(model: nn.Module) -> list:
-    """Everything that holds programmed tiles: weight matrices and stacked expert banks."""
-    from .stacked import AnalogStack
-
-    found = []
-    for module in model.modules():
-        if isinstance(module, WeightMatrix):
-            found.append(module)
-        elif isinstance(module, AnalogExperts):
-            found.extend(bank for bank in module.banks() if isinstance(bank, AnalogStack))
-    return found
-
-
-@torch.no_grad()
-def program_analog_weights(model: nn.Module, seed: int = 0, t_inference: float | None = None) -> None:
-    """Program every analog matrix with programming noise: one simulated chip instance.
-
-    Reproducible: matrix ``name`` draws its noise from ``(seed, name)``. Calibration installed in
-    the routers and expert replicas are reset, since they belonged to the previous chip instance.
-    With ``t_inference``, each matrix is also drifted right after programming: the same chip as
-    ``drift_analog_weights(t_inference)`` afterwards, with a lower peak memory (AIHWKit's
-    programming state is held for one matrix at a time) and no re-programming at drift time.
-    """
-    state = analog_state(model)
-    if t_inference is not None:
-        state.device_config.check_t_inference(float(t_inference))
-    for experts in (m for m in model.modules() if isinstance(m, AnalogExperts)):
-        experts.clear_replicas()
-    for router in find_routers(model):
-        router.reset_calibration()
-    for item in _programmables(model):
-        item.program(seed, None if t_inference is None else float(t_inference))
-    state.seed = int(seed)
-    state.t_inference = None if t_inference is None else float(t_inference)
-
-
-@torch.no_grad()
-def drift_analog_weights(model: nn.Module, t_inference: float | None = None) -> None:
-    """Drift every programmed matrix to ``t_inference`` seconds after programming (default: the device's)."""
-    state = analog_state(model)
-    if not state.programmed:
-        raise RuntimeError("call program_analog_weights(seed=...) before drift_analog_weights(...)")
-    t = float(state.device_config.t_inference if t_inference is None else t_inference)
-    state.device_config.check_t_inference(t)
-    from .stacked import AnalogStack
-
-    for item in _programmables(model):
-        if isinstance(item, AnalogStack):
-            item.program(state.seed, t)  # re-programs from the seed (bit-identical) and drifts
-        else:
-            item.drift(t, state.seed)
-    state.t_inference = t
 
 
 def analog_summary(model: nn.Module) -> dict[str, int]:

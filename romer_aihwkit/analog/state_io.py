@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..atomic import atomic_write
-from .convert import analog_state
 from .experts import AnalogExperts
 from .matrix import AnalogMatrix, WeightMatrix
 from .router import AnalogRouter
 from .stacked import AnalogStack
+from .state import analog_state
 
 __all__ = ["digital_state_dict", "save_pretrained_digital", "save_analog_state", "load_analog_state"]
 
@@ -52,9 +53,25 @@ def digital_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_pretrained_digital(model: nn.Module, save_directory: str | os.PathLike, **kwargs) -> None:
-    """``save_pretrained`` of the digital weights: the folder loads back as the original model class."""
-    type(model).save_pretrained(model, save_directory, state_dict=digital_state_dict(model), **kwargs)
+def save_pretrained_digital(model: nn.Module, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+    """``save_pretrained`` of the digital weights: the folder loads back as the original model class.
+
+    The original class's ``save_pretrained`` runs with the instance's class set back to it for the
+    call, so ``config.json`` names the original architecture, not the converted subclass.
+
+    Args:
+        model: A converted Hugging Face model.
+        save_directory: The folder.
+        **kwargs: Passed on to ``save_pretrained``.
+    """
+    weights = digital_state_dict(model)
+    converted = type(model)
+    original = getattr(converted, "original_class", converted)
+    model.__class__ = original
+    try:
+        original.save_pretrained(model, save_directory, state_dict=weights, **kwargs)
+    finally:
+        model.__class__ = converted
 
 
 _TILE_ATTRS = ("programmed_weights", "reference_combined_weights", "drift_baseline", "drift_readout_tensor", "alpha")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..adapters.routing import route
+from ..analog.calibration_state import reset_replacements
 from ..analog.experts import REPLICA_MODES
 from ..analog.trace import RouterEvent, experts_of
 from .base import CalibrationCallback
@@ -265,22 +266,3 @@ class Romer(CalibrationCallback):
             "summary": summary,
             "layers": layers,
         }
-
-
-@torch.no_grad()
-def reset_replacements(model: nn.Module, routers: list | None = None) -> None:
-    """Undo expert replacement: masked experts route again and get their own weights re-programmed.
-
-    Args:
-        model: The converted model.
-        routers: Only the MoE layers of these routers (``None``: every layer).
-    """
-    from ..analog.convert import analog_state
-    from ..analog.trace import find_routers
-
-    state = analog_state(model)
-    for router in find_routers(model) if routers is None else routers:
-        router.expert_mask.zero_()
-        experts = experts_of(model, router)
-        for cold in experts.clear_replicas():
-            experts.reprogram(cold, state.seed, state.t_inference)

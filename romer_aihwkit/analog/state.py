@@ -1,0 +1,59 @@
+"""The chip-instance bookkeeping of a converted model (:class:`AnalogState`), shared by every analog module.
+
+A neutral module: conversion, programming, chip-state files and calibration files all read the
+state through :func:`analog_state` without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+__all__ = ["AnalogState", "analog_state"]
+
+
+@dataclass
+class AnalogState:
+    """Chip-instance bookkeeping attached to a converted model (``model.analog_state``)."""
+
+    device_config: Any
+    """The :class:`~romer_aihwkit.devices.DeviceConfig` the model was converted with."""
+    blocks: list[tuple[str, str]] = field(default_factory=list)
+    """``(module name, adapter family)`` of each converted MoE block, in layer order."""
+    seed: int | None = None
+    t_inference: float | None = None
+    """Seconds the chip instance has drifted; ``None`` while only programmed (not drifted)."""
+    analog_attention: bool = False
+    analog_router: bool = True
+    digital_experts: dict[int, list[int]] = field(default_factory=dict)
+    engine: str = "stacked"
+    """The analog engine the model was converted with (see :data:`~romer_aihwkit.analog.matrix.ENGINES`)."""
+    reference: Any = None
+    """The :class:`~romer_aihwkit.analog.reference.ReferenceStore` of the stacked engine (``None``: aihwkit engine)."""
+
+    @property
+    def programmed(self) -> bool:
+        """Whether a chip instance has been programmed (``program_analog_weights`` was called)."""
+        return self.seed is not None
+
+
+def analog_state(model: nn.Module) -> AnalogState:
+    """The :class:`AnalogState` of a converted model.
+
+    Args:
+        model: A model returned by :func:`~romer_aihwkit.analog.convert_to_analog_moe`.
+
+    Returns:
+        Its analog state.
+
+    Raises:
+        ValueError: ``model`` is not a converted model.
+    """
+    state = getattr(model, "analog_state", None)
+    if not isinstance(state, AnalogState):
+        raise ValueError(
+            f"{type(model).__name__} is not a converted model: call romer_aihwkit.convert_to_analog_moe(model, ...) first"
+        )
+    return state

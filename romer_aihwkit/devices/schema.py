@@ -1,0 +1,588 @@
+"""The device-config schema: :class:`DeviceConfig` fields, types, physical ranges and their validation.
+
+A :class:`DeviceConfig` describes one analog in-memory chip: which AIHWKit noise model programs and
+drifts the conductances (:mod:`.noise_models`), the periphery (DAC/ADC resolution, bounds, output
+noise), tile size, weight mapping and the default inference time. Every instance is validated
+when built (types, physical ranges from :data:`FIELD_RANGES`, choices, combinations the noise
+model's table entry allows); each error names the field (and the file, when loaded from YAML).
+The mapping onto AIHWKit lives in :mod:`.mapping`, the prose in :mod:`.describe`, YAML reading in
+:mod:`.loading`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DeviceConfigError, InputError
+from . import describe, mapping
+from .noise_models import NOISE_MODEL_TABLE, SCALE_FIELDS, noise_model_spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aihwkit.inference.noise.base import BaseNoiseModel
+    from aihwkit.simulator.configs import TorchInferenceRPUConfig
+
+__all__ = [
+    "DeviceConfig",
+    "FIELD_CHOICES",
+    "FIELD_RANGES",
+    "InputRangeConfig",
+    "NOISE_MODELS",
+]
+
+
+class _NoiseModelNames(Mapping[str, str]):
+    """Live view of the noise-model table: ``name -> one-line summary``."""
+
+    def __getitem__(self, key: str) -> str:
+        return NOISE_MODEL_TABLE[key].summary
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(NOISE_MODEL_TABLE)
+
+    def __len__(self) -> int:
+        return len(NOISE_MODEL_TABLE)
+
+
+NOISE_MODELS: Mapping[str, str] = _NoiseModelNames()
+"""Accepted ``noise_model`` values and the AIHWKit class each maps to (a view of the noise-model table)."""
+
+DRIFT_COMPENSATIONS = ("none", "global", "per-column")
+WEIGHT_REMAPS = ("none", "layerwise_symmetric", "channelwise_symmetric")
+WEIGHT_CLIPS = ("none", "fixed", "layer_gaussian")
+NOISE_MANAGEMENTS = ("none", "abs_max", "max")
+BOUND_MANAGEMENTS = ("none", "iterative")
+
+_BITS_RANGE = (2, 24)
+_TEN_YEARS = 10 * 365 * 86400.0
+
+FIELD_RANGES: dict[str, tuple[float, float, str]] = {
+    "noise_level": (0.0, 1.0, "fraction of g_max"),
+    "g_max": (1.0, 1000.0, "uS"),
+    "prog_noise_scale": (0.0, 10.0, "x the model's noise"),
+    "read_noise_scale": (0.0, 10.0, "x the model's noise"),
+    "drift_scale": (0.0, 10.0, "x the model's drift"),
+    "dac_bits": (float(_BITS_RANGE[0]), float(_BITS_RANGE[1]), "bits"),
+    "adc_bits": (float(_BITS_RANGE[0]), float(_BITS_RANGE[1]), "bits"),
+    "inp_bound": (1e-3, 100.0, "normalised input"),
+    "out_bound": (1e-3, 1000.0, "normalised output"),
+    "out_noise": (0.0, 1.0, "normalised output"),
+    "max_input_size": (0.0, 65536.0, "rows, 0 = no limit"),
+    "max_output_size": (0.0, 65536.0, "columns, 0 = no limit"),
+    "weight_clip_value": (1e-3, 100.0, "|w| or std"),
+    "t_inference": (0.0, _TEN_YEARS, "s (10 years)"),
+    "allowed_t_inference": (0.0, _TEN_YEARS, "s, each entry"),
+    "input_range.init_value": (1e-3, 100.0, "layer input units"),
+    "input_range.init_from_data": (0.0, 1e6, "batches"),
+    "input_range.init_std_alpha": (1e-3, 100.0, "std"),
+}
+"""Physical range ``(low, high, unit)`` of every numeric field, inclusive; ``devices show`` prints them.
+The ranges are wide enough for any real device and narrow enough that no value in them overflows
+AIHWKit's noise models (e.g. a ``prog_noise_scale`` of 1e308 would)."""
+
+
+class _FieldChoices(Mapping[str, tuple[str, ...]]):
+    """The accepted values of every choice field; ``noise_model`` follows the noise-model table."""
+
+    _FIXED: dict[str, tuple[str, ...]] = {
+        "drift_compensation": DRIFT_COMPENSATIONS,
+        "weight_remap": WEIGHT_REMAPS,
+        "weight_clip": WEIGHT_CLIPS,
+        "noise_management": NOISE_MANAGEMENTS,
+        "bound_management": BOUND_MANAGEMENTS,
+    }
+
+    def __getitem__(self, key: str) -> tuple[str, ...]:
+        return tuple(NOISE_MODEL_TABLE) if key == "noise_model" else self._FIXED[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("noise_model", *self._FIXED))
+
+    def __len__(self) -> int:
+        return 1 + len(self._FIXED)
+
+
+FIELD_CHOICES: Mapping[str, tuple[str, ...]] = _FieldChoices()
+"""The accepted values of every choice field."""
+
+
+@dataclass(frozen=True)
+class InputRangeConfig:
+    """Static input range of each tile (AIHWKit ``rpu_config.pre_post.input_range``).
+
+    With ``enable`` the input of a tile is clipped to ``[-r, r]`` and divided by ``r`` before the
+    DAC, replacing the dynamic per-token scaling (noise management). The range ``r`` is per tile;
+    post-training it is set by calibration (``aihwkit.inference.calibration.calibrate_input_ranges``,
+    the static-input-range baseline), otherwise it stays ``init_value``.
+    """
+
+    enable: bool = False
+    """Whether tiles use a static input range."""
+
+    init_value: float = 3.0
+    """Initial range ``r`` (in units of the layer input) before any calibration."""
+
+    learn_input_range: bool = False
+    """Make ``r`` a trainable parameter (only matters for hardware-aware training)."""
+
+    init_from_data: int = 0
+    """Number of training-mode batches used by AIHWKit to initialise ``r`` from data (0: off)."""
+
+    init_std_alpha: float = 3.0
+    """Initialisation from data sets ``r`` to this many standard deviations of the input."""
+
+    def __post_init__(self) -> None:
+        _check_bool(self, "enable", "input_range.enable")
+        _check_bool(self, "learn_input_range", "input_range.learn_input_range")
+        _check_number(self, "init_value", "input_range.init_value")
+        _check_int(self, "init_from_data", "input_range.init_from_data")
+        _check_number(self, "init_std_alpha", "input_range.init_std_alpha")
+
+    @classmethod
+    def from_value(cls, value: Any) -> InputRangeConfig:
+        """Build from an ``InputRangeConfig``, a mapping (YAML) or ``None`` (disabled)."""
+        if value is None:
+            return cls()
+        if isinstance(value, InputRangeConfig):
+            return value
+        if not isinstance(value, dict):
+            raise DeviceConfigError(
+                f"must be a mapping of {_field_names(cls)}, got {type(value).__name__}",
+                field="input_range",
+            )
+        unknown = sorted(str(k) for k in set(value) - set(_field_names(cls)))
+        if unknown:
+            raise DeviceConfigError(
+                f"unknown key(s) {_quote(unknown)}; known: {_field_names(cls)}", field="input_range"
+            )
+        return cls(**value)
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One analog chip: noise model, periphery, tile size, mapping and inference time.
+
+    Construct through :func:`load_device_config` (presets or YAML) or directly; every instance is
+    validated in ``__post_init__`` and :meth:`replace` re-validates. Defaults describe an ideal
+    chip, so every non-ideality of a preset is written out in its YAML.
+    """
+
+    name: str
+    """Short name (the preset name or the YAML file's stem)."""
+
+    description: str = ""
+    """One line saying what the config models."""
+
+    source: str = ""
+    """Where the numbers come from (papers, AIHWKit classes and presets)."""
+
+    noise_model: str = "none"
+    """AIHWKit noise model: one of :data:`NOISE_MODELS`. It applies programming noise at
+    ``program_analog_weights()`` and drift plus accumulated read noise at
+    ``drift_analog_weights(t)``, baked into the tile weights (static per chip instance)."""
+
+    noise_level: float | None = None
+    """For ``gaussian`` only: programming-noise std per device as a fraction of ``g_max``
+    (0.05 = 5 %); required there, must be ``None`` otherwise."""
+
+    g_max: float | None = None
+    """Maximal conductance in uS that the largest |weight| of a tile maps to; ``None`` = the noise
+    model's own default (pcm 25, hermes-pcm 20.7, rram-wan2022 25, rram-cmo 88.2, gaussian 25)."""
+
+    prog_noise_scale: float = 1.0
+    """Multiplier of the noise model's programming noise (``noise_scale`` for rram-wan2022,
+    where it scales all of that model's noise). Must be 1.0 for ``none``."""
+
+    read_noise_scale: float = 1.0
+    """Multiplier of the noise model's accumulated (1/f) read noise at ``t_inference``
+    (pcm, hermes-pcm, rram-cmo). Must be 1.0 for models without that term."""
+
+    drift_scale: float = 1.0
+    """Multiplier of the noise model's drift (pcm, hermes-pcm, rram-cmo). Must be 1.0 for models
+    without that term."""
+
+    drift_compensation: str = "none"
+    """``none``, ``global`` (AIHWKit ``GlobalDriftCompensation``: one output scale per tile from a
+    read-out at drift time) or ``per-column`` (``PerColumnDriftCompensation``)."""
+
+    dac_bits: int | None = None
+    """Input DAC resolution in bits (8 -> ``forward.inp_res = 254`` levels); ``None`` = none."""
+
+    adc_bits: int | None = None
+    """Output ADC resolution in bits (8 -> ``forward.out_res = 254``); ``None`` = none."""
+
+    inp_bound: float | None = None
+    """Input clipping bound after input scaling (``forward.inp_bound``); ``None`` = no clipping.
+    Required when ``dac_bits`` is set (it is the DAC range)."""
+
+    out_bound: float | None = None
+    """Output clipping bound (``forward.out_bound``, in units of an all-on input times max
+    weight); ``None`` = no clipping. Required when ``adc_bits`` is set (it is the ADC range)."""
+
+    out_noise: float = 0.0
+    """Std of additive Gaussian output noise per MVM (``forward.out_noise``), resampled every
+    forward, in the same normalised output units as ``out_bound``."""
+
+    noise_management: str = "abs_max"
+    """Dynamic input scaling before the DAC (``forward.noise_management``): ``abs_max`` scales each
+    input vector by its abs-max, ``max`` by its max, ``none`` not at all."""
+
+    bound_management: str = "none"
+    """``iterative``: halve the input scale and repeat when the output clips
+    (``forward.bound_management``); ``none``: clip."""
+
+    max_input_size: int = 512
+    """Rows of one physical tile (``mapping.max_input_size``); larger layers are split. 0 = no
+    limit."""
+
+    max_output_size: int = 512
+    """Columns of one physical tile (``mapping.max_output_size``). 0 = no limit."""
+
+    weight_remap: str = "none"
+    """Map weights onto the conductance range when they are set: ``layerwise_symmetric`` (abs-max
+    of the matrix -> 1) or ``channelwise_symmetric`` (abs-max of each output -> 1, the scale kept
+    as a digital output scale); sets ``mapping.weight_scaling_omega/columnwise`` and
+    ``remap.type``."""
+
+    weight_clip: str = "none"
+    """``fixed`` (clip |w| at ``weight_clip_value``) or ``layer_gaussian`` (clip at
+    ``weight_clip_value`` standard deviations of the layer, default 2.5): AIHWKit's
+    ``rpu_config.clip``, which AIHWKit applies in ``tile.post_update_step()``."""
+
+    weight_clip_value: float | None = None
+    """Threshold for ``weight_clip`` (see there)."""
+
+    input_range: InputRangeConfig = field(default_factory=InputRangeConfig)
+    """Static input range settings (see :class:`InputRangeConfig`)."""
+
+    t_inference: float = 3600.0
+    """Default time in seconds between programming and inference (drift time)."""
+
+    allowed_t_inference: tuple[float, ...] | None = None
+    """If set, the only inference times this device supports (rram-wan2022 has data for
+    1, 86400 and 172800 s only and enforces that even when unset)."""
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        for name in ("name", "description", "source"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise DeviceConfigError(f"must be a string, got {_show(value)}", field=name)
+        if not self.name.strip():
+            raise DeviceConfigError("must not be empty", field="name")
+        for name, choices in FIELD_CHOICES.items():
+            _check_choice(self, name, choices)  # noise_model first: the checks below read its table entry
+
+        for name in ("noise_level", "g_max", "inp_bound", "out_bound", "weight_clip_value"):
+            _check_number(self, name, optional=True)
+        for name in ("prog_noise_scale", "read_noise_scale", "drift_scale", "out_noise", "t_inference"):
+            _check_number(self, name)
+        for name in ("dac_bits", "adc_bits"):
+            _check_int(self, name, optional=True)
+        for name in ("max_input_size", "max_output_size"):
+            _check_int(self, name)
+
+        object.__setattr__(self, "input_range", InputRangeConfig.from_value(self.input_range))
+        self._validate_allowed_t_inference()
+        self._validate_combinations()
+        try:
+            self.check_t_inference(self.t_inference)
+        except ValueError as exc:
+            raise DeviceConfigError(str(exc), field="t_inference") from None
+
+    def _validate_allowed_t_inference(self) -> None:
+        allowed = self.allowed_t_inference
+        if allowed is None:
+            return
+        if isinstance(allowed, (str, bytes)) or not isinstance(allowed, (list, tuple)):
+            raise DeviceConfigError(
+                f"must be a list of times in seconds or null, got {_show(allowed)}",
+                field="allowed_t_inference",
+            )
+        values = []
+        for item in allowed:
+            low, high, unit = FIELD_RANGES["allowed_t_inference"]
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not (
+                math.isfinite(item) and low <= item <= high
+            ):
+                raise DeviceConfigError(
+                    f"entries must be numbers in [{low:g}, {high:g}] ({unit}), got {_show(item)}"
+                    f"{_yaml_number_hint(item)}",
+                    field="allowed_t_inference",
+                )
+            values.append(float(item))
+        if not values:
+            raise DeviceConfigError("must not be empty (use null for any time)",
+                                    field="allowed_t_inference")
+        spec = noise_model_spec(self.noise_model)
+        if spec.allowed_t_inference is not None:
+            bad = [t for t in values if t not in spec.allowed_t_inference]
+            if bad:
+                raise DeviceConfigError(
+                    f"{bad} not supported by {spec.aihwkit_class}, which has data for "
+                    f"{_fmt_times(spec.allowed_t_inference)} only",
+                    field="allowed_t_inference",
+                )
+        object.__setattr__(self, "allowed_t_inference", tuple(sorted(set(values))))
+
+    def _validate_combinations(self) -> None:
+        model = self.noise_model
+        spec = noise_model_spec(model)
+        if spec.needs_noise_level and self.noise_level is None:
+            raise DeviceConfigError(
+                f"noise_model {model!r} needs noise_level (fraction of g_max, e.g. 0.05)",
+                field="noise_level",
+            )
+        if not spec.needs_noise_level and self.noise_level is not None:
+            users = " / ".join(repr(n) for n, s in NOISE_MODEL_TABLE.items() if s.needs_noise_level)
+            raise DeviceConfigError(
+                f"only applies to noise_model {users} (this is {model!r}); set it to null",
+                field="noise_level",
+            )
+        if "prog_noise_scale" not in spec.scales and self.prog_noise_scale != 1.0:
+            raise DeviceConfigError(f"noise_model {model!r} has no programming noise to scale",
+                                    field="prog_noise_scale")
+        for name in SCALE_FIELDS[1:]:
+            if name not in spec.scales and getattr(self, name) != 1.0:
+                having = ", ".join(n for n, s in NOISE_MODEL_TABLE.items() if name in s.scales)
+                raise DeviceConfigError(
+                    f"noise_model {model!r} has no such term (only {having} do); leave it at 1.0",
+                    field=name,
+                )
+        if spec.g_max_max is not None and self.g_max is not None and self.g_max > spec.g_max_max:
+            raise DeviceConfigError(
+                f"{spec.aihwkit_class} is characterised up to {spec.g_max_max} uS, got {self.g_max}",
+                field="g_max",
+            )
+        if spec.g_min is not None and self.g_max is not None and self.g_max <= spec.g_min:
+            raise DeviceConfigError(
+                f"{spec.aihwkit_class} needs g_max above its g_min of {spec.g_min} uS, "
+                f"got {self.g_max}",
+                field="g_max",
+            )
+        if self.dac_bits is not None and self.inp_bound is None:
+            raise DeviceConfigError("dac_bits needs inp_bound (the DAC range)", field="inp_bound")
+        if self.adc_bits is not None and self.out_bound is None:
+            raise DeviceConfigError("adc_bits needs out_bound (the ADC range)", field="out_bound")
+        if self.weight_clip == "fixed" and self.weight_clip_value is None:
+            raise DeviceConfigError("weight_clip 'fixed' needs weight_clip_value",
+                                    field="weight_clip_value")
+        if self.weight_clip == "none" and self.weight_clip_value is not None:
+            raise DeviceConfigError("set weight_clip to 'fixed' or 'layer_gaussian' to use it",
+                                    field="weight_clip_value")
+
+    # ------------------------------------------------------------------ public API
+    def check_t_inference(self, t_inference: float) -> float:
+        """Check that this device can be drifted to ``t_inference`` seconds.
+
+        Args:
+            t_inference: Seconds between the end of programming and inference.
+
+        Returns:
+            ``t_inference`` as a float.
+
+        Raises:
+            InputError: (a ``ValueError``) If it is not a number in [0, 10 years], or not one of
+                the times the device has data for (``allowed_t_inference``; rram-wan2022: 1 s,
+                1 day, 2 days).
+        """
+        if isinstance(t_inference, bool) or not isinstance(t_inference, (int, float)):
+            raise InputError(f"t_inference must be a number of seconds, got {_show(t_inference)}")
+        t = float(t_inference)
+        if not math.isfinite(t) or not 0 <= t <= _TEN_YEARS:
+            raise InputError(f"t_inference must be a finite number of seconds >= 0 and <= {_TEN_YEARS:g} "
+                             f"(10 years), got {t_inference}")
+        allowed = self.allowed_t_inference
+        spec = noise_model_spec(self.noise_model)
+        if spec.allowed_t_inference is not None:
+            allowed = allowed or spec.allowed_t_inference
+            why = f"{spec.aihwkit_class} has measurement data only for"
+        else:
+            why = "this device config allows only"
+        if allowed is not None and t not in allowed:
+            raise InputError(
+                f"t_inference={t_inference:g} s is not supported by device config {self.name!r}: "
+                f"{why} t_inference in {_fmt_times(allowed)}"
+            )
+        return t
+
+    def replace(self, **overrides: Any) -> DeviceConfig:
+        """Return a validated copy with some fields changed.
+
+        Raises:
+            DeviceConfigError: For an unknown field or an invalid value.
+        """
+        _check_known_fields(overrides)
+        if isinstance(overrides.get("input_range"), dict):
+            merged = dataclasses.asdict(self.input_range) | overrides["input_range"]
+            overrides["input_range"] = InputRangeConfig.from_value(merged)
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-ready dict of all fields (``from_dict`` reads it back)."""
+        data = dataclasses.asdict(self)
+        if data["allowed_t_inference"] is not None:
+            data["allowed_t_inference"] = list(data["allowed_t_inference"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str | Path | None = None) -> DeviceConfig:
+        """Build and validate a config from a plain mapping.
+
+        Args:
+            data: Field values (as in a YAML file, without ``extends``).
+            path: Where the data came from, named in error messages.
+
+        Raises:
+            DeviceConfigError: Unknown field or invalid value; names the field and ``path``.
+        """
+        try:
+            if not isinstance(data, dict):
+                raise DeviceConfigError(f"must be a mapping of fields, got {_show(data)}")
+            _check_known_fields(data)
+            if "name" not in data:
+                raise DeviceConfigError("is required", field="name")
+            return cls(**data)
+        except DeviceConfigError as exc:
+            raise (exc.with_path(path) if path is not None else exc) from None
+
+    # ------------------------------------------------------------------ AIHWKit mapping and prose
+    def noise_model_object(self) -> BaseNoiseModel:
+        """A fresh AIHWKit noise model instance for this config (see :func:`.mapping.noise_model_object`)."""
+        return mapping.noise_model_object(self)
+
+    def rpu_config(self) -> TorchInferenceRPUConfig:
+        """A fresh :class:`~aihwkit.simulator.configs.TorchInferenceRPUConfig` for this device (see :mod:`.mapping`).
+
+        Raises:
+            aihwkit.exceptions.ConfigError: Never for a validated config (tests build every preset).
+        """
+        return mapping.rpu_config(self)
+
+    def is_ideal_periphery(self) -> bool:
+        """True when the MVM periphery adds nothing (AIHWKit ``forward.is_perfect``)."""
+        return mapping.is_ideal_periphery(self)
+
+    def modelled_nonidealities(self) -> list[str]:
+        """What this config simulates, one item per effect (see :mod:`.describe`)."""
+        return describe.modelled_nonidealities(self)
+
+    def aihwkit_deviations(self) -> list[str]:
+        """Where this config departs from AIHWKit's own defaults (shown by ``devices show``)."""
+        return describe.aihwkit_deviations(self)
+
+    def unmodelled_nonidealities(self) -> list[str]:
+        """Effects this config does *not* simulate (limits of AIHWKit's torch tiles or choice)."""
+        return describe.unmodelled_nonidealities(self)
+
+
+# ---------------------------------------------------------------------- helpers
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def _check_known_fields(data: dict[str, Any]) -> None:
+    known = _field_names(DeviceConfig)
+    for key in data:
+        if key in known:
+            continue
+        if key == "w_noise":
+            raise DeviceConfigError(
+                "per-MVM weight read noise (forward.w_noise) is not supported by AIHWKit's "
+                "torch tiles (TorchInferenceRPUConfig); read noise is modelled by the noise "
+                "model at drift time, scaled by read_noise_scale",
+                field=key,
+            )
+        hint = difflib.get_close_matches(str(key), known, n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise DeviceConfigError(
+            f"unknown field{did_you_mean}; known fields: {', '.join(known)}", field=str(key)[:60]
+        )
+
+
+def _quote(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so no error echoes a whole file."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show(value: Any) -> str:
+    """``type value`` for messages (the value cut short)."""
+    return f"{type(value).__name__} {_quote(value)}"
+
+
+def _yaml_number_hint(value: Any) -> str:
+    """For a string that is a number PyYAML read as text (``1.0e308``, ``1e5``), how to write it."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    text = value.strip()
+    mantissa, _, exponent = text.lower().partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if exponent and exponent[0] not in "+-":
+        exponent = "+" + exponent
+    fixed = mantissa + (f"e{exponent}" if exponent else "")
+    return (f" (YAML reads {text!r} as text, not a number: PyYAML needs a dot and a signed exponent, "
+            f"so write {fixed})")
+
+
+def _fmt_times(times: tuple[float, ...] | list[float]) -> str:
+    return "[" + ", ".join(f"{t:g}" for t in times) + "] s"
+
+
+def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if not isinstance(value, str) or value not in choices:
+        raise DeviceConfigError(f"must be one of {list(choices)}, got {_show(value)}", field=name)
+
+
+def _check_range(value: float, label: str) -> None:
+    low, high, unit = FIELD_RANGES[label]
+    if not low <= value <= high:
+        raise DeviceConfigError(f"must be in [{low:g}, {high:g}] ({unit}), got {value!r}", field=label)
+
+
+def _check_number(obj: Any, name: str, label: str | None = None, *, optional: bool = False) -> None:
+    """A finite number inside the field's physical range (:data:`FIELD_RANGES`)."""
+    value = getattr(obj, name)
+    label = label or name
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DeviceConfigError(
+            f"must be a number{' or null' if optional else ''}, got {_show(value)}{_yaml_number_hint(value)}",
+            field=label,
+        )
+    if not math.isfinite(value):
+        raise DeviceConfigError(f"must be finite, got {value!r}", field=label)
+    _check_range(float(value), label)
+    object.__setattr__(obj, name, float(value))
+
+
+def _check_int(obj: Any, name: str, label: str | None = None, *, optional: bool = False) -> None:
+    """An integer inside the field's physical range (:data:`FIELD_RANGES`)."""
+    value = getattr(obj, name)
+    label = label or name
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DeviceConfigError(
+            f"must be an integer{' or null' if optional else ''}, got {_show(value)}{_yaml_number_hint(value)}",
+            field=label,
+        )
+    _check_range(float(value), label)
+
+
+def _check_bool(obj: Any, name: str, label: str) -> None:
+    value = getattr(obj, name)
+    if not isinstance(value, bool):
+        raise DeviceConfigError(f"must be true or false, got {_show(value)}", field=label)

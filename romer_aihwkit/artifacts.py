@@ -147,7 +147,7 @@ def weights_hash(model: nn.Module) -> str:
 
 def _architecture(model: nn.Module) -> str:
     config = getattr(model, "config", None)
-    parts = [type(model).__name__]
+    parts = [getattr(type(model), "original_class", type(model)).__name__]  # a converted model: its HF class
     if config is not None:
         parts += [type(config).__name__, str(getattr(config, "model_type", ""))]
     return "/".join(parts)
@@ -166,7 +166,8 @@ def fingerprint(model: nn.Module) -> dict[str, Any]:
     Raises:
         ValueError: The model is not converted.
     """
-    from .analog import analog_state, analog_summary
+    from .analog.state import analog_state
+    from .analog.summary import analog_summary
 
     state = analog_state(model)
     return {

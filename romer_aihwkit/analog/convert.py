@@ -10,12 +10,12 @@ from torch import nn
 
 from ..adapters import ConversionContext, MoEAdapter, find_adapter, list_adapters
 from ..adapters.base import convert_linears
-from .experts import AnalogExperts
-from .matrix import ENGINES, ROLES, WeightMatrix
+from .matrix import ENGINES
 from .model import AnalogMoEModel, mark_converted
 from .programming import drift_analog_weights, program_analog_weights
 from .router import AnalogRouter
 from .state import AnalogState, analog_state
+from .summary import analog_summary
 from .trace import find_routers
 
 __all__ = [
@@ -248,27 +248,3 @@ def _warn_fallback(reason: str) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-def analog_summary(model: nn.Module) -> dict[str, int]:
-    """Counts of weight matrices by role: analog router / expert / shared_expert / attention, and digital.
-
-    ``digital`` counts every weight matrix left digital: converted matrices kept digital (e.g.
-    hetero experts, digital routers) plus the model's remaining ``nn.Linear`` layers (attention,
-    ``lm_head``, dense MLPs, gates).
-    """
-    from .stacked import AnalogStack
-
-    counts = {role: 0 for role in ROLES}
-    counts["digital"] = 0
-    for module in model.modules():
-        if isinstance(module, WeightMatrix):
-            counts[module.role if module.is_analog else "digital"] += 1
-        elif isinstance(module, nn.Linear):
-            counts["digital"] += 1
-        elif isinstance(module, AnalogExperts):
-            for bank in module.banks():
-                if isinstance(bank, AnalogStack):
-                    counts["expert"] += sum(bank.analog)
-                    counts["digital"] += len(bank) - sum(bank.analog)
-    return counts

@@ -10,13 +10,13 @@ chip instance is reproducible from ``(seed, matrix name)`` and independent of mo
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import torch
 from torch import nn
 
 from . import fast as _fast
+from .seeds import matrix_seed
 
 __all__ = [
     "WeightMatrix", "AnalogMatrix", "DigitalMatrix", "StackedMatrix", "ROLES", "ENGINES", "matrix_seed",
@@ -26,12 +26,6 @@ __all__ = [
 ROLES = ("router", "expert", "shared_expert", "attention")
 ENGINES = ("stacked", "aihwkit")
 """``stacked``: :mod:`romer_aihwkit.analog.stacked` (default); ``aihwkit``: one AIHWKit ``AnalogLinear`` per matrix (the reference)."""
-
-
-def matrix_seed(seed: int, name: str, purpose: str = "program") -> int:
-    """A 63-bit seed derived from a chip-instance seed and a matrix name."""
-    digest = hashlib.sha256(f"{int(seed)}|{name}|{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class WeightMatrix(nn.Module):

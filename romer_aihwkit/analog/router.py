@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ..adapters.routing import RoutingSpec, route
+from .events import RouterEvent
 from .matrix import WeightMatrix
-from .trace import RouterEvent
 
 __all__ = ["AnalogRouter"]
 

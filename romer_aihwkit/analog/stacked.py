@@ -41,6 +41,7 @@ from torch import nn
 
 from . import fast as _fast
 from .reference import ReferenceStore
+from .seeds import matrix_seed
 
 __all__ = ["AnalogStack", "TileGrid", "TileRecipe", "recipe", "unsupported_reason", "split_sizes"]
 
@@ -407,8 +408,6 @@ class AnalogStack(nn.Module):
     def program(self, seed: int, t_inference: float | None = None, which: list[int] | None = None) -> None:
         """Program matrices ``which`` (default: all analog ones) for chip instance ``seed``; drift them
         to ``t_inference`` when given, in the same pass."""
-        from .matrix import matrix_seed
-
         device = self.tiles.device
         for m in range(len(self)) if which is None else which:
             if not self.analog[m]:

@@ -12,6 +12,7 @@ from ..adapters.routing import route
 from ..analog.calibration_state import reset_replacements
 from ..analog.experts import REPLICA_MODES
 from ..analog.trace import RouterEvent, experts_of
+from ..measures import layer_metrics
 from .base import CalibrationCallback
 from .reservoir import RowReservoir
 
@@ -20,8 +21,6 @@ __all__ = ["Romer", "routing_metrics"]
 
 def routing_metrics(selected: torch.Tensor, reference: torch.Tensor, num_experts: int) -> dict[str, Any]:
     """Load balance and fidelity of one layer's selections ``[T, k]`` against a reference ``[T, k]``."""
-    from ..evaluation.routing import layer_metrics
-
     counts = torch.bincount(selected.reshape(-1), minlength=num_experts).double()
     overlap = (selected.unsqueeze(-1) == reference.unsqueeze(-2)).any(-1).sum(-1).double() / selected.shape[1]
     return {

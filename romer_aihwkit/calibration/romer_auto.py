@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from ..measures import token_nll
 from .romer import Romer, reset_replacements
 
 __all__ = ["RomerAuto"]
@@ -53,8 +54,6 @@ class RomerAuto(Romer):
         self.holdout_fraction = float(holdout_fraction)
 
     def _holdout_loss(self, model: nn.Module) -> float:
-        from ..evaluation.perplexity import token_nll
-
         nll, count = token_nll(model, self.holdout_batches, progress=False)
         return nll / count
 

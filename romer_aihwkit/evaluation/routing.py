@@ -9,23 +9,9 @@ import torch
 from torch import nn
 
 from ..analog.trace import RouterEvent, experts_of, find_routers, trace_routing
+from ..measures import layer_metrics
 
 __all__ = ["RoutingAccumulator", "routing_stats", "layer_metrics"]
-
-
-def layer_metrics(counts: torch.Tensor) -> dict[str, float]:
-    """Balance metrics of one layer from its per-expert selection counts."""
-    total = float(counts.sum())
-    e = counts.numel()
-    if total == 0:
-        return {"load_cv": float("nan"), "max_load_ratio": float("nan"), "load_entropy": float("nan")}
-    load = counts.double() / total
-    nz = load[load > 0]
-    return {
-        "load_cv": float(load.std(unbiased=False) / load.mean()),
-        "max_load_ratio": float(load.max() * e),
-        "load_entropy": float(-(nz * nz.log()).sum() / math.log(e)) if e > 1 else 1.0,
-    }
 
 
 class RoutingAccumulator:

@@ -96,6 +96,8 @@ class AnalogExperts(nn.Module):
     ``"average"`` runs both and averages, ``"split"`` alternates tokens between them.
     """
 
+    replica_of: torch.Tensor
+
     def __init__(
         self,
         gate_up: ExpertBank | list[WeightMatrix],

@@ -24,6 +24,11 @@ class AnalogRouter(nn.Module):
     original MoE block's forward and ``output_router_logits=True`` keep working.
     """
 
+    logit_scale: torch.Tensor
+    logit_bias: torch.Tensor
+    expert_mask: torch.Tensor
+    e_score_correction_bias: torch.Tensor | None
+
     def __init__(
         self,
         matrix: WeightMatrix,

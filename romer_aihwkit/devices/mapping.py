@@ -123,7 +123,7 @@ def rpu_config(config: DeviceConfig) -> TorchInferenceRPUConfig:
     )
     if config.weight_clip == "fixed":
         clip = WeightClipParameter(
-            type=WeightClipType.FIXED_VALUE, fixed_value=float(config.weight_clip_value)
+            type=WeightClipType.FIXED_VALUE, fixed_value=float(config.weight_clip_value or 0.0)  # set: validated
         )
     elif config.weight_clip == "layer_gaussian":
         sigma = 2.5 if config.weight_clip_value is None else float(config.weight_clip_value)

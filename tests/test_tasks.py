@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -14,7 +15,13 @@ import pytest
 pytest.importorskip("lm_eval")
 
 from romer_aihwkit.errors import UserError  # noqa: E402
-from romer_aihwkit.evaluation.tasks import BUNDLED_TASKS_DIR, bundled_tasks, evaluate_tasks  # noqa: E402
+from romer_aihwkit.evaluation.tasks import (  # noqa: E402
+    BUNDLED_TASKS_DIR,
+    _offline,
+    _scan_tasks,
+    bundled_tasks,
+    evaluate_tasks,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ["shakespeare_line_end", "shakespeare_speaker"]
@@ -48,6 +55,24 @@ def test_bundled_tasks_are_listed_and_well_formed():
             assert 0 <= doc["label"] < 4
         labels = [d["label"] for d in docs]
         assert max(labels.count(i) for i in range(4)) < 0.3 * len(docs)  # answers spread over positions
+
+
+def test_only_tasks_with_local_data_run_offline(tmp_path, monkeypatch):
+    base = "output_type: multiple_choice\ndoc_to_text: x\ndoc_to_choice: x\ndoc_to_target: 0\n"
+    (tmp_path / "base.yaml").write_text("dataset_path: json\n" + base)
+    (tmp_path / "a.yaml").write_text("task: a_json\ntag: mixed\ndataset_path: json\n" + base)
+    (tmp_path / "b.yaml").write_text("task: b_hub\ntag: mixed\ndataset_path: some_org/some_dataset\n" + base)
+    (tmp_path / "c.yaml").write_text("task: c_included\ninclude: base.yaml\n")
+    (tmp_path / "d.yaml").write_text("task: d_custom\ntag: all_local\ncustom_dataset: !function utils.load\n" + base)
+    (tmp_path / "g.yaml").write_text("group: g_local\ntask: [a_json, d_custom]\n")
+    names, local = _scan_tasks([tmp_path])
+    assert names == {"a_json", "b_hub", "c_included", "d_custom", "mixed", "all_local", "g_local"}
+    assert local == {"a_json", "c_included", "d_custom", "all_local", "g_local"}  # not b_hub, nor a tag with it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with _offline(True):
+        assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and "HF_DATASETS_OFFLINE" not in os.environ
 
 
 def test_task_data_is_reproducible_from_the_bundled_plays():

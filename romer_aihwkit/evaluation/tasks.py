@@ -41,33 +41,77 @@ def require_lm_eval() -> None:
         ) from None
 
 
-def _local_task_names(folders: Sequence[Path]) -> set[str]:
-    """Task names (and tags) defined by the YAML files under ``folders``, without importing lm-eval."""
+_LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas"}
+"""``dataset_path`` values that are Hugging Face ``datasets`` builders of local files."""
+
+
+def _read_task_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
+    """A task YAML as a dict, its ``include:`` (a YAML next to it) merged under it; ``{}`` if unreadable."""
     import yaml
 
     class _Loader(yaml.SafeLoader):
         pass
 
     _Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    include = data.get("include")
+    if isinstance(include, str) and depth < 4:
+        data = {**_read_task_yaml(path.parent / include, depth + 1), **data}
+    return data
+
+
+def _data_is_local(data: dict[str, Any], folder: Path) -> bool:
+    """Whether a task reads its documents without the hub: a ``custom_dataset`` loader, a local
+    ``datasets`` builder (json, csv, ...) or a ``dataset_path`` that is a local folder."""
+    if data.get("custom_dataset"):
+        return True
+    source = data.get("dataset_path")
+    if not isinstance(source, str):
+        return False
+    if source in _LOCAL_BUILDERS:
+        return True
+    path = Path(source).expanduser()
+    return (path if path.is_absolute() else folder / path).exists()
+
+
+def _scan_tasks(folders: Sequence[Path]) -> tuple[set[str], set[str]]:
+    """``(names, local)``: the task, tag and group names defined by the YAMLs under ``folders``, and
+    those whose every task reads local data (without importing lm-eval)."""
     names: set[str] = set()
+    local: set[str] = set()
+    tags: dict[str, list[bool]] = {}
+    groups: dict[str, list[str]] = {}
     for folder in folders:
         for path in sorted(Path(folder).rglob("*.yaml")):
-            try:
-                data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (safe subclass)
-            except (yaml.YAMLError, OSError):
+            data = _read_task_yaml(path)
+            task = data.get("task")
+            if isinstance(data.get("group"), str) and isinstance(task, list):
+                groups[data["group"]] = [t for t in task if isinstance(t, str)]
                 continue
-            if not isinstance(data, dict):
+            if not isinstance(task, str):
                 continue
-            for key in ("task", "group", "tag"):
-                value = data.get(key)
-                values = value if isinstance(value, list) else [value]
-                names.update(v for v in values if isinstance(v, str))
-    return names
+            names.add(task)
+            is_local = _data_is_local(data, path.parent)
+            if is_local:
+                local.add(task)
+            tag = data.get("tag")
+            for name in tag if isinstance(tag, list) else [tag]:
+                if isinstance(name, str):
+                    tags.setdefault(name, []).append(is_local)
+    names.update(tags, groups)
+    local.update(tag for tag, flags in tags.items() if all(flags))
+    local.update(group for group, members in groups.items() if members and all(m in local for m in members))
+    return names, local
 
 
 def bundled_tasks() -> list[str]:
     """Names of the tasks shipped with the package (and their tags)."""
-    return sorted(_local_task_names([BUNDLED_TASKS_DIR]))
+    return sorted(_scan_tasks([BUNDLED_TASKS_DIR])[0])
 
 
 def _include_paths(include_path: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
@@ -223,7 +267,7 @@ def evaluate_tasks(
         raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}")
     require_lm_eval()
     folders = _include_paths(include_path)
-    local = set(names) <= _local_task_names(folders)
+    local = set(names) <= _scan_tasks(folders)[1]
     with _offline(local):
         import logging
 

@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     # analog conversion
     "convert_to_analog_moe": "romer_aihwkit.analog",
     "analog_summary": "romer_aihwkit.analog",
+    "AnalogMoEModel": "romer_aihwkit.analog",
     "register_adapter": "romer_aihwkit.adapters",
     "list_adapters": "romer_aihwkit.adapters",
     # calibration

@@ -3,8 +3,9 @@
 Layers, bottom to top (a module may import its own layer and the layers below, never above):
 
 1. ``errors``, ``atomic``: no project imports.
-2. ``data``, ``models``, ``devices``, ``adapters.routing`` (the routing spec), ``measures``.
-3. ``analog`` with what builds and fingerprints analog models: ``adapters``, ``artifacts``, ``stress``.
+2. ``data``, ``models``, ``devices``, ``adapters`` (family descriptions; they build analog modules only
+   through the ``ConversionContext`` protocol the analog layer implements), ``stress``, ``measures``.
+3. ``analog`` and ``artifacts`` (fingerprints of converted models).
 4. ``calibration``, ``baselines``.
 5. ``evaluation``, ``experiments``.
 6. ``cli`` and the package root (lazy re-exports).
@@ -26,8 +27,8 @@ PACKAGE = "romer_aihwkit"
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "atomic"),
-    ("data", "models", "devices", "adapters.routing", "measures"),
-    ("analog", "adapters", "artifacts", "stress"),
+    ("data", "models", "devices", "adapters", "stress", "measures"),
+    ("analog", "artifacts"),
     ("calibration", "baselines"),
     ("evaluation", "experiments"),
     ("cli", ""),

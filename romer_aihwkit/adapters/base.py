@@ -9,16 +9,12 @@ family routes (a :class:`RoutingSpec`). transformers-5 fused experts need no per
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from .routing import RoutingSpec
-
-if TYPE_CHECKING:
-    from ..analog.matrix import WeightMatrix
 
 __all__ = ["MoEAdapter", "ConversionContext", "fused_expert_weights", "convert_linears", "UnsupportedLayoutError"]
 
@@ -27,77 +23,37 @@ class UnsupportedLayoutError(ValueError):
     """A MoE block whose layout this adapter cannot convert faithfully."""
 
 
-@dataclass
-class ConversionContext:
-    """What an adapter needs to build matrices for one MoE block."""
+class ConversionContext(Protocol):
+    """What an adapter is handed to build the analog modules of one MoE block.
 
-    rpu_config_factory: object
-    """Callable returning a fresh ``TorchInferenceRPUConfig``."""
+    The adapters only describe a family (where its router and experts are, how it routes); the
+    analog layer implements this interface (:class:`romer_aihwkit.analog.build.AnalogConversionContext`)
+    and passes it to :meth:`MoEAdapter.convert`, so adapters never import the analog modules.
+    """
+
     layer_index: int
     """Index of this MoE block among the model's MoE blocks."""
     block_name: str
     """Fully qualified module name of the block."""
-    analog_router: bool = True
-    digital_experts: frozenset[int] = field(default_factory=frozenset)
-    """Experts of this block kept digital."""
-    engine: str = "aihwkit"
-    """``"stacked"`` or ``"aihwkit"`` (see :data:`romer_aihwkit.analog.matrix.ENGINES`)."""
-    store: Any = None
-    """The :class:`~romer_aihwkit.analog.reference.ReferenceStore` of the stacked engine's clean weights."""
-    tile_dtype: torch.dtype | None = None
-    """dtype of the stacked engine's expert tiles (``None``: the weights' dtype)."""
 
-    def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True) -> WeightMatrix:
-        from ..analog.matrix import make_matrix
-        from ..analog.reference import ReferenceStore
+    def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str,
+               analog: bool = True) -> nn.Module:
+        """A weight matrix of ``role`` (analog, or digital with ``analog=False``) named ``block_name.name``."""
+        ...
 
-        rpu = self.rpu_config_factory() if analog else None
-        # routers are small and their clean weights are read on every traced forward: keep them in memory
-        store = ReferenceStore("memory") if role == "router" else self.store
-        return make_matrix(weight, bias, role, f"{self.block_name}.{name}", rpu_config=rpu, analog=analog,
-                           engine=self.engine, store=store)
+    def experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool = True, gate_up_bias: Any = None,
+                down_bias: Any = None) -> nn.Module:
+        """The block's analog experts from per-expert ``gate_up`` and ``down`` matrices."""
+        ...
 
-    def experts(self, gate_up, down, act_fn, has_gate: bool = True, gate_up_bias=None, down_bias=None):
-        """The block's :class:`~romer_aihwkit.analog.experts.AnalogExperts`.
+    def router(self, weight: torch.Tensor, spec: RoutingSpec, correction_bias: torch.Tensor | None = None) -> nn.Module:
+        """The block's analog router of routing ``spec``."""
+        ...
 
-        Args:
-            gate_up: per-expert ``[2I or I, H]`` matrices: a list, or one ``[E, out, in]`` tensor (the
-                stacked engine then takes over its storage, like an in-place conversion).
-            down: per-expert ``[H, I]`` matrices, likewise.
-            act_fn: the experts' activation.
-            has_gate: gated (``act(gate) * up``) experts.
-            gate_up_bias: per-expert biases or ``None``.
-            down_bias: per-expert biases or ``None``.
-        """
-        from ..analog.experts import AnalogExperts
-
-        n = len(gate_up)
-        if self.engine == "stacked":
-            from ..analog.stacked import AnalogStack
-
-            analog = [e not in self.digital_experts for e in range(n)]
-            banks = []
-            for part, weights, bias in (("gate_up", gate_up, gate_up_bias), ("down", down, down_bias)):
-                stacked = weights if isinstance(weights, torch.Tensor) else torch.stack([w.detach() for w in weights])
-                bias_t = None if bias is None or bias[0] is None else torch.stack([b.detach() for b in bias])
-                names = [f"{self.block_name}.experts.{e}.{part}" for e in range(n)]
-                banks.append(AnalogStack(stacked.detach(), names, self.rpu_config_factory(), "expert", self.store,
-                                         key=f"{self.block_name}.experts.{part}", analog=analog, bias=bias_t,
-                                         tile_dtype=self.tile_dtype))
-            return AnalogExperts(banks[0], banks[1], act_fn, has_gate=has_gate)
-        gate_up_bias = gate_up_bias or [None] * n
-        down_bias = down_bias or [None] * n
-        gu = [self.matrix(gate_up[e], gate_up_bias[e], "expert", f"experts.{e}.gate_up", e not in self.digital_experts) for e in range(n)]
-        dn = [self.matrix(down[e], down_bias[e], "expert", f"experts.{e}.down", e not in self.digital_experts) for e in range(n)]
-        return AnalogExperts(gu, dn, act_fn, has_gate=has_gate)
-
-    def router(self, weight: torch.Tensor, spec: RoutingSpec, correction_bias: torch.Tensor | None = None):
-        from ..analog.router import AnalogRouter
-
-        if spec.fp32_logits:
-            weight = weight.float()  # the family's router computes in float32: so does its tile
-        matrix = self.matrix(weight, None, "router", "router", analog=self.analog_router)
-        return AnalogRouter(matrix, spec, correction_bias, layer_index=self.layer_index, name=self.block_name)
+    def block(self, router: nn.Module, experts: nn.Module, shared_experts: nn.Module | None = None,
+              shared_expert_gate: nn.Module | None = None, returns_router_logits: bool = False) -> nn.Module:
+        """A whole analog MoE block, for layouts whose own forward cannot be kept."""
+        ...
 
 
 def fused_expert_weights(experts: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list | None, list | None, bool]:

@@ -118,8 +118,6 @@ class LegacyModuleListAdapter(MoEAdapter):
         return gate_up, down, True
 
     def convert(self, block: nn.Module, ctx: ConversionContext) -> nn.Module:
-        from ..analog.block import AnalogMoEBlock
-
         spec = self.routing_spec(block)
         names = _expert_names(block.experts[0])
         gate_up, down, _ = self.expert_weights(block)
@@ -134,7 +132,7 @@ class LegacyModuleListAdapter(MoEAdapter):
             convert_linears(shared, ctx, "shared_expert", "shared_experts")
         experts = ctx.experts(gate_up, down, act_fn)
         experts.layout = {"kind": "modulelist", "names": names}
-        return AnalogMoEBlock(
+        return ctx.block(
             router=ctx.router(block.gate.weight, spec, getattr(block.gate, "e_score_correction_bias", None)),
             experts=experts,
             shared_experts=shared,

@@ -8,8 +8,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from ..adapters import ConversionContext, MoEAdapter, find_adapter, list_adapters
+from ..adapters import MoEAdapter, find_adapter, list_adapters
 from ..adapters.base import convert_linears
+from .build import AnalogConversionContext
 from .matrix import ENGINES
 from .model import AnalogMoEModel, mark_converted
 from .programming import drift_analog_weights, program_analog_weights
@@ -197,7 +198,7 @@ def convert_to_analog_moe(
     )
     for index, (name, block, adapter) in enumerate(blocks):
         device = _module_device(block)
-        ctx = ConversionContext(
+        ctx = AnalogConversionContext(
             rpu_config_factory=config.rpu_config,
             layer_index=index,
             block_name=name,
@@ -222,7 +223,7 @@ def convert_to_analog_moe(
                 device = _module_device(module)
                 n = convert_linears(
                     module,
-                    ConversionContext(config.rpu_config, -1, name, engine=engine, store=store),
+                    AnalogConversionContext(config.rpu_config, -1, name, engine=engine, store=store),
                     "attention",
                     prefix="",
                 )

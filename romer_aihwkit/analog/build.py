@@ -1,0 +1,99 @@
+"""The analog side of conversion: :class:`AnalogConversionContext` builds an MoE block's analog modules.
+
+Adapters (:mod:`romer_aihwkit.adapters`) describe a family and call the builder methods of the
+:class:`~romer_aihwkit.adapters.ConversionContext` they are handed; this module implements them
+with the analog matrices, stacked expert banks, routers and blocks, so the adapters never import
+the analog layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapters.routing import RoutingSpec
+from .block import AnalogMoEBlock
+from .experts import AnalogExperts
+from .matrix import WeightMatrix, make_matrix
+from .reference import ReferenceStore
+from .router import AnalogRouter
+from .stacked import AnalogStack
+
+__all__ = ["AnalogConversionContext"]
+
+
+@dataclass
+class AnalogConversionContext:
+    """Builds the analog modules of one MoE block for its adapter (implements
+    :class:`romer_aihwkit.adapters.ConversionContext`)."""
+
+    rpu_config_factory: Callable[[], Any]
+    """Callable returning a fresh ``TorchInferenceRPUConfig``."""
+    layer_index: int
+    """Index of this MoE block among the model's MoE blocks."""
+    block_name: str
+    """Fully qualified module name of the block."""
+    analog_router: bool = True
+    digital_experts: frozenset[int] = field(default_factory=frozenset)
+    """Experts of this block kept digital."""
+    engine: str = "aihwkit"
+    """``"stacked"`` or ``"aihwkit"`` (see :data:`romer_aihwkit.analog.matrix.ENGINES`)."""
+    store: Any = None
+    """The :class:`~romer_aihwkit.analog.reference.ReferenceStore` of the stacked engine's clean weights."""
+    tile_dtype: torch.dtype | None = None
+    """dtype of the stacked engine's expert tiles (``None``: the weights' dtype)."""
+
+    def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True) -> WeightMatrix:
+        rpu = self.rpu_config_factory() if analog else None
+        # routers are small and their clean weights are read on every traced forward: keep them in memory
+        store = ReferenceStore("memory") if role == "router" else self.store
+        return make_matrix(weight, bias, role, f"{self.block_name}.{name}", rpu_config=rpu, analog=analog,
+                           engine=self.engine, store=store)
+
+    def experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool = True, gate_up_bias: Any = None,
+                down_bias: Any = None) -> AnalogExperts:
+        """The block's :class:`~romer_aihwkit.analog.experts.AnalogExperts`.
+
+        Args:
+            gate_up: per-expert ``[2I or I, H]`` matrices: a list, or one ``[E, out, in]`` tensor (the
+                stacked engine then takes over its storage, like an in-place conversion).
+            down: per-expert ``[H, I]`` matrices, likewise.
+            act_fn: the experts' activation.
+            has_gate: gated (``act(gate) * up``) experts.
+            gate_up_bias: per-expert biases or ``None``.
+            down_bias: per-expert biases or ``None``.
+        """
+        n = len(gate_up)
+        if self.engine == "stacked":
+            analog = [e not in self.digital_experts for e in range(n)]
+            banks = []
+            for part, weights, bias in (("gate_up", gate_up, gate_up_bias), ("down", down, down_bias)):
+                stacked = weights if isinstance(weights, torch.Tensor) else torch.stack([w.detach() for w in weights])
+                bias_t = None if bias is None or bias[0] is None else torch.stack([b.detach() for b in bias])
+                names = [f"{self.block_name}.experts.{e}.{part}" for e in range(n)]
+                banks.append(AnalogStack(stacked.detach(), names, self.rpu_config_factory(), "expert", self.store,
+                                         key=f"{self.block_name}.experts.{part}", analog=analog, bias=bias_t,
+                                         tile_dtype=self.tile_dtype))
+            return AnalogExperts(banks[0], banks[1], act_fn, has_gate=has_gate)
+        gate_up_bias = gate_up_bias or [None] * n
+        down_bias = down_bias or [None] * n
+        gu = [self.matrix(gate_up[e], gate_up_bias[e], "expert", f"experts.{e}.gate_up", e not in self.digital_experts) for e in range(n)]
+        dn = [self.matrix(down[e], down_bias[e], "expert", f"experts.{e}.down", e not in self.digital_experts) for e in range(n)]
+        return AnalogExperts(gu, dn, act_fn, has_gate=has_gate)
+
+    def router(self, weight: torch.Tensor, spec: RoutingSpec, correction_bias: torch.Tensor | None = None) -> AnalogRouter:
+        if spec.fp32_logits:
+            weight = weight.float()  # the family's router computes in float32: so does its tile
+        matrix = self.matrix(weight, None, "router", "router", analog=self.analog_router)
+        return AnalogRouter(matrix, spec, correction_bias, layer_index=self.layer_index, name=self.block_name)
+
+    def block(self, router: nn.Module, experts: nn.Module, shared_experts: nn.Module | None = None,
+              shared_expert_gate: nn.Module | None = None, returns_router_logits: bool = False) -> AnalogMoEBlock:
+        """A whole :class:`~romer_aihwkit.analog.block.AnalogMoEBlock` (layouts routing inside their own forward)."""
+        if not isinstance(router, AnalogRouter) or not isinstance(experts, AnalogExperts):
+            raise TypeError("block() takes the router and experts built by this context's router() and experts()")
+        return AnalogMoEBlock(router, experts, shared_experts, shared_expert_gate, returns_router_logits)

@@ -135,6 +135,11 @@ def test_checkpoint_is_cached_and_saved_in_the_original_layout(tiny_folder, trai
     assert info2 == json.loads(json.dumps(info))
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
+    monkeypatch.undo()
+    (folder / "config.json").unlink()  # a record without the checkpoint (results shipped without weights)
+    third, _ = hwa_checkpoint(model, tok, tiny_folder, "pcm", tmp_path, train_text=train_file, config=SMALL_HWA)
+    assert (folder / "config.json").is_file()
+    monkeypatch.setattr(hwa, "hwa_finetune", refuse)
     with pytest.raises(AssertionError, match="trained again"):  # other settings: another checkpoint
         hwa_checkpoint(model, tok, tiny_folder, "rram-wan2022", tmp_path, train_text=train_file, config=SMALL_HWA)
 

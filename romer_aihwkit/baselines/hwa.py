@@ -402,10 +402,12 @@ def hwa_checkpoint(
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     folder = Path(cache_dir) / f"{_slug(model_id)}_{_slug(device.name)}_steps{config.steps}_seed{config.seed}_{digest}"
     record = folder / "hwa.json"
-    if record.is_file():
+    if record.is_file() and (folder / "config.json").is_file():
         trained, _ = load_model(str(folder))
         return trained.to(next(model.parameters()).device), json.loads(record.read_text())
     trained, info = hwa_finetune(model, tokenizer, device, train_text, config, progress=progress)
+    if folder.exists():  # a record without weights (e.g. results shipped without the checkpoint): train anew
+        shutil.rmtree(folder)
     info["model"] = model_id
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

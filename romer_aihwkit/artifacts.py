@@ -97,7 +97,7 @@ def _reference_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, bo
             prefix = f"{name}." if name else ""
             for pname, param in module.named_parameters(recurse=False):
                 yield prefix + pname, param, False
-            skip = getattr(module, "_non_persistent_buffers_set", set())
+            skip: set[str] = getattr(module, "_non_persistent_buffers_set", set())
             for bname, buf in module.named_buffers(recurse=False):
                 if bname not in skip and buf is not None:
                     yield prefix + bname, buf, False
@@ -197,12 +197,12 @@ def check_fingerprint(saved: Mapping[str, Any] | None, current: Mapping[str, Any
         FingerprintMismatchError: Some fields differ; the message lists each with both values.
     """
     if not isinstance(saved, Mapping):
-        raise ArtifactError(path, "has no fingerprint of the model and chip instance it belongs to (written by an "
+        raise ArtifactError(Path(path), "has no fingerprint of the model and chip instance it belongs to (written by an "
                                   "older version, or edited); recompute it")
     differences = [(name, saved.get(name), current.get(name)) for name in fields
                    if _normal(saved.get(name)) != _normal(current.get(name))]
     if differences:
-        raise FingerprintMismatchError(path, differences)
+        raise FingerprintMismatchError(Path(path), differences)
 
 
 def _normal(value: Any) -> Any:

@@ -32,6 +32,9 @@ class WeightMatrix(nn.Module):
     """Common interface of analog and digital matrices: ``y = x @ W^T (+ b)`` on the last dim."""
 
     is_analog: bool = False
+    weight: torch.Tensor
+    """The digital weights ``[out, in]`` this matrix represents."""
+    bias: torch.Tensor | None
 
     def __init__(self, role: str, name: str = "") -> None:
         super().__init__()
@@ -62,6 +65,8 @@ class WeightMatrix(nn.Module):
         """Replace the digital weights this matrix represents (must then be re-programmed)."""
         self.weight.data = weight.detach().to(self.weight).clone()
         if bias is not None:
+            if self.bias is None:
+                raise ValueError(f"matrix {self.matrix_name!r} has no bias to replace")
             self.bias.data = bias.detach().to(self.weight).clone()
 
 
@@ -113,7 +118,7 @@ class AnalogMatrix(WeightMatrix):
         self.analog.set_weights(self.weight.data.float())
         self.programmed = False
         self.t_inference: float | None = None
-        self._fast_plan = None
+        self._fast_plan: _fast.FastPlan | None = None
         self._seed: int | None = None
 
     def _tiles(self):

@@ -24,6 +24,7 @@ class AnalogRouter(nn.Module):
     original MoE block's forward and ``output_router_logits=True`` keep working.
     """
 
+    matrix: WeightMatrix
     logit_scale: torch.Tensor
     logit_bias: torch.Tensor
     expert_mask: torch.Tensor

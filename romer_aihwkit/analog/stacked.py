@@ -35,6 +35,7 @@ uses AIHWKit's per-matrix path with a warning naming the setting.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,7 +96,7 @@ class TileRecipe:
     omega: float
     columnwise: bool
     clip: tuple[str, float, float] | None  # (kind, fixed_value, sigma)
-    noise_model: object
+    noise_model: Any
     converter_stat: str  # "absmax" or "minmax"
     compensation: str | None  # None, "global", "global-exact", "per-column"
     max_in: int
@@ -185,7 +186,7 @@ class _TileNorm:
 
     def __init__(self, w: torch.Tensor, grid: TileGrid, stat: str) -> None:
         self.grid, self.stat = grid, stat
-        self.params = []
+        self.params: list[tuple[torch.Tensor | None, torch.Tensor]] = []
         for _, o0, o1, i0, i1 in grid.blocks():
             blk = w[o0:o1, i0:i1]
             if stat == "absmax":
@@ -332,6 +333,14 @@ class AnalogStack(nn.Module):
         tile_dtype: dtype the programmed tiles are held in (default: the weights' dtype).
     """
 
+    tiles: torch.Tensor
+    """``[M, out, in]`` programmed (or digital) weights."""
+    scales: torch.Tensor
+    """``[M, input tiles, out]`` digital output scales per tile (drift compensation, remapping)."""
+    source: torch.Tensor
+    """``[M]`` which matrix's clean weights each slot is programmed from (replicas)."""
+    bias: torch.Tensor | None
+
     def __init__(
         self,
         weights: torch.Tensor,
@@ -443,6 +452,7 @@ class AnalogStack(nn.Module):
                     y = part.mul_(self.scales[m, s])
                 else:
                     y.addcmul_(part, self.scales[m, s])
+        assert y is not None  # a grid has at least one input tile
         if self.bias is not None:
             y = y + self.bias[m]
         return y

@@ -66,7 +66,7 @@ def save_pretrained_digital(model: nn.Module, save_directory: str | os.PathLike,
     """
     weights = digital_state_dict(model)
     converted = type(model)
-    original = getattr(converted, "original_class", converted)
+    original: Any = getattr(converted, "original_class", converted)  # a PreTrainedModel subclass
     model.__class__ = original
     try:
         original.save_pretrained(model, save_directory, state_dict=weights, **kwargs)

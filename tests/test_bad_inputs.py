@@ -657,3 +657,88 @@ def test_romer_keeps_every_unmasked_deepseek_v3_expert_reachable():
     _, selected = route(spec, logits, torch.zeros(16), mask)
     reached = set(selected.unique().tolist())
     assert reached == set(range(16)) - masked
+
+
+# ------------------------------------------------------------------ chip-state files (analog state)
+def _chip(family="olmoe", device="pcm", engine="stacked", seed=0, romer=False):
+    model = ra.convert_to_analog_moe(tiny_model(family), device, engine=engine)
+    model.program_analog_weights(seed=seed, t_inference=3600.0)
+    if romer:
+        ra.calibrate(model, torch.randint(3, 90, (4, 16), generator=torch.Generator().manual_seed(0)),
+                     callbacks=[ra.Romer(normalize=False, tau=0.95)], progress=False)
+    return model
+
+
+def _tiles(model):
+    return {n: b.clone() for n, b in model.named_buffers() if n.endswith("tiles") or n.endswith("scales")}
+
+
+@pytest.fixture(scope="module")
+def chip_file(tmp_path_factory):
+    from romer_aihwkit.analog import save_analog_state
+
+    path = tmp_path_factory.mktemp("chip") / "chip.safetensors"
+    save_analog_state(_chip(seed=3), path)
+    return path
+
+
+@pytest.mark.parametrize("target, field", [
+    (dict(family="qwen2_moe"), "architecture"),
+    (dict(device="gaussian-5"), "device"),
+    (dict(engine="aihwkit"), "engine"),
+])
+def test_chip_state_of_another_model_device_or_engine_is_refused_untouched(chip_file, target, field):
+    from romer_aihwkit.analog import load_analog_state
+
+    model = _chip(**target)
+    before = _tiles(model)
+    with pytest.raises(FingerprintMismatchError, match=field) as info:
+        load_analog_state(model, chip_file)
+    assert str(chip_file) in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in _tiles(model).items())
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "drop-tensor"])
+def test_damaged_chip_state_names_the_file_and_changes_nothing(chip_file, tmp_path, damage):
+    from safetensors.torch import load_file, save_file
+
+    from romer_aihwkit.analog import load_analog_state
+
+    path = tmp_path / "chip.safetensors"
+    if damage == "truncate":
+        path.write_bytes(chip_file.read_bytes()[:-100])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00" * 64)
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(chip_file), framework="pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(chip_file))
+        tensors.pop(sorted(k for k in tensors if k.endswith("/tiles"))[0])
+        save_file(tensors, str(path), metadata=meta)
+    model = _chip()
+    before = _tiles(model)
+    with pytest.raises(ArtifactError) as info:
+        load_analog_state(model, path)
+    assert str(path) in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in _tiles(model).items())
+
+
+def test_chip_state_after_romer_restores_replicas_and_router_masks(tmp_path):
+    from romer_aihwkit.analog import load_analog_state, save_analog_state
+
+    calibrated = _chip(romer=True)
+    masks = [r.expert_mask.clone() for r in find_routers(calibrated)]
+    assert any(m.any() for m in masks), "the test needs a replaced expert"
+    save_analog_state(calibrated, tmp_path / "chip.safetensors")
+    fresh = _chip(seed=9)
+    load_analog_state(fresh, tmp_path / "chip.safetensors")
+    assert [torch.equal(a, r.expert_mask) for a, r in zip(masks, find_routers(fresh))] == [True] * len(masks)
+    replicas = [m.replica_of.clone() for m in fresh.modules() if isinstance(m, AnalogExperts)]
+    assert any((r >= 0).any() for r in replicas)
+    x = torch.randint(3, 90, (1, 12))
+    torch.manual_seed(0)
+    a = calibrated(x).logits
+    torch.manual_seed(0)
+    assert torch.equal(fresh(x).logits, a)

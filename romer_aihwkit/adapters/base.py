@@ -42,8 +42,11 @@ class ConversionContext(Protocol):
         ...
 
     def experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool = True, gate_up_bias: Any = None,
-                down_bias: Any = None) -> nn.Module:
-        """The block's analog experts from per-expert ``gate_up`` and ``down`` matrices."""
+                down_bias: Any = None, layout: dict[str, Any] | None = None) -> nn.Module:
+        """The block's analog experts from per-expert ``gate_up`` and ``down`` matrices.
+
+        ``layout`` says how the original model stored them (written back by ``save_pretrained``).
+        """
         ...
 
     def router(self, weight: torch.Tensor, spec: RoutingSpec, correction_bias: torch.Tensor | None = None) -> nn.Module:
@@ -56,7 +59,7 @@ class ConversionContext(Protocol):
         ...
 
 
-def fused_expert_weights(experts: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list | None, list | None, bool]:
+def fused_expert_weights(experts: Any) -> tuple[torch.Tensor, torch.Tensor, list | None, list | None, bool]:
     """Per-expert ``gate_up [2I or I, H]`` and ``down [H, I]`` matrices of a transformers-5 experts module.
 
     Returns ``(gate_up [E, 2I or I, H], down [E, H, I], gate_up_bias, down_bias, has_gate)``; the two
@@ -133,7 +136,7 @@ class MoEAdapter:
     def num_experts(self, block: nn.Module) -> int:
         return int(getattr(block, self.router_attr).weight.shape[0])
 
-    def expert_weights(self, block: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
+    def expert_weights(self, block: nn.Module) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor], bool]:
         """Per-expert digital ``(gate_up [2I or I, H], down [H, I])`` matrices and ``has_gate``."""
         gate_up, down, _, _, has_gate = fused_expert_weights(getattr(block, self.experts_attr))
         return gate_up, down, has_gate
@@ -145,14 +148,13 @@ class MoEAdapter:
         act_fn = getattr(block, self.experts_attr).act_fn
         setattr(block, self.router_attr, ctx.router(router.weight, spec, self.correction_bias(block)))
         original = getattr(block, self.experts_attr)
-        experts = ctx.experts(gate_up, down, act_fn, has_gate, b1, b2)
-        experts.layout = {
+        experts = ctx.experts(gate_up, down, act_fn, has_gate, b1, b2, layout={
             "kind": "fused",
             "has_gate": has_gate,
             "transposed": bool(getattr(original, "is_transposed", False)),
             "concatenated": bool(getattr(original, "is_concatenated", True)),
             "has_bias": b1 is not None,
-        }
+        })
         setattr(block, self.experts_attr, experts)
         for attr in self.shared_expert_attrs:
             shared = getattr(block, attr, None)

@@ -19,6 +19,8 @@ conversion time.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -33,6 +35,13 @@ def _expert_names(expert: nn.Module) -> tuple[str, str, str] | None:
         if all(isinstance(getattr(expert, n, None), nn.Linear) for n in names):
             return names
     return None
+
+
+def _names(expert: nn.Module) -> tuple[str, str, str]:
+    names = _expert_names(expert)
+    if names is None:
+        raise UnsupportedLayoutError(f"{type(expert).__name__}: no gate/up/down projections")
+    return names
 
 
 def _first_attr(objs, names, default=None):
@@ -64,7 +73,7 @@ class LegacyModuleListAdapter(MoEAdapter):
             and all(_expert_names(e) is not None for e in experts)
         )
 
-    def routing_spec(self, block: nn.Module) -> RoutingSpec:
+    def routing_spec(self, block: Any) -> RoutingSpec:
         gate = block.gate
         top_k = _first_attr((block, gate), ("top_k", "num_experts_per_tok"))
         if top_k is None:
@@ -72,7 +81,7 @@ class LegacyModuleListAdapter(MoEAdapter):
         if top_k is None:
             raise UnsupportedLayoutError(f"{type(block).__name__}: cannot find top_k on the block or its gate")
         norm = bool(_first_attr((block, gate), ("norm_topk_prob",), default=True))
-        scoring = getattr(gate, "scoring_func", "softmax")
+        scoring: Any = getattr(gate, "scoring_func", "softmax")
         if scoring not in ("softmax", "sigmoid"):
             raise UnsupportedLayoutError(f"{type(block).__name__}: scoring_func {scoring!r} is not supported")
         top_k = int(top_k)
@@ -108,18 +117,18 @@ class LegacyModuleListAdapter(MoEAdapter):
             uses_correction_bias=method == "noaux_tc",
         )
 
-    def num_experts(self, block: nn.Module) -> int:
+    def num_experts(self, block: Any) -> int:
         return len(block.experts)
 
-    def expert_weights(self, block: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
-        names = _expert_names(block.experts[0])
+    def expert_weights(self, block: Any) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
+        names = _names(block.experts[0])
         gate_up = [torch.cat([getattr(e, names[0]).weight, getattr(e, names[1]).weight]).detach() for e in block.experts]
         down = [getattr(e, names[2]).weight.detach() for e in block.experts]
         return gate_up, down, True
 
-    def convert(self, block: nn.Module, ctx: ConversionContext) -> nn.Module:
+    def convert(self, block: Any, ctx: ConversionContext) -> nn.Module:
         spec = self.routing_spec(block)
-        names = _expert_names(block.experts[0])
+        names = _names(block.experts[0])
         gate_up, down, _ = self.expert_weights(block)
         act_fn = _first_attr((block.experts[0],), ("act_fn", "act"))
         if act_fn is None:
@@ -130,8 +139,7 @@ class LegacyModuleListAdapter(MoEAdapter):
         shared = _first_attr((block,), ("shared_experts", "shared_expert"))
         if shared is not None:
             convert_linears(shared, ctx, "shared_expert", "shared_experts")
-        experts = ctx.experts(gate_up, down, act_fn)
-        experts.layout = {"kind": "modulelist", "names": names}
+        experts = ctx.experts(gate_up, down, act_fn, layout={"kind": "modulelist", "names": names})
         return ctx.block(
             router=ctx.router(block.gate.weight, spec, getattr(block.gate, "e_score_correction_bias", None)),
             experts=experts,

@@ -55,7 +55,7 @@ class AnalogConversionContext:
                            engine=self.engine, store=store)
 
     def experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool = True, gate_up_bias: Any = None,
-                down_bias: Any = None) -> AnalogExperts:
+                down_bias: Any = None, layout: dict[str, Any] | None = None) -> AnalogExperts:
         """The block's :class:`~romer_aihwkit.analog.experts.AnalogExperts`.
 
         Args:
@@ -66,7 +66,16 @@ class AnalogConversionContext:
             has_gate: gated (``act(gate) * up``) experts.
             gate_up_bias: per-expert biases or ``None``.
             down_bias: per-expert biases or ``None``.
+            layout: how the original model stored the experts (``AnalogExperts.layout``), or ``None``
+                for the default (fused, concatenated gate/up, no bias).
         """
+        experts = self._experts(gate_up, down, act_fn, has_gate, gate_up_bias, down_bias)
+        if layout is not None:
+            experts.layout = dict(layout)
+        return experts
+
+    def _experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool, gate_up_bias: Any,
+                 down_bias: Any) -> AnalogExperts:
         n = len(gate_up)
         if self.engine == "stacked":
             analog = [e not in self.digital_experts for e in range(n)]

@@ -14,7 +14,7 @@ evaluation code do not depend on the engine.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from torch import nn
@@ -29,12 +29,16 @@ REPLICA_MODES = ("average", "split")
 class ExpertBank(Protocol):
     """One projection of every expert: what :class:`AnalogExperts` needs of its matrix storage."""
 
-    analog: list[bool]
+    @property
+    def analog(self) -> list[bool]: ...
 
     def __len__(self) -> int: ...
 
     @property
     def out_features(self) -> int: ...
+
+    @property
+    def bias(self) -> torch.Tensor | None: ...
 
     def mvm(self, e: int, x: torch.Tensor) -> torch.Tensor: ...
 
@@ -52,36 +56,45 @@ class MatrixBank(nn.ModuleList):
         super().__init__(matrices)
         self._own: dict[int, torch.Tensor] = {}
 
+    def matrix(self, e: int) -> WeightMatrix:
+        """Expert ``e``'s matrix."""
+        return cast(WeightMatrix, self[e])
+
+    def matrices(self) -> list[WeightMatrix]:
+        """Every expert's matrix, in expert order."""
+        return [self.matrix(e) for e in range(len(self))]
+
     @property
     def analog(self) -> list[bool]:
-        return [m.is_analog for m in self]
+        return [m.is_analog for m in self.matrices()]
 
     @property
     def out_features(self) -> int:
-        return self[0].out_features
+        return self.matrix(0).out_features
 
     @property
     def bias(self) -> torch.Tensor | None:
-        return None if self[0].bias is None else torch.stack([m.bias for m in self])
+        biases = [m.bias for m in self.matrices()]
+        return None if any(b is None for b in biases) else torch.stack(cast(list[torch.Tensor], biases))
 
     def mvm(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        return self[e](x)
+        return self.matrix(e)(x)
 
     def reference(self, e: int, device=None) -> torch.Tensor:
-        weight = self._own.get(e, self[e].weight.detach())
+        weight = self._own.get(e, self.matrix(e).weight.detach())
         return weight.to(device) if device is not None else weight
 
     def set_source(self, e: int, source: int) -> None:
         if source == e:
             if e in self._own:
-                self[e].set_reference(self._own.pop(e))
+                self.matrix(e).set_reference(self._own.pop(e))
             return
-        self._own.setdefault(e, self[e].weight.detach().clone())
-        self[e].set_reference(self.reference(source))
+        self._own.setdefault(e, self.matrix(e).weight.detach().clone())
+        self.matrix(e).set_reference(self.reference(source))
 
     def program(self, seed: int, t_inference: float | None = None, which: list[int] | None = None) -> None:
         for e in range(len(self)) if which is None else which:
-            self[e].program(seed, t_inference)
+            self.matrix(e).program(seed, t_inference)
 
 
 class AnalogExperts(nn.Module):
@@ -106,12 +119,12 @@ class AnalogExperts(nn.Module):
         has_gate: bool = True,
     ) -> None:
         super().__init__()
-        gate_up = MatrixBank(gate_up) if isinstance(gate_up, list) else gate_up
-        down = MatrixBank(down) if isinstance(down, list) else down
-        if len(gate_up) != len(down) or len(gate_up) == 0:
+        first: ExpertBank = MatrixBank(gate_up) if isinstance(gate_up, list) else gate_up
+        second: ExpertBank = MatrixBank(down) if isinstance(down, list) else down
+        if len(first) != len(second) or len(first) == 0:
             raise ValueError("need one gate_up and one down matrix per expert")
-        self.gate_up = gate_up
-        self.down = down
+        self.gate_up = first
+        self.down = second
         self.act_fn = act_fn
         self.has_gate = has_gate
         self.num_experts = len(gate_up)

@@ -56,6 +56,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -219,11 +220,13 @@ def _grid(module: nn.Module):
     from aihwkit.simulator.tiles.inference_torch import TorchInferenceTile
     from aihwkit.simulator.tiles.torch_tile import TorchSimulatorTile
 
+    grid: list[list[Any]]
     if type(module) is TorchInferenceTile:
         grid, in_sizes, out_sizes, bias = [[module]], [module.in_size], [module.out_size], None
     elif type(module) is TileModuleArray:
-        grid = [list(row) for row in module.array]
-        in_sizes, out_sizes, bias = list(module.in_sizes), list(module.out_sizes), module.bias
+        array: Any = module  # TileModuleArray's attributes are set in its __init__
+        grid = [list(row) for row in array.array]
+        in_sizes, out_sizes, bias = list(array.in_sizes), list(array.out_sizes), array.bias
     else:
         return f"tile module {type(module).__name__}"
     for row in grid:
@@ -353,6 +356,8 @@ def input_levels(x: torch.Tensor, io: _IO) -> tuple[torch.Tensor, float, torch.T
     # step_out) by the matmul, so the output needs no division: the same values as AIHWKit up to
     # float rounding of the last bit.
     x = x.float()
+    in_mult: torch.Tensor | float
+    restore: torch.Tensor | float
     if io.nm in (1, 2):
         nm = (x.abs() if io.nm == 1 else x).amax(dim=-1, keepdim=True)
         if io.nm_thres > 0.0:
@@ -468,6 +473,7 @@ def fast_analog_forward(linear: nn.Module, x: torch.Tensor, plan: FastPlan | Non
                     dim=-1,
                 )
             y = out if y is None else y.add_(out)
+        assert y is not None  # a plan has at least one slice
         if plan.array_bias is not None:
             y = y + plan.array_bias.detach()
     return y, plan

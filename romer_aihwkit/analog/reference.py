@@ -95,7 +95,8 @@ class ReferenceStore:
         buf = torch.empty(nbytes, dtype=torch.uint8)
         with open(path, "rb") as f:
             f.seek(header + index * nbytes)
-            if f.readinto(memoryview(buf.numpy())) != nbytes:
+            view = memoryview(buf.numpy())  # type: ignore[arg-type]  # numpy arrays are buffers
+            if f.readinto(view) != nbytes:
                 raise OSError(f"reference file {path} is truncated: was it modified while the model was in use?")
         out = buf.view(dtype).view(rows, cols)
         return out.to(device) if device is not None else out

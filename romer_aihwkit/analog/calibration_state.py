@@ -23,7 +23,7 @@ from ..artifacts import check_fingerprint, fingerprint, read_json, read_safetens
 from ..atomic import atomic_write, atomic_write_text
 from ..errors import ArtifactError
 from .experts import REPLICA_MODES, AnalogExperts
-from .state import AnalogState, analog_state
+from .state import analog_state
 from .trace import experts_of, find_routers
 
 __all__ = ["save_calibration", "load_calibration", "reset_replacements"]
@@ -54,14 +54,7 @@ def reset_replacements(model: nn.Module, routers: list | None = None) -> None:
         router.expert_mask.zero_()
         experts = experts_of(model, router)
         for cold in experts.clear_replicas():
-            experts.reprogram(cold, _seed(state), state.t_inference)
-
-
-def _seed(state: AnalogState) -> int:
-    """The programmed chip instance's seed (replicas exist only on a programmed model)."""
-    if state.seed is None:
-        raise RuntimeError("the model is not programmed: call program_analog_weights(seed=...) first")
-    return state.seed
+            experts.reprogram(cold, state.programmed_seed(), state.t_inference)
 
 
 def _experts_by_block(model: nn.Module) -> dict[str, AnalogExperts]:
@@ -191,7 +184,7 @@ def _install(model: nn.Module, layers: list[tuple[Any, dict[str, torch.Tensor], 
         ex.replica_mode = mode
         for hot, cold in pairs.items():
             ex.set_replica(hot, cold)
-            ex.reprogram(cold, _seed(state), state.t_inference)
+            ex.reprogram(cold, state.programmed_seed(), state.t_inference)
 
 
 @torch.no_grad()

@@ -78,8 +78,7 @@ def drift_analog_weights(model: nn.Module, t_inference: float | None = None) -> 
     state = analog_state(model)
     if not state.programmed:
         raise RuntimeError("call program_analog_weights(seed=...) before drift_analog_weights(...)")
-    seed = state.seed
-    assert seed is not None  # programmed
+    seed = state.programmed_seed()
     t = float(state.device_config.t_inference if t_inference is None else t_inference)
     state.device_config.check_t_inference(t)
     for item in programmables(model):

@@ -38,6 +38,19 @@ class AnalogState:
         """Whether a chip instance has been programmed (``program_analog_weights`` was called)."""
         return self.seed is not None
 
+    def programmed_seed(self) -> int:
+        """The seed of the programmed chip instance.
+
+        Returns:
+            ``seed``.
+
+        Raises:
+            RuntimeError: nothing is programmed yet.
+        """
+        if self.seed is None:
+            raise RuntimeError("the model is not programmed: call program_analog_weights(seed=...) first")
+        return self.seed
+
 
 def analog_state(model: nn.Module) -> AnalogState:
     """The :class:`AnalogState` of a converted model.

@@ -10,6 +10,7 @@ most of the loss) stay digital, and so does attention (our default anyway).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -17,7 +18,8 @@ from torch import nn
 __all__ = ["max_neuron_norms", "select_hetero_experts"]
 
 
-def max_neuron_norms(gate_up: list[torch.Tensor], down: list[torch.Tensor], has_gate: bool = True) -> torch.Tensor:
+def max_neuron_norms(gate_up: Sequence[torch.Tensor] | torch.Tensor, down: Sequence[torch.Tensor] | torch.Tensor,
+                     has_gate: bool = True) -> torch.Tensor:
     """``[E]`` maximum over neurons of the norm of each neuron's weights."""
     scores = []
     for first, second in zip(gate_up, down):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -30,12 +32,14 @@ def calibrate_static_input_ranges(model: nn.Module, calib_batches, batch_size: i
         def forward(self, *args, **kwargs):
             return self.inner(*args, **kwargs)
 
-    view = _AnalogTilesOf(model).eval()  # AIHWKit restores this mode on the whole model afterwards
+    view: Any = _AnalogTilesOf(model)  # AIHWKit is untyped: its analog-module methods are not visible
+    view.eval()  # AIHWKit restores this mode on the whole model afterwards
     device = next(model.parameters()).device
-    batches = [((b.to(device),), {}) for b in iter_token_batches(calib_batches, batch_size)]
+    batches: list[tuple[tuple[torch.Tensor, ...], dict[str, Any]]] = [
+        ((b.to(device),), {}) for b in iter_token_batches(calib_batches, batch_size)]
     with torch.no_grad():
         calibrate_input_ranges(view, InputRangeCalibrationType.CACHE_QUANTILE, iter(batches), quantile=quantile)
     for m in model.modules():
         if isinstance(m, AnalogMatrix):
             m.invalidate_cache()  # the fast forward caches tile settings
-    return sum(1 for _ in view.named_analog_tiles())
+    return len(list(view.named_analog_tiles()))

@@ -75,7 +75,8 @@ def run_batches(model: nn.Module, batches, batch_size: int = 8, progress: bool =
 
 
 def _input_device(model: nn.Module) -> torch.device:
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    hf: Any = model  # a Hugging Face model (get_input_embeddings), or any module
+    embeddings = hf.get_input_embeddings() if hasattr(hf, "get_input_embeddings") else None
     if embeddings is not None:
         return embeddings.weight.device
     return next(model.parameters()).device

@@ -96,7 +96,7 @@ class Romer(CalibrationCallback):
         self._model = model
         self._routers = routers
         self._reservoirs = [RowReservoir(self.capacity, 2 * r.num_experts, seed=self.seed + i) for i, r in enumerate(routers)]
-        self._before: list[dict[str, torch.Tensor]] = [
+        self._before: list[dict[str, Any]] = [
             {"counts": torch.zeros(r.num_experts, dtype=torch.float64), "overlap": torch.zeros((), dtype=torch.float64), "tokens": 0}
             for r in routers
         ]
@@ -109,8 +109,9 @@ class Romer(CalibrationCallback):
         i = self._index[id(event.router)]
         noisy = event.noisy_logits  # finite: the router raises on NaN/inf before observers run
         self._reservoirs[i].add(torch.cat([noisy, event.reference_logits.to(noisy)], dim=1))
-        if self._hidden[i] is not None:
-            self._hidden[i].add(event.hidden)
+        hidden = self._hidden[i]
+        if hidden is not None:
+            hidden.add(event.hidden)
         stats = self._before[i]
         stats["counts"] += torch.bincount(event.selected.reshape(-1).cpu(), minlength=event.num_experts).double()
         ref = event.reference_selected
@@ -146,7 +147,7 @@ class Romer(CalibrationCallback):
             # score is -inf and that expert could never be selected
             min_left = max(min_left, min(2, group_size))
         unmasked = [group_size] * spec.n_group
-        pairs = []
+        pairs: list[tuple[int, int]] = []
         for c in cold:
             if len(pairs) == len(hot):
                 break
@@ -179,8 +180,10 @@ class Romer(CalibrationCallback):
                 h = experts.act_fn(h)
             peaks.append(float((h @ down.T).abs().max()))
         median = float(torch.tensor(peaks).median().clamp_min(1e-30))
+        ratio = self.super_expert_ratio
+        assert ratio is not None  # the guard runs only with a ratio
         supers = [{"expert": e, "max_abs_output": p, "ratio_to_median": p / median}
-                  for e, p in enumerate(peaks) if p > self.super_expert_ratio * median]
+                  for e, p in enumerate(peaks) if p > ratio * median]
         return peaks, supers
 
     @torch.no_grad()
@@ -225,7 +228,7 @@ class Romer(CalibrationCallback):
                 for cold, hot in pairs:
                     experts.set_replica(hot, cold)
                     router.expert_mask[cold] = True
-                    experts.reprogram(cold, state.seed, state.t_inference)
+                    experts.reprogram(cold, state.programmed_seed(), state.t_inference)
                 experts.replica_mode = self.replacement
             _, sel_after = route(router.spec, corrected, cbias, router.expert_mask.cpu())
             after = routing_metrics(sel_after, ref_sel, e)

@@ -73,6 +73,8 @@ class RomerAuto(Romer):
             trials.append({"percentiles": list(p), "tau": 0.0, "holdout_nll": loss})
             if loss < best_loss:
                 best_p, best_loss = p, loss
+        if best_p is None:
+            raise RuntimeError(f"RomerAuto: every percentile candidate gave a non-finite held-out NLL ({trials})")
         best_tau = 0.0
         for tau in self.tau_candidates:
             if tau == 0.0:

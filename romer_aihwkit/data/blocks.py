@@ -120,7 +120,7 @@ def text_blocks(
     split: str = "test",
     max_blocks: int | None = None,
     stride: int | None = None,
-) -> torch.LongTensor:
+) -> torch.Tensor:
     """Tokenize a text source into fixed blocks of ``seq_len`` tokens: LongTensor ``[N, seq_len]``.
 
     ``source``:
@@ -184,7 +184,7 @@ def _as_2d(x: Any, where: str) -> torch.Tensor:
     return x.long()
 
 
-def iter_token_batches(batches: Any, batch_size: int | None = None) -> Iterator[torch.LongTensor]:
+def iter_token_batches(batches: Any, batch_size: int | None = None) -> Iterator[torch.Tensor]:
     """Yield LongTensor batches ``[B, L]`` from what the public API accepts as ``batches``.
 
     Accepted: a LongTensor ``[N, L]`` (split into chunks of ``batch_size`` rows; all rows at once
@@ -224,7 +224,7 @@ def vocab_size_of(model: Any) -> int | None:
     return int(size) if isinstance(size, int) else None
 
 
-def iter_model_batches(model: Any, batches: Any, batch_size: int | None = None) -> Iterator[torch.LongTensor]:
+def iter_model_batches(model: Any, batches: Any, batch_size: int | None = None) -> Iterator[torch.Tensor]:
     """:func:`iter_token_batches`, checking each batch's token ids against ``model``'s vocabulary.
 
     The one place where token batches meet a model (perplexity, routing statistics, calibration).

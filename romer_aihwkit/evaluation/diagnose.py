@@ -385,8 +385,11 @@ def _merge_layers(seed_layers: list[list[dict[str, Any]]], crest: list[dict[str,
 
 # ------------------------------------------------------------------ the reading
 _TARGETS = {
-    "periphery": "static input ranges (`input-range`) or outlier-aware input scaling: per-token abs-max DAC scaling "
-                 "spends its levels on outlier channels",
+    "periphery": "8-bit DAC/ADC quantisation and output noise: static input ranges (`input-range`), more converter "
+                 "bits, or hardware-aware training",
+    "periphery+outliers": "outlier channels: per-token abs-max DAC scaling spends its levels on them; static input "
+                          "ranges (`input-range`) clip them instead, which can be worse -- outlier-aware input "
+                          "scaling (splitting the outlier channels off) is what targets it",
     "programming": "hetero (`hetero`: keep the few most sensitive experts digital) for expert noise; ROMER / "
                    "`router-ensemble` / `digital-router` for router noise",
     "drift": "drift compensation (`global`, `per-column`)",
@@ -428,7 +431,9 @@ def reading(result: dict[str, Any]) -> list[str]:
             saved = off[top]["removed"]
             lines.append(f"Removing {top} alone saves {saved['mean']:+.2f} ± {saved['ci95']:.2f} ppl "
                          f"({100 * saved['mean'] / cost:.0f} % of the cost).")
-        lines.append(f"Dominant {axis}: **{top}** -> {_TARGETS.get(top, 'no targeted method')}.")
+        has_outliers = any(x["outlier_channels"] > 0 for x in result.get("layers") or [])
+        target = _TARGETS["periphery+outliers" if top == "periphery" and has_outliers else top]
+        lines.append(f"Dominant {axis}: **{top}** -> {target}.")
     layers = result.get("layers") or []
     if layers:
         worst = max(layers, key=lambda x: x["router_logit_error"])

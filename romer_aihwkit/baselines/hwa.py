@@ -405,9 +405,9 @@ def hwa_checkpoint(
     if record.is_file() and (folder / "config.json").is_file():
         trained, _ = load_model(str(folder))
         return trained.to(next(model.parameters()).device), json.loads(record.read_text())
-    trained, info = hwa_finetune(model, tokenizer, device, train_text, config, progress=progress)
     if folder.exists():  # a record without weights (e.g. results shipped without the checkpoint): train anew
         shutil.rmtree(folder)
+    trained, info = hwa_finetune(model, tokenizer, device, train_text, config, progress=progress)
     info["model"] = model_id
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

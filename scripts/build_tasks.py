@@ -14,7 +14,7 @@ The tasks are lm-evaluation-harness tasks (YAML + a ``custom_dataset`` loader + 
   answer itself, and a small LM's bias to repeat the last name seen would otherwise decide.
 
 A ``next line among four`` variant was tried first and dropped: the bundled models score at
-chance on it (olmoe-tiny 0.228 on 500 documents), so it could not show what analog noise costs.
+chance on it, so it could not show what analog noise costs.
 
 Both read only the ``test`` split (plays the bundled models never saw in training, disjoint from
 the ``validation`` plays used for calibration). The construction is deterministic

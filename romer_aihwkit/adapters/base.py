@@ -14,12 +14,13 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .routing import RoutingSpec
 
 __all__ = ["MoEAdapter", "ConversionContext", "fused_expert_weights", "convert_linears", "UnsupportedLayoutError"]
 
 
-class UnsupportedLayoutError(ValueError):
+class UnsupportedLayoutError(UserError, ValueError):
     """A MoE block whose layout this adapter cannot convert faithfully."""
 
 

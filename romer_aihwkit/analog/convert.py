@@ -10,6 +10,7 @@ from torch import nn
 
 from ..adapters import MoEAdapter, find_adapter, list_adapters
 from ..adapters.base import convert_linears
+from ..errors import UserError
 from .build import AnalogConversionContext
 from .matrix import ENGINES
 from .model import AnalogMoEModel, mark_converted
@@ -32,11 +33,11 @@ __all__ = [
 ]
 
 
-class NoMoEBlocksError(ValueError):
+class NoMoEBlocksError(UserError, ValueError):
     """The model has no Mixture-of-Experts block."""
 
 
-class UnsupportedMoEError(ValueError):
+class UnsupportedMoEError(UserError, ValueError):
     """The model has MoE-looking blocks that no registered adapter converts."""
 
 

@@ -1,0 +1,111 @@
+"""``diagnose``: the error budget of a model on a device."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from romer_aihwkit.errors import UserError
+
+from .app import _stderr_console, _stdout_console, app, handle_user_errors
+from .options import (
+    MAX_BLOCKS,
+    MAX_SEQ_LEN,
+    BatchOpt,
+    CalibBlocksOpt,
+    EvalBlocksOpt,
+    EvalTextOpt,
+    FirstSeedOpt,
+    JsonOpt,
+    OutOpt,
+    SeedsOpt,
+    SeqLenOpt,
+    StressOpt,
+    TInfOpt,
+    _check_at_most,
+    _check_positive,
+    _check_seed,
+    _load_model,
+    _OSErrorsAsUserErrors,
+    _parse_t,
+    _same_file,
+    _warn,
+)
+
+
+@app.command()
+@handle_user_errors
+def diagnose(
+    model: Annotated[str, typer.Option("--model", "-m", metavar="NAME|FOLDER|HUB_ID",
+                                       help="A bundled model name, a local folder or a hub id.")],
+    out: OutOpt,
+    device: Annotated[str, typer.Option("--device", "--device-config", "-d", metavar="NAME|YAML",
+                                        help="Device config: preset or YAML file.")] = "pcm",
+    seeds: SeedsOpt = 3,
+    first_seed: FirstSeedOpt = 0,
+    t_inference: TInfOpt = None,
+    eval_text: EvalTextOpt = "bundled",
+    calib_text: Annotated[str | None, typer.Option(
+        "--calib-text", metavar="bundled|FILE|FOLDER",
+        help="Text for the per-layer statistics (default: the evaluation blocks).")] = None,
+    seq_len: SeqLenOpt = 128,
+    eval_blocks: EvalBlocksOpt = 16,
+    calib_blocks: CalibBlocksOpt = 16,
+    batch_size: BatchOpt = 8,
+    analog_attention: Annotated[bool, typer.Option("--analog-attention",
+                                                   help="Put attention on tiles too (adds that component).")] = False,
+    stress: StressOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Where the analog error comes from: an error budget by component x non-ideality, per-layer statistics.
+
+    Writes DIR/diagnosis.json, DIR/report.md (with a ranked reading), DIR/layers_heatmap.png and DIR/budget.png.
+    """
+    from pathlib import Path
+
+    from romer_aihwkit.data import text_blocks
+    from romer_aihwkit.evaluation.diagnose import diagnose as run_diagnosis
+    from romer_aihwkit.evaluation.diagnose import write_diagnosis
+    from romer_aihwkit.evaluation.runner import MAX_SEEDS
+
+    _check_positive(seeds=seeds, seq_len=seq_len, eval_blocks=eval_blocks, calib_blocks=calib_blocks,
+                    batch_size=batch_size)
+    _check_at_most(seeds=(seeds, MAX_SEEDS), seq_len=(seq_len, MAX_SEQ_LEN), eval_blocks=(eval_blocks, MAX_BLOCKS),
+                   calib_blocks=(calib_blocks, MAX_BLOCKS), batch_size=(batch_size, MAX_BLOCKS))
+    _check_seed(first_seed, "--first-seed", last=first_seed + seeds - 1)
+    from romer_aihwkit.stress import parse_stress_spec
+
+    parse_stress_spec(stress)  # a bad spec fails before the model loads
+    out_dir = Path(out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    digital, tokenizer = _load_model(model)
+    with _OSErrorsAsUserErrors():
+        try:
+            blocks = text_blocks(eval_text, tokenizer, seq_len=seq_len, split="test", max_blocks=eval_blocks)
+        except UserError as exc:
+            raise UserError(f"--eval-text: {exc}") from None
+        calib = None
+        if calib_text is not None:
+            if _same_file(eval_text, calib_text):
+                _warn(f"--calib-text and --eval-text are the same file ({eval_text})")
+            try:
+                calib = text_blocks(calib_text, tokenizer, seq_len=seq_len, split="validation", max_blocks=calib_blocks)
+            except UserError as exc:
+                raise UserError(f"--calib-text: {exc}") from None
+    result = run_diagnosis(digital, device, blocks, seeds=list(range(first_seed, first_seed + seeds)),
+                           calib_batches=calib, t_inference=_parse_t(t_inference), analog_attention=analog_attention,
+                           stress=stress, batch_size=batch_size, progress=not json_output)
+    result["settings"].update(model=model, eval_text=eval_text, calib_text=calib_text, seq_len=seq_len,
+                              eval_blocks=int(blocks.shape[0]), batch_size=batch_size)
+    with _OSErrorsAsUserErrors():
+        files = write_diagnosis(result, out_dir)
+    if json_output:
+        typer.echo(json.dumps({k: result[k] for k in ("settings", "digital_ppl", "budget", "reading")}, indent=2))
+        return
+    console = _stdout_console()
+    for i, line in enumerate(result["reading"], 1):
+        console.print(f"{i}. {line}", markup=False)
+    _stderr_console().print(f"Wrote {', '.join(f.name for f in files)} to [bold]{out_dir}[/bold]")

@@ -34,6 +34,7 @@ uses AIHWKit's per-matrix path with a warning naming the setting.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -275,6 +276,12 @@ def _readout(w: torch.Tensor, grid: TileGrid, r: TileRecipe, exact: bool = False
     return out
 
 
+def _block_seed(seed: int, row: int) -> int:
+    """The seed of the tile row starting at output row ``row`` of a matrix seeded ``seed``."""
+    digest = hashlib.sha256(f"{int(seed)}|rows@{int(row)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 @torch.no_grad()
 def program_matrix(
     reference: torch.Tensor,
@@ -283,37 +290,53 @@ def program_matrix(
     program_seed: int,
     drift_seed: int | None,
     t_inference: float | None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Program (and drift) one matrix like AIHWKit does to its tiles.
 
+    Everything AIHWKit does is per tile, so the matrix is processed one row of tiles at a time
+    (float32 temporaries of one tile row, not of the whole matrix), each row with its own seeds
+    derived from ``program_seed`` / ``drift_seed``: the chip does not depend on whether it is
+    drifted in the same call.
+
+    Args:
+        out: where to write the tile weights (any float dtype; default: a new float32 tensor).
+
     Returns:
-        ``(tile weights [out, in] float32, column scales [S_in, out])``: the forward computes
+        ``(tile weights [out, in], column scales [S_in, out])``: the forward computes
         ``sum_s periphery(x_s, W_s) * scales[s]``.
     """
     device = reference.device
-    w = reference.to(torch.float32, copy=True)
-    scales = _map_to_tiles(w, grid, r)
+    if out is None:
+        out = torch.empty(reference.shape, dtype=torch.float32, device=device)
+    scales = torch.ones(len(grid.in_sizes), reference.shape[0], dtype=torch.float32, device=device)
     nm = r.noise_model
     gen_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=gen_devices):
-        torch.manual_seed(program_seed)
-        baseline = _readout(w, grid, r, exact=True) if r.compensation == "global-exact" else None
-        norm = _TileNorm(w, grid, r.converter_stat)
-        programmed, nu = nm.apply_programming_noise(norm.apply(w))
-        del w
-        norm.undo(programmed)
-        if r.compensation in ("global", "per-column"):
-            baseline = _readout(programmed, grid, r)
-        if t_inference is None:
-            return programmed, scales
-        torch.manual_seed(drift_seed)
-        norm = _TileNorm(programmed, grid, r.converter_stat)
-        drifted = nm.apply_drift_noise(norm.apply(programmed), nu, float(t_inference))
-        del programmed, nu
-        norm.undo(drifted)
-        if baseline is not None:
-            scales.mul_(baseline / _readout(drifted, grid, r))
-    return drifted, scales
+        for o0, o1 in grid.out_bounds:
+            rows = TileGrid((o1 - o0,), grid.in_sizes)
+            w = reference[o0:o1].to(torch.float32, copy=True)
+            scales[:, o0:o1] = _map_to_tiles(w, rows, r)
+            torch.manual_seed(_block_seed(program_seed, o0))
+            baseline = _readout(w, rows, r, exact=True) if r.compensation == "global-exact" else None
+            norm = _TileNorm(w, rows, r.converter_stat)
+            programmed, nu = nm.apply_programming_noise(norm.apply(w))
+            del w
+            norm.undo(programmed)
+            if r.compensation in ("global", "per-column"):
+                baseline = _readout(programmed, rows, r)
+            if t_inference is None:
+                out[o0:o1] = programmed
+                continue
+            torch.manual_seed(_block_seed(drift_seed, o0))
+            norm = _TileNorm(programmed, rows, r.converter_stat)
+            drifted = nm.apply_drift_noise(norm.apply(programmed), nu, float(t_inference))
+            del programmed, nu
+            norm.undo(drifted)
+            if baseline is not None:
+                scales[:, o0:o1] *= baseline / _readout(drifted, rows, r)
+            out[o0:o1] = drifted
+    return out, scales
 
 
 # --------------------------------------------------------------------------- the stack
@@ -424,8 +447,8 @@ class AnalogStack(nn.Module):
             name = self.names[m]
             drift_seed = None if t_inference is None else matrix_seed(seed, name, f"drift@{float(t_inference)!r}")
             ref = self.reference(int(self.source[m]), device)
-            w, scales = program_matrix(ref, self.grid, self.recipe, matrix_seed(seed, name, "program"), drift_seed, t_inference)
-            self.tiles[m].copy_(w)
+            _, scales = program_matrix(ref, self.grid, self.recipe, matrix_seed(seed, name, "program"), drift_seed,
+                                       t_inference, out=self.tiles[m])
             self.scales[m].copy_(scales)
             self.programmed[m] = True
         if which is None:

@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--paired-vs", metavar="METHOD", default=None,
                     help="show per-chip-instance differences against METHOD instead of raw means")
     ap.add_argument("--columns", choices=("model", "t"), default="model", help="one column per model or per drift time")
+    ap.add_argument("--methods", default=None, help="comma-separated subset of methods (rows), in this order")
     ap.add_argument("--recovered", metavar="BASELINE:UPPER", default=None,
                     help="show the share of UPPER's paired gain over BASELINE that each method recovers")
     args = ap.parse_args()
@@ -104,7 +105,7 @@ def main() -> None:
                 digital = {m: v.get(task, {}).get(name) for m, v in settings.get("digital_tasks", {}).items()}
                 print("| *digital* | " + " | ".join(f"*{digital[m]:.3f}*" if digital.get(m) is not None else "–"
                                                    for _, m, _ in columns) + " |")
-            for method in settings["methods"]:
+            for method in args.methods.split(",") if args.methods else settings["methods"]:
                 cells = []
                 for _, m, t in columns:
                     if args.recovered:

@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/romer-aihwkit demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check romer_aihwkit tests benchmarks scripts
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)  # pytest exits 5 when no test carries the marker: that is not a failure

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -138,9 +138,9 @@ def _is_moe(module: nn.Module) -> bool:
     return any(find_adapter(m) is not None for m in module.modules())
 
 
-def _readers(module: nn.Module, hidden: int, skip: tuple[str, ...]) -> list[tuple[str, nn.Parameter, int]]:
+def _readers(module: nn.Module, hidden: int, skip: tuple[str, ...]) -> list[tuple[str, torch.Tensor, int]]:
     """``(name, parameter, input dim)`` of every weight in ``module`` that reads a ``hidden``-wide input."""
-    found: list[tuple[str, nn.Parameter, int]] = []
+    found: list[tuple[str, torch.Tensor, int]] = []
     for name, sub in module.named_modules():
         leaf = name.rsplit(".", 1)[-1]
         if leaf in skip:
@@ -183,9 +183,9 @@ def norm_consumers(model: nn.Module, scope: str = "moe") -> list[dict[str, Any]]
     if not layers:
         raise InputError(f"stress: {type(model).__name__} has no decoder layers with input_layernorm and "
                          "post_attention_layernorm; stress controls support pre-norm decoder LMs only")
-    out = []
+    out: list[dict[str, Any]] = []
     for lname, layer in layers:
-        pairs = []
+        pairs: list[tuple[str, tuple[str, nn.Module], tuple[str, ...]]] = []
         mlp = _first_child(layer, _MLP_ATTRS)
         if mlp is not None and (scope == "all" or _is_moe(mlp[1])):
             pairs.append(("post_attention_layernorm", mlp, _MLP_SKIP))
@@ -209,10 +209,11 @@ def norm_consumers(model: nn.Module, scope: str = "moe") -> list[dict[str, Any]]
 
 # ------------------------------------------------------------------ applying it
 def _probe(model: nn.Module) -> torch.Tensor:
-    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or model.get_input_embeddings().num_embeddings)
+    embeddings = cast(nn.Embedding, cast(Any, model).get_input_embeddings())
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or embeddings.num_embeddings)
     g = torch.Generator().manual_seed(1234)
     ids = torch.randint(0, vocab, (2, 16), generator=g)
-    device = model.get_input_embeddings().weight.device
+    device = embeddings.weight.device
     was = model.training
     model.eval()
     try:
@@ -247,7 +248,8 @@ def apply_stress(model: nn.Module, spec: str | None, check: bool = True) -> dict
     if getattr(model, "analog_state", None) is not None:
         raise InputError("stress: apply it to the digital model before convert_to_analog_moe(...)")
     if getattr(model, "stress_report", None):
-        raise InputError(f"stress: this model is already stressed ({model.stress_report['spec']}); load a fresh copy")
+        raise InputError(f"stress: this model is already stressed ({getattr(model, 'stress_report')['spec']}); "
+                         "load a fresh copy")
     before = _probe(model) if check else None
     hidden = None
     perm = None
@@ -272,7 +274,7 @@ def apply_stress(model: nn.Module, spec: str | None, check: bool = True) -> dict
                 if name not in names:
                     names.append(name)
         report["parts"].append({**asdict(part), "channel_ids": channels.tolist()})
-    if check:
+    if check and before is not None:
         after = _probe(model)
         change = float((after - before).abs().max())
         size = float(before.abs().max().clamp_min(1.0))
@@ -283,5 +285,5 @@ def apply_stress(model: nn.Module, spec: str | None, check: bool = True) -> dict
                 f"stress {report['spec']!r} changed {type(model).__name__}'s digital logits by {change:.3g} "
                 f"(max |logit| {size:.3g}): some reader of a stressed norm was missed; this family's layout "
                 "is not supported by the stress controls")
-    model.stress_report = report
+    setattr(model, "stress_report", report)  # noqa: B010 - an attribute HF modules do not declare
     return report

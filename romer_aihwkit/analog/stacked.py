@@ -328,7 +328,7 @@ def program_matrix(
             if t_inference is None:
                 out[o0:o1] = programmed
                 continue
-            torch.manual_seed(_block_seed(drift_seed, o0))
+            torch.manual_seed(_block_seed(program_seed if drift_seed is None else drift_seed, o0))
             norm = _TileNorm(programmed, rows, r.converter_stat)
             drifted = nm.apply_drift_noise(norm.apply(programmed), nu, float(t_inference))
             del programmed, nu

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -210,7 +210,7 @@ def _attach_training_tiles(model: nn.Module, rpu_factory: Callable[[], Any]) -> 
 
 
 def _weights(tile: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    weight, bias = tile.get_weights()
+    weight, bias = cast(Any, tile).get_weights()
     return weight.detach().float(), None if bias is None else bias.detach().float()
 
 
@@ -240,12 +240,12 @@ def _digital_state(plan: list[tuple[str, str, Any]]) -> dict[str, torch.Tensor]:
             state[f"{path}.{name}"] = first.contiguous()
             state[f"{path}.down_proj"] = second.contiguous()
             if getattr(original, "has_bias", False):
-                b1 = torch.stack([b for _, b in gate_up])
+                b1 = torch.stack([b for _, b in gate_up if b is not None])
                 if tiles.has_gate and not getattr(original, "is_concatenated", True):
                     g, u = b1.chunk(2, dim=1)
                     b1 = torch.stack([g, u], dim=2).reshape(b1.shape)
                 state[f"{path}.{name}_bias"] = b1
-                state[f"{path}.down_proj_bias"] = torch.stack([b for _, b in down])
+                state[f"{path}.down_proj_bias"] = torch.stack([b for _, b in down if b is not None])
     return state
 
 
@@ -411,7 +411,7 @@ def hwa_checkpoint(
     info["model"] = model_id
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    trained.save_pretrained(tmp)
+    cast(Any, trained).save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     (tmp / "hwa.json").write_text(json.dumps(info, indent=2))

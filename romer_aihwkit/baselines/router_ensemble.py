@@ -14,6 +14,8 @@ layer for ``olmoe-64x8``), and ``copies`` router MVMs per token instead of one.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -45,37 +47,42 @@ class EnsembleMatrix(WeightMatrix):
         self.members = nn.ModuleList(members)
 
     @property
+    def copies(self) -> list[WeightMatrix]:
+        """The member matrices, typed."""
+        return [cast(WeightMatrix, m) for m in self.members]
+
+    @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
         """The digital weights every copy was programmed from."""
-        return self.members[0].weight
+        return self.copies[0].weight
 
     @property
     def bias(self) -> torch.Tensor | None:  # type: ignore[override]
-        return self.members[0].bias
+        return self.copies[0].bias
 
     @property
     def out_features(self) -> int:
-        return self.members[0].out_features
+        return self.copies[0].out_features
 
     @property
     def in_features(self) -> int:
-        return self.members[0].in_features
+        return self.copies[0].in_features
 
     def program(self, seed: int, t_inference: float | None = None) -> None:
-        for m in self.members:
+        for m in self.copies:
             m.program(seed, t_inference)
 
     def drift(self, t_inference: float, seed: int) -> None:
-        for m in self.members:
+        for m in self.copies:
             m.drift(t_inference, seed)
 
     def set_reference(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        for m in self.members:
+        for m in self.copies:
             m.set_reference(weight, bias)
 
     def forward_fp32(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.members[0].forward_fp32(x)
-        for m in self.members[1:]:
+        out = self.copies[0].forward_fp32(x)
+        for m in self.copies[1:]:
             out = out + m.forward_fp32(x)
         return out / len(self.members)
 
@@ -144,7 +151,7 @@ def router_tiles(model: nn.Module) -> dict[str, int]:
     routers = find_routers(model)
     for router in routers:
         m = router.matrix
-        members = list(m.members) if isinstance(m, EnsembleMatrix) else [m]
+        members = m.copies if isinstance(m, EnsembleMatrix) else [m]
         for member in members:
             if member.is_analog:
                 matrices += 1

@@ -6,7 +6,7 @@ options take comma-separated values and may be repeated (``--methods none,romer 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -177,7 +177,7 @@ class _OSErrorsAsUserErrors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc is not None and isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
             raise UserError(str(exc)) from exc
         return False

@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analog.model import AnalogMoEModel
 from ..errors import InputError
 from .stats import mean_std_ci
 
@@ -127,7 +129,7 @@ def _swap_digital(model: nn.Module, roles: set[str]) -> None:
                         .to(child.weight.device))
 
 
-def _convert(digital: nn.Module, config, setup: _Setup, components: list[str], analog_attention: bool) -> nn.Module:
+def _convert(digital: nn.Module, config, setup: _Setup, components: list[str], analog_attention: bool) -> AnalogMoEModel:
     from ..analog import convert_to_analog_moe
     from ..analog.convert import _find_blocks
 
@@ -172,10 +174,10 @@ class _LayerProbe:
         self.tokens = [0] * n
         self.crest_sum = [0.0] * n
         self.crest_max = [0.0] * n
-        self.chan_sq = [None] * n
+        self.chan_sq: list[torch.Tensor | None] = [None] * n
         self.err_sq = [0.0] * n
         self.ref_sq = [0.0] * n
-        self.moments = [None] * n  # per expert: n, sum z~, sum z, sum z~^2, sum z~ z, sum z^2, sum (z - z~)^2
+        self.moments: list[torch.Tensor | None] = [None] * n  # per expert: n, sum z~, sum z, sum z~^2, sum z~ z, sum z^2, sum (z - z~)^2
 
     def __call__(self, event) -> None:
         i = self.index[id(event.router)]
@@ -186,18 +188,23 @@ class _LayerProbe:
         self.crest_sum[i] += float(crest.sum())
         self.crest_max[i] = max(self.crest_max[i], float(crest.max()))
         sq = h.pow(2).sum(0).double().cpu()
-        self.chan_sq[i] = sq if self.chan_sq[i] is None else self.chan_sq[i] + sq
+        prev_sq = self.chan_sq[i]
+        self.chan_sq[i] = sq if prev_sq is None else prev_sq + sq
         noisy, ref = event.noisy_logits.double().cpu(), event.reference_logits.double().cpu()
         self.err_sq[i] += float((noisy - ref).pow(2).sum())
         self.ref_sq[i] += float(ref.pow(2).sum())
         m = torch.stack([torch.full_like(noisy[0], noisy.shape[0]), noisy.sum(0), ref.sum(0), noisy.pow(2).sum(0),
                          (noisy * ref).sum(0), ref.pow(2).sum(0), (ref - noisy).pow(2).sum(0)])
-        self.moments[i] = m if self.moments[i] is None else self.moments[i] + m
+        prev = self.moments[i]
+        self.moments[i] = m if prev is None else prev + m
 
     def result(self, i: int) -> dict[str, float]:
-        chan_rms = (self.chan_sq[i] / max(self.tokens[i], 1)).sqrt()
+        chan_sq, moments = self.chan_sq[i], self.moments[i]
+        if chan_sq is None or moments is None:
+            raise RuntimeError(f"no router forward was observed for MoE layer {i}")
+        chan_rms = (chan_sq / max(self.tokens[i], 1)).sqrt()
         median = float(chan_rms.median().clamp_min(1e-30))
-        n, sn, sr, snn, snr, srr, raw = self.moments[i]
+        n, sn, sr, snn, snr, srr, raw = moments
         var_n = (snn - sn * sn / n).clamp_min(1e-30)
         cov = snr - sn * sr / n
         var_r = srr - sr * sr / n
@@ -317,7 +324,8 @@ def diagnose(
     nonideal = nonidealities_of(config)
     digital_ppl = perplexity(digital, batches, batch_size=batch_size, progress=False)
 
-    rows, layers = [], None
+    rows: list[dict[str, Any]] = []
+    layers = None
     full_ppl: dict[int, float] = {}
     for setup in _setups(components, nonideal):
         label = f"{setup.kind}:{setup.component}:{setup.nonideality}"
@@ -330,7 +338,10 @@ def diagnose(
             _seed_forward(seed, label)
             if setup.kind == "full":
                 if calib_batches is None:
-                    ppl, stats = _stats_pass(amodel, batches, batch_size, with_ppl=True)
+                    stats_ppl, stats = _stats_pass(amodel, batches, batch_size, with_ppl=True)
+                    if stats_ppl is None:
+                        raise RuntimeError("the statistics pass returned no perplexity")
+                    ppl = stats_ppl
                 else:
                     ppl = perplexity(amodel, batches, batch_size=batch_size, progress=False)
                     _, stats = _stats_pass(amodel, calib_batches, batch_size, with_ppl=False)
@@ -343,7 +354,7 @@ def diagnose(
             crest = weight_crest(amodel)
             layers = _merge_layers(seed_layers, crest, amodel)
         del amodel
-        row = {"kind": setup.kind, "component": setup.component, "nonideality": setup.nonideality,
+        row: dict[str, Any] = {"kind": setup.kind, "component": setup.component, "nonideality": setup.nonideality,
                "analog": sorted(setup.analog), "on": sorted(setup.on),
                "ppl": _ci(list(per_seed.values())),
                "delta_ppl": _ci([p - digital_ppl for p in per_seed.values()]),
@@ -461,7 +472,7 @@ LAYER_COLUMNS = ("router_weight_crest", "expert_weight_crest", "act_crest", "out
                  "router_logit_error", "router_error_per_token_share", "router_fidelity", "load_shift")
 
 
-def render_diagnosis(result: dict[str, Any], plots: list[Path] = (), base_dir: Path | None = None) -> str:
+def render_diagnosis(result: dict[str, Any], plots: Sequence[Path] = (), base_dir: Path | None = None) -> str:
     """``report.md`` of a diagnosis."""
     s = result["settings"]
     title = f"{s.get('model', 'model')} · {s['device']} · t_inference {s['t_inference']:g} s · stress {s['stress']}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["ProcessContext", "process_context"]
 
@@ -18,7 +19,7 @@ __all__ = ["ProcessContext", "process_context"]
 class ProcessContext:
     rank: int = 0
     world_size: int = 1
-    _state: object | None = None
+    _state: Any = None
 
     @property
     def is_main(self) -> bool:

@@ -189,12 +189,12 @@ def _quiet(enabled: bool) -> Iterator[None]:
             return _real(*args, **kwargs)
 
         saved[module] = real
-        module.tqdm = silent
+        setattr(module, "tqdm", silent)  # noqa: B010
     try:
         yield
     finally:
         for module, real in saved.items():
-            module.tqdm = real
+            setattr(module, "tqdm", real)  # noqa: B010
         for name, real in saved_env.items():
             setattr(evaluator, name, real)
 

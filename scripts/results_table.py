@@ -7,31 +7,38 @@ Prints one table per device: methods as rows, models as columns, `mean ± 95 % C
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from romer_aihwkit.evaluation.records import ComparisonResults, ResultRow, SummaryEntry
+from romer_aihwkit.evaluation.stats import mean_std_ci
 
-def fmt(entry: dict, metric: str) -> str:
-    mean, ci = entry.get(metric), entry.get(f"{metric}_ci95")
-    if "/" in metric:  # a downstream task's "task/acc": summarised under entry["tasks"]
-        stats = (entry.get("tasks") or {}).get(metric, {})
-        mean, ci = stats.get("mean"), stats.get("ci95")
+
+def fmt(entry: SummaryEntry, metric: str) -> str:
+    mean, ci = entry.mean(metric), entry.ci95(metric)
+    if "/" in metric:  # a downstream task's "task/acc": summarised under the entry's tasks
+        stat = entry.tasks.get(metric)
+        mean, ci = (None, None) if stat is None else (stat.mean, stat.ci95)
     if mean is None:
         return "–"
     digits = 2 if metric == "ppl" else 3
     return f"{mean:.{digits}f} ± {ci:.{digits}f}" if ci == ci and ci is not None else f"{mean:.{digits}f}"
 
 
-def paired(rows: list[dict], model: str, device: str, t: float, method: str, baseline: str, metric: str) -> str:
-    """Mean ± 95 % CI of the per-chip-instance difference method - baseline (same seeds)."""
-    from romer_aihwkit.evaluation.stats import mean_std_ci, task_values
+def _by_seed(rows: tuple[ResultRow, ...], model: str, device: str, t: float, method: str,
+             metric: str) -> dict[int, float | None]:
+    """``{seed: metric}`` of one method's rows (a task's ``task/acc`` from the row's tasks)."""
+    return {r.seed: (r.task_values().get(metric) if "/" in metric else r.metric(metric)) for r in rows
+            if (r.model, r.device, r.method, r.t_inference) == (model, device, method, t)}
 
-    def by_seed(name: str) -> dict[int, float]:
-        return {r["seed"]: (task_values(r).get(metric) if "/" in metric else r[metric]) for r in rows
-                if (r["model"], r["device"], r["method"], r["t_inference"]) == (model, device, name, t)}
+
+def paired(rows: tuple[ResultRow, ...], model: str, device: str, t: float, method: str, baseline: str,
+           metric: str) -> str:
+    """Mean ± 95 % CI of the per-chip-instance difference method - baseline (same seeds)."""
+    def by_seed(name: str) -> dict[int, float | None]:
+        return _by_seed(rows, model, device, t, name, metric)
 
     a, b = by_seed(method), by_seed(baseline)
-    diffs = [a[s] - b[s] for s in sorted(a.keys() & b.keys()) if a[s] is not None and b[s] is not None]
+    diffs = [x - y for x, y in ((a[s], b[s]) for s in sorted(a.keys() & b.keys())) if x is not None and y is not None]
     if not diffs:
         return "–"
     st = mean_std_ci(diffs)
@@ -40,16 +47,13 @@ def paired(rows: list[dict], model: str, device: str, t: float, method: str, bas
     return f"{st['mean']:+.{digits}f}{ci}"
 
 
-def recovered(rows: list[dict], model: str, device: str, t: float, method: str, baseline: str, upper: str,
-              metric: str) -> str:
+def recovered(rows: tuple[ResultRow, ...], model: str, device: str, t: float, method: str, baseline: str,
+              upper: str, metric: str) -> str:
     """Share of the paired gain of ``upper`` over ``baseline`` that ``method`` recovers:
     mean(baseline - method) / mean(baseline - upper) over the common chip instances, in %; ``n.s.``
     marks an ``upper`` gain whose 95 % CI includes 0."""
-    from romer_aihwkit.evaluation.stats import mean_std_ci
-
     def by_seed(name: str) -> dict[int, float]:
-        return {r["seed"]: r[metric] for r in rows
-                if (r["model"], r["device"], r["method"], r["t_inference"]) == (model, device, name, t)}
+        return {s: v for s, v in _by_seed(rows, model, device, t, name, metric).items() if v is not None}
 
     m, b, u = by_seed(method), by_seed(baseline), by_seed(upper)
     seeds = sorted(m.keys() & b.keys() & u.keys())
@@ -75,12 +79,12 @@ def main() -> None:
     ap.add_argument("--recovered", metavar="BASELINE:UPPER", default=None,
                     help="show the share of UPPER's paired gain over BASELINE that each method recovers")
     args = ap.parse_args()
-    res = json.loads(args.results.read_text())
-    settings, summary = res["settings"], res["summary"]
+    res = ComparisonResults.load(args.results)
+    settings = res.settings
     for device in settings["devices"]:
-        entries = [e for e in summary if e["device"] == device]
-        models = [m for m in settings["models"] if any(e["model"] == m for e in entries)]
-        times = sorted({e["t_inference"] for e in entries})
+        entries = [e for e in res.summary if e.device == device]
+        models = [m for m in settings["models"] if any(e.model == m for e in entries)]
+        times = sorted({e.t_inference for e in entries})
         if args.columns == "t":
             groups = [(m, [(f"{t:g} s", m, t) for t in times]) for m in models]
         else:
@@ -109,12 +113,12 @@ def main() -> None:
                 cells = []
                 for _, m, t in columns:
                     if args.recovered:
-                        cells.append(recovered(res["rows"], m, device, t, method, base, upper, args.metric))
+                        cells.append(recovered(res.rows, m, device, t, method, base, upper, args.metric))
                         continue
                     if args.paired_vs:
-                        cells.append(paired(res["rows"], m, device, t, method, args.paired_vs, args.metric))
+                        cells.append(paired(res.rows, m, device, t, method, args.paired_vs, args.metric))
                         continue
-                    match = [e for e in entries if e["model"] == m and e["method"] == method and e["t_inference"] == t]
+                    match = [e for e in entries if e.model == m and e.method == method and e.t_inference == t]
                     cells.append(fmt(match[0], args.metric) if match else "–")
                 print(f"| {method} | " + " | ".join(cells) + " |")
 

@@ -35,7 +35,7 @@ from romer_aihwkit.errors import (
     UnsafeFileError,
     UserError,
 )
-from romer_aihwkit.evaluation.runner import LOCK_FILE, CompareSettings, ResultsLockedError, run_comparison
+from romer_aihwkit.experiments.runner import LOCK_FILE, CompareSettings, ResultsLockedError, run_comparison
 
 runner = CliRunner()
 TINY_RUN = ["--methods", "none", "--seeds", "1", "--seq-len", "16", "--eval-blocks", "1", "--calib-blocks", "1",

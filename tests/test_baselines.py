@@ -6,14 +6,8 @@ from tiny_models import tiny_model
 
 import romer_aihwkit as ra
 from romer_aihwkit.analog import AnalogExperts, find_routers
-from romer_aihwkit.baselines import (
-    apply_method,
-    get_method,
-    list_methods,
-    max_neuron_norms,
-    prepare_model,
-    select_hetero_experts,
-)
+from romer_aihwkit.baselines import max_neuron_norms, select_hetero_experts
+from romer_aihwkit.experiments import apply_method, get_method, list_methods, prepare_model
 
 
 def test_max_neuron_norm_is_the_largest_norm_over_neurons():

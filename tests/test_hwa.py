@@ -9,7 +9,6 @@ import pytest
 import torch
 from tiny_models import FACTORIES, tiny_model
 
-from romer_aihwkit.baselines import get_method, list_methods, prepare_model
 from romer_aihwkit.baselines.hwa import (
     HWA_MARK,
     HWAConfig,
@@ -21,6 +20,7 @@ from romer_aihwkit.baselines.hwa import (
     is_hwa_trained,
 )
 from romer_aihwkit.errors import InputError
+from romer_aihwkit.experiments import get_method, list_methods, prepare_model
 
 SMALL_HWA = HWAConfig(steps=3, batch_size=2, seq_len=32, train_blocks=16, lr=1e-3)
 

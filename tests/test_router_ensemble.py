@@ -7,8 +7,8 @@ import torch
 from tiny_models import tiny_model
 
 from romer_aihwkit.analog import analog_summary, convert_to_analog_moe, find_routers, trace_routing
-from romer_aihwkit.baselines import apply_method, get_method, prepare_model
 from romer_aihwkit.baselines.router_ensemble import EnsembleMatrix, install_router_ensemble, router_tiles
+from romer_aihwkit.experiments import apply_method, get_method, prepare_model
 
 
 def _router_error(model, ids) -> float:

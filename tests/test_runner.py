@@ -10,16 +10,14 @@ import pytest
 import torch
 
 from romer_aihwkit.evaluation import (
-    CompareSettings,
-    ResultsExistError,
     RoutingAccumulator,
     layer_metrics,
     load_rows,
     mean_std_ci,
-    run_comparison,
     summarize_rows,
 )
-from romer_aihwkit.evaluation.runner import LOCK_FILE
+from romer_aihwkit.experiments import CompareSettings, ResultsExistError, run_comparison
+from romer_aihwkit.experiments.runner import LOCK_FILE
 
 ROW_FIELDS = {"model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
               "router_fidelity"}
@@ -60,16 +58,16 @@ def finished(tiny, tmp_path_factory):
 
 class CallCounter:
     def __init__(self, monkeypatch):
-        import romer_aihwkit.baselines as baselines
+        import romer_aihwkit.experiments.methods as methods
 
         self.calls = []
-        original = baselines.apply_method
+        original = methods.apply_method
 
         def counting(model, method, seed, *args, **kwargs):
             self.calls.append((getattr(method, "name", method), seed))
             return original(model, method, seed, *args, **kwargs)
 
-        monkeypatch.setattr(baselines, "apply_method", counting)
+        monkeypatch.setattr(methods, "apply_method", counting)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -181,7 +179,8 @@ def test_comparison_writes_every_method_and_seed(finished, tiny):
     assert csv[0].startswith("model,device,method,t_inference,seed,ppl") and len(csv) == 5
     jsonl = load_rows(out)
     assert len(jsonl) == 4
-    assert all(len(r["layers"]) == 2 and len(r["layers"][0]["load"]) == 8 for r in jsonl)
+    assert all(len(r.layers) == 2 and len(r.layers[0]["load"]) == 8 for r in jsonl)
+    assert [r.to_dict(layers=False) for r in sorted(jsonl, key=lambda r: r.key)] == on_disk["rows"]
     assert [p.name for p in out.glob(".*")] == [LOCK_FILE]  # no temporary files left behind, only the lock
 
 
@@ -192,13 +191,13 @@ def test_resume_extends_seeds_without_recomputing(finished, tmp_path, monkeypatc
     # state after `seeds=[0]`: only the seed-0 rows (seeds are not part of the fingerprint)
     seed0 = [line for line in (work / "rows.jsonl").read_text().splitlines() if json.loads(line)["seed"] == 0]
     (work / "rows.jsonl").write_text("\n".join(seed0) + "\n")
-    before = {(r["method"], r["seed"]): r["seconds"] for r in load_rows(work)}
+    before = {(r.method, r.seed): r.seconds for r in load_rows(work)}
     assert sorted(before) == [("none", 0), ("romer", 0)]
     counter = CallCounter(monkeypatch)
     computed = []
     results = run_comparison(settings, work, on_row=computed.append)  # seeds [0, 1]
     assert sorted(counter.calls) == [("none", 1), ("romer", 1)]
-    assert sorted((r["method"], r["seed"]) for r in computed) == [("none", 1), ("romer", 1)]
+    assert sorted((r.method, r.seed) for r in computed) == [("none", 1), ("romer", 1)]
     assert len(results["rows"]) == 4
     after = {(r["method"], r["seed"]): r["seconds"] for r in results["rows"]}
     assert all(after[k] == v for k, v in before.items())  # seed-0 rows kept as they were

@@ -87,7 +87,7 @@ def test_one_pass_and_sequential_agree_on_the_first_layer(blocks):
 
 
 def test_romer_seq_method_is_registered(blocks):
-    from romer_aihwkit.baselines import apply_method, get_method, prepare_model
+    from romer_aihwkit.experiments import apply_method, get_method, prepare_model
 
     method = get_method("romer-seq")
     assert method.sequential_calibration and method.needs_calibration_data

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from romer_aihwkit.errors import UserError
+
+if TYPE_CHECKING:
+    from romer_aihwkit.evaluation.records import ResultRow
 
 from .app import _stderr_console, _stdout_console, app, handle_user_errors
 from .options import (
@@ -49,7 +52,7 @@ from .options import (
 
 def _already_done(out_dir: Any, settings: Any, keys: set[tuple], resume: bool, force: bool = False) -> int:
     from romer_aihwkit.errors import ResultsFolderError
-    from romer_aihwkit.evaluation.runner import finished_rows
+    from romer_aihwkit.experiments.runner import finished_rows
 
     try:
         return len(finished_rows(out_dir, settings) & keys) if resume else 0
@@ -65,7 +68,7 @@ def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output
     from pathlib import Path
 
     from romer_aihwkit.evaluation.distributed import process_context
-    from romer_aihwkit.evaluation.runner import results_folder_lock
+    from romer_aihwkit.experiments.runner import results_folder_lock
 
     out_dir = Path(out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
@@ -86,7 +89,7 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
 
     from romer_aihwkit.evaluation.plots import write_plots
     from romer_aihwkit.evaluation.report import print_summary, write_report
-    from romer_aihwkit.evaluation.runner import run_comparison
+    from romer_aihwkit.experiments.runner import run_comparison
 
     out_dir = Path(out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
@@ -95,7 +98,7 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
         _warn(f"--calib-text and --eval-text are the same file ({settings.eval_text}): calibration and "
               "evaluation data overlap, so calibrated methods will look better than they are")
     from romer_aihwkit.evaluation.distributed import process_context
-    from romer_aihwkit.evaluation.runner import planned_rows
+    from romer_aihwkit.experiments.runner import planned_rows
 
     ctx = process_context()
     rank, world_size = ctx.rank, ctx.world_size
@@ -112,9 +115,9 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
         label = f"rank {rank}: " if world_size > 1 else ""
         task = progress.add_task(f"{label}loading model and text, digital perplexity", total=len(keys), completed=done)
 
-        def on_row(row: dict[str, Any]) -> None:
+        def on_row(row: ResultRow) -> None:
             progress.update(task, advance=1, description=(
-                f"{label}{row['method']} seed {row['seed']} t={row['t_inference']:g}s ppl {row['ppl']:.2f}"))
+                f"{label}{row.method} seed {row.seed} t={row.t_inference:g}s ppl {row.ppl:.2f}"))
 
         with warnings.catch_warnings():
             # the CLI already warned about overlapping texts, visibly
@@ -139,7 +142,7 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
 def _compare_settings(*, models: list[str], devices: list[str], methods: list[str], seeds: int, first_seed: int,
                       t_inference: list[str] | None, eval_text: str, calib_text: str, seq_len: int,
                       eval_blocks: int, calib_blocks: int, batch_size: int, stress: str | None = None) -> Any:
-    from romer_aihwkit.evaluation.runner import MAX_SEEDS, CompareSettings
+    from romer_aihwkit.experiments.runner import MAX_SEEDS, CompareSettings
 
     _check_positive(seeds=seeds, seq_len=seq_len, eval_blocks=eval_blocks, calib_blocks=calib_blocks,
                     batch_size=batch_size)
@@ -257,7 +260,7 @@ def evaluate(
 @handle_user_errors
 def methods_command(json_output: JsonOpt = False) -> None:
     """List the comparison methods (baselines, ROMER and its ablations)."""
-    from romer_aihwkit.baselines.methods import METHODS
+    from romer_aihwkit.experiments.methods import METHODS
 
     if json_output:
         typer.echo(json.dumps({name: m.description for name, m in METHODS.items()}, indent=2))

@@ -68,7 +68,7 @@ def diagnose(
     from romer_aihwkit.data import text_blocks
     from romer_aihwkit.evaluation.diagnose import diagnose as run_diagnosis
     from romer_aihwkit.evaluation.diagnose import write_diagnosis
-    from romer_aihwkit.evaluation.runner import MAX_SEEDS
+    from romer_aihwkit.experiments.runner import MAX_SEEDS
 
     _check_positive(seeds=seeds, seq_len=seq_len, eval_blocks=eval_blocks, calib_blocks=calib_blocks,
                     batch_size=batch_size)

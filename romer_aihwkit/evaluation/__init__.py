@@ -1,34 +1,29 @@
-"""Evaluation: perplexity, routing statistics, downstream tasks, the Monte-Carlo comparison runner."""
+"""Evaluation: perplexity, routing statistics, downstream tasks, statistics over chip instances,
+the typed result records, reports and plots.
+
+The comparison protocol that produces result rows is :mod:`romer_aihwkit.experiments`.
+"""
 
 from .perplexity import perplexity, token_nll
+from .records import ComparisonResults, ResultRow, Stat, SummaryEntry, load_rows
 from .routing import RoutingAccumulator, layer_metrics, perplexity_and_routing, routing_stats
-from .runner import (
-    CompareSettings,
-    ResultsExistError,
-    chip_instances,
-    load_rows,
-    planned_rows,
-    run_comparison,
-    write_results,
-)
-from .stats import mean_std_ci, summarize_rows
+from .stats import mean_std_ci, summarize, summarize_rows
 from .tasks import evaluate_tasks
 
 __all__ = [
-    "CompareSettings",
-    "ResultsExistError",
+    "ComparisonResults",
+    "ResultRow",
     "RoutingAccumulator",
-    "chip_instances",
+    "Stat",
+    "SummaryEntry",
     "evaluate_tasks",
     "layer_metrics",
-    "planned_rows",
     "load_rows",
     "mean_std_ci",
     "perplexity",
     "perplexity_and_routing",
     "routing_stats",
-    "run_comparison",
+    "summarize",
     "summarize_rows",
     "token_nll",
-    "write_results",
 ]

@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .report import digital_ppl_of, fmt_seconds, group_summary, stress_suffix
+from .records import ComparisonResults, ResultRow, SummaryEntry, load_rows, rows_of
+from .report import Results, fmt_seconds, stress_suffix
 
 __all__ = ["plot_layer_loads", "plot_ppl_by_method", "plot_ppl_vs_drift", "plot_task_accuracy", "write_plots",
            "model_slugs"]
@@ -63,9 +64,9 @@ def _isnum(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _mean_loads(rows: list[dict[str, Any]], field: str) -> list[list[float]] | None:
+def _mean_loads(rows: list[ResultRow], field: str) -> list[list[float]] | None:
     """Per-layer per-expert ``field`` averaged over rows; ``None`` if rows have no per-layer data."""
-    per_row = [r["layers"] for r in rows if r.get("layers")]
+    per_row = [r.layers for r in rows if r.layers]
     if not per_row:
         return None
     n_layers = len(per_row[0])
@@ -79,18 +80,19 @@ def _mean_loads(rows: list[dict[str, Any]], field: str) -> list[list[float]] | N
     return out
 
 
-def plot_layer_loads(rows: list[dict[str, Any]], model: str, device: str, t_inference: float,
+def plot_layer_loads(rows: Iterable[ResultRow | Mapping[str, Any]], model: str, device: str, t_inference: float,
                      path: str | os.PathLike) -> Path | None:
     """Bar groups per expert (clean / noisy / calibrated), one subplot per MoE layer.
 
-    ``rows`` are runner rows carrying ``"layers"`` (as in ``rows*.jsonl``). Clean is the digital
+    ``rows`` are runner rows carrying per-layer loads (as in ``rows*.jsonl``). Clean is the digital
     router's load on the same hidden states (``reference_load``), noisy is method ``none``,
     calibrated is method ``romer``; each averaged over chip instances. Returns ``None`` (nothing
     written) when there are no ``romer`` rows with per-layer loads for this model/device/time.
     """
-    def select(method: str) -> list[dict[str, Any]]:
-        return [r for r in rows if r["model"] == model and r["device"] == device and r["method"] == method
-                and float(r["t_inference"]) == float(t_inference) and r.get("layers")]
+    typed = rows_of(rows)
+
+    def select(method: str) -> list[ResultRow]:
+        return [r for r in typed if r.key[:4] == (model, device, method, float(t_inference)) and r.layers]
 
     romer_rows, none_rows = select("romer"), select("none")
     calibrated = _mean_loads(romer_rows, "load")
@@ -132,8 +134,8 @@ def plot_layer_loads(rows: list[dict[str, Any]], model: str, device: str, t_infe
             ax.set_ylabel("load (share of top-k slots)", fontsize=8)
         if li >= n_layers - ncols:
             ax.set_xlabel("expert", fontsize=8)
-    n_seeds = len({r["seed"] for r in romer_rows})
-    stress = romer_rows[0].get("stress") or "none"
+    n_seeds = len({r.seed for r in romer_rows})
+    stress = romer_rows[0].stress or "none"
     fig.suptitle(f"Expert load per MoE layer — {Path(model).name or model}, {device}, "
                  f"t = {fmt_seconds(t_inference)}, mean over {n_seeds} chip instance(s)"
                  f"{'' if stress == 'none' else f', stress {stress}'}", fontsize=10)
@@ -142,44 +144,53 @@ def plot_layer_loads(rows: list[dict[str, Any]], model: str, device: str, t_infe
     return _save(fig, Path(path))
 
 
-def _summary_of(results: dict[str, Any], model: str, device: str) -> list[dict[str, Any]]:
-    return [e for (m, d, _), entries in group_summary(results).items() if (m, d) == (model, device)
+def _summary_of(results: ComparisonResults, model: str, device: str) -> list[SummaryEntry]:
+    return [e for (m, d, _), entries in results.groups().items() if (m, d) == (model, device)
             for e in entries]
 
 
-def plot_ppl_by_method(results: dict[str, Any], model: str, device: str,
+def _ppl_ci(entry: SummaryEntry) -> float:
+    ci = entry.ci95("ppl")
+    return float(ci) if ci is not None and _isnum(ci) else 0.0
+
+
+def _ppl(entry: SummaryEntry) -> float:
+    return float(entry.mean("ppl"))  # type: ignore[arg-type]  # callers keep entries with a finite ppl
+
+
+def plot_ppl_by_method(results: Results, model: str, device: str,
                        path: str | os.PathLike) -> Path | None:
     """Perplexity by method, mean with 95 % CI error bars (grouped by drift time if several)."""
-    entries = [e for e in _summary_of(results, model, device) if _isnum(e.get("ppl"))]
+    results = ComparisonResults.coerce(results)
+    entries = [e for e in _summary_of(results, model, device) if _isnum(e.mean("ppl"))]
     if not entries:
         return None
     plt = _pyplot()
-    methods = list(dict.fromkeys(e["method"] for e in entries))
-    times = sorted({float(e["t_inference"]) for e in entries})
+    methods = list(dict.fromkeys(e.method for e in entries))
+    times = sorted({float(e.t_inference) for e in entries})
     width = 0.8 / len(times)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(methods) * max(1, len(times) * 0.6) + 1.5), 3.8))
     cmap = plt.get_cmap("viridis")
     for ti, t in enumerate(times):
         xs, ys, errs = [], [], []
         for mi, method in enumerate(methods):
-            e = next((e for e in entries if e["method"] == method and float(e["t_inference"]) == t), None)
-            if e is None:
+            found = next((e for e in entries if e.method == method and float(e.t_inference) == t), None)
+            if found is None:
                 continue
             xs.append(mi + (ti - (len(times) - 1) / 2) * width)
-            ys.append(e["ppl"])
-            errs.append(e["ppl_ci95"] if _isnum(e.get("ppl_ci95")) else 0.0)
+            ys.append(_ppl(found))
+            errs.append(_ppl_ci(found))
         color = cmap(0.25 + 0.5 * ti / max(1, len(times) - 1)) if len(times) > 1 else "#4c72b0"
         ax.bar(xs, ys, width=width, yerr=errs, capsize=3, color=color,
                label=f"t = {fmt_seconds(t)}" if len(times) > 1 else None)
-    digital = digital_ppl_of(results, model)
+    digital = results.digital_ppl(model)
     if digital is not None:
         ax.axhline(digital, color="black", linestyle="--", linewidth=1, label=f"digital ({digital:.2f})")
     ax.set_xticks(range(len(methods)))
     ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("perplexity (mean ± 95 % CI)")
-    low = min([e["ppl"] - (e["ppl_ci95"] if _isnum(e.get("ppl_ci95")) else 0) for e in entries]
-              + ([digital] if digital is not None else []))
-    high = max(e["ppl"] + (e["ppl_ci95"] if _isnum(e.get("ppl_ci95")) else 0) for e in entries)
+    low = min([_ppl(e) - _ppl_ci(e) for e in entries] + ([digital] if digital is not None else []))
+    high = max(_ppl(e) + _ppl_ci(e) for e in entries)
     pad = 0.1 * max(high - low, 1e-6 * max(abs(high), 1.0))
     ax.set_ylim(max(0.0, low - pad), high + pad)
     title_t = "" if len(times) > 1 else f", t = {fmt_seconds(times[0])}"
@@ -190,23 +201,23 @@ def plot_ppl_by_method(results: dict[str, Any], model: str, device: str,
     return _save(fig, Path(path))
 
 
-def plot_ppl_vs_drift(results: dict[str, Any], model: str, device: str,
+def plot_ppl_vs_drift(results: Results, model: str, device: str,
                       path: str | os.PathLike) -> Path | None:
     """Perplexity against drift time (log x axis), one line per method; ``None`` if < 2 drift times."""
-    entries = [e for e in _summary_of(results, model, device) if _isnum(e.get("ppl"))]
-    times = sorted({float(e["t_inference"]) for e in entries})
+    results = ComparisonResults.coerce(results)
+    entries = [e for e in _summary_of(results, model, device) if _isnum(e.mean("ppl"))]
+    times = sorted({float(e.t_inference) for e in entries})
     if len(times) < 2:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    methods = list(dict.fromkeys(e["method"] for e in entries))
+    methods = list(dict.fromkeys(e.method for e in entries))
     for mi, method in enumerate(methods):
-        points = sorted((float(e["t_inference"]), e["ppl"], e["ppl_ci95"] if _isnum(e.get("ppl_ci95")) else 0.0)
-                        for e in entries if e["method"] == method)
+        points = sorted((float(e.t_inference), _ppl(e), _ppl_ci(e)) for e in entries if e.method == method)
         dodge = 10 ** (0.02 * (mi - (len(methods) - 1) / 2))  # spread overlapping error bars a little
         ax.errorbar([p[0] * dodge for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
                     marker="o", capsize=3, label=method)
-    digital = digital_ppl_of(results, model)
+    digital = results.digital_ppl(model)
     if digital is not None:
         ax.axhline(digital, color="black", linestyle="--", linewidth=1, label="digital")
     ax.set_xscale("log")
@@ -221,38 +232,39 @@ def plot_ppl_vs_drift(results: dict[str, Any], model: str, device: str,
     return _save(fig, Path(path))
 
 
-def plot_task_accuracy(results: dict[str, Any], model: str, device: str,
+def plot_task_accuracy(results: Results, model: str, device: str,
                        path: str | os.PathLike) -> Path | None:
     """Task accuracy by method (mean ± 95 % CI), one panel per ``task/metric``; ``None`` without tasks.
 
     With several drift times, the first one is plotted (the report has every table).
     """
-    entries = _summary_of(results, model, device)
-    entries = [e for e in entries if e.get("tasks")]
+    results = ComparisonResults.coerce(results)
+    entries = [e for e in _summary_of(results, model, device) if e.tasks]
     if not entries:
         return None
-    t0 = min(float(e["t_inference"]) for e in entries)
-    entries = [e for e in entries if float(e["t_inference"]) == t0]
-    names = list(dict.fromkeys(n for e in entries for n in e["tasks"]))
-    digital = ((results.get("settings") or {}).get("digital_tasks") or {}).get(model) or {}
+    t0 = min(float(e.t_inference) for e in entries)
+    entries = [e for e in entries if float(e.t_inference) == t0]
+    names = list(dict.fromkeys(n for e in entries for n in e.tasks))
+    digital = results.digital_tasks(model)
     plt = _pyplot()
-    methods = [e["method"] for e in entries]
+    methods = [e.method for e in entries]
     fig, axes = plt.subplots(1, len(names), figsize=(max(4.0, 0.6 * len(methods) + 1.5) * len(names), 3.6),
                              squeeze=False)
     for ax, name in zip(axes[0], names):
         task, _, metric = name.rpartition("/")
-        ys = [e["tasks"].get(name, {}).get("mean", math.nan) for e in entries]
-        errs = [e["tasks"].get(name, {}).get("ci95", 0.0) for e in entries]
-        errs = [x if _isnum(x) else 0.0 for x in errs]
+        stats = [e.tasks.get(name) for e in entries]
+        ys = [math.nan if s is None else float(s.mean) for s in stats]
+        errs = [float(s.ci95) if s is not None and _isnum(s.ci95) else 0.0 for s in stats]
         ax.bar(range(len(methods)), ys, yerr=errs, capsize=3, color="#55a868")
-        ref = (digital.get(task) or {}).get(metric)
-        if _isnum(ref):
+        raw = (digital.get(task) or {}).get(metric)
+        ref = float(raw) if raw is not None and _isnum(raw) else None
+        if ref is not None:
             ax.axhline(ref, color="black", linestyle="--", linewidth=1, label=f"digital ({ref:.3f})")
             ax.legend(fontsize=7)
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
         ax.set_title(name, fontsize=9)
-        finite = [y for y in ys if _isnum(y)] + ([ref] if _isnum(ref) else [])
+        finite = [y for y in ys if _isnum(y)] + ([ref] if ref is not None else [])
         if finite:
             pad = max(0.02, 0.2 * (max(finite) - min(finite)))
             ax.set_ylim(max(0.0, min(finite) - pad - max(errs)), min(1.0, max(finite) + pad + max(errs)))
@@ -262,25 +274,26 @@ def plot_task_accuracy(results: dict[str, Any], model: str, device: str,
     return _save(fig, Path(path))
 
 
-def write_plots(results: dict[str, Any], out_dir: str | os.PathLike,
-                rows: list[dict[str, Any]] | None = None) -> list[Path]:
+def write_plots(results: Results, out_dir: str | os.PathLike,
+                rows: Iterable[ResultRow | Mapping[str, Any]] | None = None) -> list[Path]:
     """Write every plot the data allows into ``out_dir``; returns the paths written.
 
     Args:
-        results: the ``results.json`` dict.
+        results: the results (typed, or the ``results.json`` dict).
         out_dir: output folder.
-        rows: rows with per-layer loads (``"layers"``); default: read ``out_dir/rows*.jsonl``,
-            else ``results["rows"]``.
+        rows: rows with per-layer loads (``layers``); default: read ``out_dir/rows*.jsonl``,
+            else the results' rows.
     """
-    from .runner import load_rows
-
+    results = ComparisonResults.coerce(results)
     out_dir = Path(out_dir)
     if rows is None:
-        rows = load_rows(out_dir) if out_dir.is_dir() else []
-        if not any(r.get("layers") for r in rows):
-            rows = results.get("rows", [])
+        typed = load_rows(out_dir) if out_dir.is_dir() else []
+        if not any(r.layers for r in typed):
+            typed = list(results.rows)
+    else:
+        typed = rows_of(rows)
     written: list[Path] = []
-    keys = list(group_summary(results))
+    keys = list(results.groups())
     slugs = model_slugs(k[0] for k in keys)
     pairs = list(dict.fromkeys((m, d) for m, d, _ in keys))
     for model, device in pairs:
@@ -288,7 +301,7 @@ def write_plots(results: dict[str, Any], out_dir: str | os.PathLike,
         times = [t for m, d, t in keys if (m, d) == (model, device)]
         for t in times:
             suffix = "" if len(times) == 1 else f"_t{t:g}"
-            p = plot_layer_loads(rows, model, device, t, out_dir / f"expert_load_{stem}{suffix}.png")
+            p = plot_layer_loads(typed, model, device, t, out_dir / f"expert_load_{stem}{suffix}.png")
             if p is not None:
                 written.append(p)
         for fn, name in ((plot_ppl_by_method, "ppl_by_method"), (plot_ppl_vs_drift, "ppl_vs_drift"),

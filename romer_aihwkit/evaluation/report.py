@@ -1,6 +1,7 @@
 """Human-readable reports of a comparison: ``report.md`` and a terminal table.
 
-Both read the ``results.json`` dict written by :func:`~romer_aihwkit.evaluation.runner.run_comparison`
+Both read the results of :func:`~romer_aihwkit.experiments.run_comparison`: a
+:class:`~romer_aihwkit.evaluation.records.ComparisonResults` or its ``results.json`` dict
 (``{"settings", "rows", "summary"}``); neither needs torch.
 """
 
@@ -9,12 +10,16 @@ from __future__ import annotations
 import math
 import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
+from .records import ComparisonResults, ResultRow, SummaryEntry
+
+Results = ComparisonResults | Mapping[str, Any]
+"""What the report functions accept: typed results or the ``results.json`` dict."""
 
 __all__ = ["package_versions", "print_summary", "render_report", "write_report", "group_summary", "stress_suffix"]
 
@@ -83,47 +88,36 @@ def fmt_seconds(t: Any) -> str:
     return f"{t:g} s"
 
 
-def stress_suffix(results: dict[str, Any]) -> str:
+def stress_suffix(results: Results) -> str:
     """`` · stress outliers:3x50`` for results of a stressed model (see :mod:`romer_aihwkit.stress`), else ``""``."""
-    spec = (results.get("settings") or {}).get("stress")
-    return f" · stress {spec}" if spec and spec != "none" else ""
+    spec = ComparisonResults.coerce(results).stress
+    return f" · stress {spec}" if spec else ""
 
 
-def digital_ppl_of(results: dict[str, Any], model: str) -> float | None:
+def digital_ppl_of(results: Results, model: str) -> float | None:
     """The digital (unconverted) model's perplexity on the evaluation blocks, if known."""
-    value = (results.get("settings") or {}).get("digital_ppl", {}).get(model)
-    if _isnum(value):
-        return float(value)
-    for row in results.get("rows", []):
-        if row.get("model") == model and _isnum(row.get("digital_ppl")):
-            return float(row["digital_ppl"])
-    return None
+    return ComparisonResults.coerce(results).digital_ppl(model)
 
 
-def group_summary(results: dict[str, Any]) -> dict[tuple[str, str, float], list[dict[str, Any]]]:
+def group_summary(results: Results) -> dict[tuple[str, str, float], list[SummaryEntry]]:
     """Summary entries grouped by (model, device, t_inference), methods in the settings' order."""
-    order = {m: i for i, m in enumerate((results.get("settings") or {}).get("methods", []))}
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
-    for entry in results.get("summary", []):
-        key = (entry["model"], entry["device"], float(entry["t_inference"]))
-        groups.setdefault(key, []).append(entry)
-    for entries in groups.values():
-        entries.sort(key=lambda e: order.get(e["method"], len(order)))
-    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])))
+    return ComparisonResults.coerce(results).groups()
 
 
-def _mean_replaced(rows: Iterable[dict[str, Any]], key: tuple) -> float | None:
-    values = [r["replaced_experts"] for r in rows
-              if (r["model"], r["device"], r["method"], float(r["t_inference"])) == key
-              and _isnum(r.get("replaced_experts"))]
-    return sum(values) / len(values) if values else None
+def _mean_replaced(rows: Iterable[ResultRow], entry: SummaryEntry) -> float | None:
+    values = [r.replaced_experts for r in rows if r.key[:4] == (*entry.group[:2], entry.method, entry.group[2])
+              and _isnum(r.replaced_experts)]
+    return sum(v for v in values if v is not None) / len(values) if values else None
 
 
-def _delta_vs_none(entries: list[dict[str, Any]], entry: dict[str, Any]) -> str:
-    base = next((e for e in entries if e["method"] == "none"), None)
-    if base is None or entry["method"] == "none" or not (_isnum(base["ppl"]) and _isnum(entry["ppl"])):
+def _delta_vs_none(entries: list[SummaryEntry], entry: SummaryEntry) -> str:
+    base = next((e for e in entries if e.method == "none"), None)
+    if base is None or entry.method == "none":
         return "–"
-    delta = 100.0 * (entry["ppl"] - base["ppl"]) / base["ppl"]
+    before, after = base.mean("ppl"), entry.mean("ppl")
+    if before is None or after is None or not (_isnum(before) and _isnum(after)):
+        return "–"
+    delta = 100.0 * (after - before) / before
     return f"{delta:+.1f}%" if abs(delta) >= 1 else f"{delta:+.2f}%"
 
 
@@ -131,22 +125,21 @@ TABLE_HEADER = ["method", "ppl ± CI95", "ppl std", "Δppl", "load_cv ± CI95", 
                 "tile max load", "router_fidelity ± CI95", "replaced", "n"]
 
 
-def _table_rows(results: dict[str, Any], key: tuple, entries: list[dict[str, Any]]) -> list[list[str]]:
-    rows = results.get("rows", [])
+def _table_rows(results: ComparisonResults, entries: list[SummaryEntry]) -> list[list[str]]:
     out = []
     for e in entries:
-        replaced = _mean_replaced(rows, (e["model"], e["device"], e["method"], float(e["t_inference"])))
+        replaced = _mean_replaced(results.rows, e)
         out.append([
-            e["method"],
-            _fmt_pm(e.get("ppl"), e.get("ppl_ci95"), 2),
-            _fmt(e.get("ppl_std"), 2),
+            e.method,
+            _fmt_pm(e.mean("ppl"), e.ci95("ppl"), 2),
+            _fmt(e.std("ppl"), 2),
             _delta_vs_none(entries, e),
-            _fmt_pm(e.get("load_cv"), e.get("load_cv_ci95")),
-            _fmt_pm(e.get("max_load_ratio"), e.get("max_load_ratio_ci95")),
-            _fmt(e.get("tile_max_load_ratio")),
-            _fmt_pm(e.get("router_fidelity"), e.get("router_fidelity_ci95")),
+            _fmt_pm(e.mean("load_cv"), e.ci95("load_cv")),
+            _fmt_pm(e.mean("max_load_ratio"), e.ci95("max_load_ratio")),
+            _fmt(e.mean("tile_max_load_ratio")),
+            _fmt_pm(e.mean("router_fidelity"), e.ci95("router_fidelity")),
             _fmt(replaced, 1) if replaced is not None and replaced > 0 else "–",
-            str(e.get("n", len(e.get("seeds", [])))),
+            str(e.n),
         ])
     return out
 
@@ -162,12 +155,17 @@ def _flat_tasks(tasks: dict[str, dict[str, float]] | None) -> dict[str, float]:
     return task_values({"tasks": tasks or {}})
 
 
-def _task_table(results: dict[str, Any], model: str, entries: list[dict[str, Any]]) -> list[str]:
+def _task_cell(entry: SummaryEntry, name: str) -> str:
+    stat = entry.tasks.get(name)
+    return _fmt_pm(stat.mean, stat.ci95) if stat is not None else "–"
+
+
+def _task_table(results: ComparisonResults, model: str, entries: list[SummaryEntry]) -> list[str]:
     """Markdown lines of the downstream-task table of one group (none without tasks)."""
-    names = list(dict.fromkeys(name for e in entries for name in e.get("tasks") or {}))
+    names = list(dict.fromkeys(name for e in entries for name in e.tasks))
     if not names:
         return []
-    digital = _flat_tasks(((results.get("settings") or {}).get("digital_tasks") or {}).get(model))
+    digital = _flat_tasks(results.digital_tasks(model))
     lines = ["Downstream tasks (lm-evaluation-harness): accuracy, mean ± CI95 over chip instances "
              "(higher is better).", "",
              "| method | " + " | ".join(_md_escape(n) for n in names) + " |",
@@ -175,9 +173,7 @@ def _task_table(results: dict[str, Any], model: str, entries: list[dict[str, Any
     if digital:
         lines.append("| *digital* | " + " | ".join(f"*{_fmt(digital.get(n))}*" for n in names) + " |")
     for e in entries:
-        cells = [_fmt_pm((e.get("tasks") or {}).get(n, {}).get("mean"), (e.get("tasks") or {}).get(n, {}).get("ci95"))
-                 for n in names]
-        lines.append(f"| {_md_escape(e['method'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_md_escape(e.method)} | " + " | ".join(_task_cell(e, n) for n in names) + " |")
     return lines + [""]
 
 
@@ -196,46 +192,46 @@ def _hwa_lines(training: dict[str, dict[str, Any]] | None) -> list[str]:
     return lines
 
 
-def render_report(results: dict[str, Any], plots: Iterable[str | os.PathLike] = (),
+def render_report(results: Results, plots: Iterable[str | os.PathLike] = (),
                   base_dir: str | os.PathLike | None = None) -> str:
     """The markdown text of ``report.md``.
 
     Args:
-        results: the ``results.json`` dict.
+        results: the results (typed, or the ``results.json`` dict).
         plots: image files to link at the end (paths relative to ``base_dir`` in the links).
         base_dir: the folder the report is written to.
     """
-    settings = dict(results.get("settings") or {})
+    results = ComparisonResults.coerce(results)
+    settings = dict(results.settings)
     lines = ["# romer-aihwkit comparison", ""]
     lines.append(f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
-                 f"{len(results.get('rows', []))} rows (method x chip instance x drift time).")
+                 f"{len(results.rows)} rows (method x chip instance x drift time).")
     lines += ["", "## How to read this", "", HOW_TO_READ, ""]
 
     lines += ["## Results", ""]
-    groups = group_summary(results)
+    groups = results.groups()
     if not groups:
         lines += ["No finished rows yet.", ""]
-    for key, entries in groups.items():
-        model, device, t = key
+    for (model, device, t), entries in groups.items():
         lines.append(f"### {_md_escape(model)} · {_md_escape(device)} · t_inference = {fmt_seconds(t)}"
                      f"{_md_escape(stress_suffix(results))}")
         lines.append("")
-        digital = digital_ppl_of(results, model)
-        seeds = sorted({s for e in entries for s in e.get("seeds", [])})
+        digital = results.digital_ppl(model)
+        seeds = sorted({s for e in entries for s in e.seeds})
         lines.append(f"Digital perplexity: **{_fmt(digital, 2)}**. Chip instances (seeds): "
                      f"{', '.join(map(str, seeds)) or '–'}.")
         lines.append("")
         lines.append("| " + " | ".join(TABLE_HEADER) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEADER) - 1)) + "|")
-        for row in _table_rows(results, key, entries):
+        for row in _table_rows(results, entries):
             lines.append("| " + " | ".join(_md_escape(c) for c in row) + " |")
         lines.append("")
         lines += _task_table(results, model, entries)
 
-    plots = [Path(p) for p in plots]
-    if plots:
+    paths = [Path(p) for p in plots]
+    if paths:
         lines += ["## Plots", ""]
-        for p in plots:
+        for p in paths:
             rel = os.path.relpath(p, base_dir) if base_dir is not None else str(p)
             lines.append(f"![{p.stem}]({Path(rel).as_posix()})")
             lines.append("")
@@ -262,7 +258,7 @@ def render_report(results: dict[str, Any], plots: Iterable[str | os.PathLike] = 
     return "\n".join(lines)
 
 
-def write_report(results: dict[str, Any], out_dir: str | os.PathLike,
+def write_report(results: Results, out_dir: str | os.PathLike,
                  plots: Iterable[str | os.PathLike] = ()) -> Path:
     """Write ``out_dir/report.md`` atomically; returns its path."""
     out_dir = Path(out_dir)
@@ -271,7 +267,7 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike,
     return path
 
 
-def print_summary(results: dict[str, Any], console: Any = None) -> None:
+def print_summary(results: Results, console: Any = None) -> None:
     """Print the summary as rich tables, one per (model, device, t_inference).
 
     Compact for a terminal: means of every metric, the 95 % CI and std of perplexity only
@@ -283,23 +279,21 @@ def print_summary(results: dict[str, Any], console: Any = None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    groups = group_summary(results)
+    results = ComparisonResults.coerce(results)
+    groups = results.groups()
     if not groups:
         console.print("no finished rows")
         return
     wide = console.width >= 110
-    rows_all = results.get("rows", [])
-    for key, entries in groups.items():
-        model, device, t = key
-        digital = digital_ppl_of(results, model)
-        counts = sorted({int(e.get("n", len(e.get("seeds", [])))) for e in entries})
+    for (model, device, t), entries in groups.items():
+        digital = results.digital_ppl(model)
+        counts = sorted({e.n for e in entries})
         seeds = f"{counts[0]} chip instances" if len(counts) == 1 else "n varies"
         title = (f"{escape(model)} · {escape(device)} · t_inference {fmt_seconds(t)}{escape(stress_suffix(results))} · "
                  f"{seeds} · digital ppl {_fmt(digital, 2)}")
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                       pad_edge=False)
-        replaced = {e["method"]: _mean_replaced(rows_all, (e["model"], e["device"], e["method"],
-                                                           float(e["t_inference"]))) for e in entries}
+        replaced = {e.method: _mean_replaced(results.rows, e) for e in entries}
         show_replaced = any(replaced.values())
         narrow = console.width < 100
         headers = ["method", "ppl", "±CI" if narrow else "±CI95", *(["std"] if wide else []), "Δppl", "load_cv",
@@ -312,14 +306,14 @@ def print_summary(results: dict[str, Any], console: Any = None) -> None:
                 table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
         best = _best_method(entries)
         for e in entries:
-            cells = [e["method"], _fmt(e.get("ppl"), 2), _fmt(e.get("ppl_ci95"), 2),
-                     *([_fmt(e.get("ppl_std"), 2)] if wide else []), _delta_vs_none(entries, e),
-                     _fmt(e.get("load_cv")), _fmt(e.get("max_load_ratio")), _fmt(e.get("router_fidelity")),
-                     *([_fmt(replaced[e["method"]], 1) if replaced[e["method"]] else "–"] if show_replaced else []),
-                     *([str(e.get("n", len(e.get("seeds", []))))] if len(counts) > 1 else [])]
+            cells = [e.method, _fmt(e.mean("ppl"), 2), _fmt(e.ci95("ppl"), 2),
+                     *([_fmt(e.std("ppl"), 2)] if wide else []), _delta_vs_none(entries, e),
+                     _fmt(e.mean("load_cv")), _fmt(e.mean("max_load_ratio")), _fmt(e.mean("router_fidelity")),
+                     *([_fmt(replaced[e.method], 1) if replaced[e.method] else "–"] if show_replaced else []),
+                     *([str(e.n)] if len(counts) > 1 else [])]
             for col, cell in zip(table.columns[1:], cells[1:]):
                 col.min_width = max(col.min_width or 0, len(cell))
-            table.add_row(*(escape(c) for c in cells), style="green" if e["method"] == best else None)
+            table.add_row(*(escape(c) for c in cells), style="green" if e.method == best else None)
         console.print(table)
         _print_tasks(console, results, model, entries)
     console.print("Means over chip instances; ±CI: half-width of the 95 % confidence interval of the mean ppl. "
@@ -327,16 +321,16 @@ def print_summary(results: dict[str, Any], console: Any = None) -> None:
                   "in green. repl.: experts ROMER replaced per chip instance.")
 
 
-def _print_tasks(console: Any, results: dict[str, Any], model: str, entries: list[dict[str, Any]]) -> None:
+def _print_tasks(console: Any, results: ComparisonResults, model: str, entries: list[SummaryEntry]) -> None:
     """The downstream-task accuracies of one group as a compact table (nothing without tasks)."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
 
-    names = list(dict.fromkeys(name for e in entries for name in e.get("tasks") or {}))
+    names = list(dict.fromkeys(name for e in entries for name in e.tasks))
     if not names:
         return
-    digital = _flat_tasks(((results.get("settings") or {}).get("digital_tasks") or {}).get(model))
+    digital = _flat_tasks(results.digital_tasks(model))
     table = Table(title="downstream tasks: accuracy ± CI95", title_justify="left", box=box.SIMPLE_HEAD,
                   show_edge=False, pad_edge=False)
     table.add_column("method", style="bold")
@@ -345,12 +339,10 @@ def _print_tasks(console: Any, results: dict[str, Any], model: str, entries: lis
     if digital:
         table.add_row("digital", *(_fmt(digital.get(n)) for n in names), style="dim")
     for e in entries:
-        tasks = e.get("tasks") or {}
-        table.add_row(escape(e["method"]), *(_fmt_pm(tasks.get(n, {}).get("mean"), tasks.get(n, {}).get("ci95"))
-                                             for n in names))
+        table.add_row(escape(e.method), *(_task_cell(e, n) for n in names))
     console.print(table)
 
 
-def _best_method(entries: list[dict[str, Any]]) -> str | None:
-    scored = [e for e in entries if _isnum(e.get("ppl"))]
-    return min(scored, key=lambda e: e["ppl"])["method"] if scored else None
+def _best_method(entries: list[SummaryEntry]) -> str | None:
+    scored = [(float(ppl), e.method) for e in entries if (ppl := e.mean("ppl")) is not None and _isnum(ppl)]
+    return min(scored, key=lambda pair: pair[0])[1] if scored else None

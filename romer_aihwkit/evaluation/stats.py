@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["mean_std_ci", "summarize_rows", "task_values", "METRICS", "GROUP_KEYS", "TASK_METRICS"]
+from .records import GROUP_KEYS, METRICS, TASK_METRICS, ResultRow, Stat, SummaryEntry
 
-METRICS = ("ppl", "load_cv", "max_load_ratio", "tile_max_load_ratio", "router_fidelity", "load_entropy")
-GROUP_KEYS = ("model", "device", "method", "t_inference")
-TASK_METRICS = ("acc", "acc_norm")
-"""Downstream-task metrics summarised over chip instances (rows keep lm-eval's stderr too)."""
+__all__ = ["mean_std_ci", "summarize", "summarize_rows", "task_values", "METRICS", "GROUP_KEYS", "TASK_METRICS"]
 
 
-def task_values(row: dict[str, Any]) -> dict[str, float]:
+def task_values(row: ResultRow | Mapping[str, Any]) -> dict[str, float]:
     """``{"task/metric": value}`` of a row's downstream tasks (``acc``, ``acc_norm``), empty without tasks."""
+    if isinstance(row, ResultRow):
+        return row.task_values()
     return {f"{task}/{metric}": float(value) for task, metrics in (row.get("tasks") or {}).items()
             for metric, value in metrics.items() if metric in TASK_METRICS and value is not None}
 
@@ -29,7 +28,7 @@ def _t_quantile(df: int, p: float = 0.975) -> float:
         return 1.959963984540054
 
 
-def mean_std_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, float]:
+def mean_std_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, Any]:
     """Mean, sample std (ddof=1) and the half-width of the Student-t confidence interval of the mean."""
     xs = [float(v) for v in values]
     n = len(xs)
@@ -43,32 +42,38 @@ def mean_std_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, 
     return {"n": n, "mean": mean, "std": std, "ci95": half}
 
 
-def summarize_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(rows: Iterable[ResultRow | Mapping[str, Any]]) -> list[SummaryEntry]:
     """One summary entry per (model, device, method, t_inference), in first-seen order.
+
+    Each metric of :data:`METRICS` gets its mean, std and 95 % CI over the group's chip instances
+    (NaN and absent values skipped); rows with downstream tasks add ``tasks`` per ``"task/metric"``.
+    """
+    groups: dict[tuple, list[ResultRow]] = {}
+    for row in rows:
+        typed = ResultRow.coerce(row)
+        groups.setdefault(tuple(getattr(typed, k) for k in GROUP_KEYS), []).append(typed)
+    summary = []
+    for key, members in groups.items():
+        metrics = {}
+        for metric in METRICS:
+            values = [v for v in (r.metric(metric) for r in members) if v is not None and not _isnan(v)]
+            metrics[metric] = Stat(**mean_std_ci(values))
+        per_row = [r.task_values() for r in members]
+        names = list(dict.fromkeys(name for values in per_row for name in values))
+        tasks = {name: Stat(**mean_std_ci(v[name] for v in per_row if name in v)) for name in names}
+        model, device, method, t = key
+        summary.append(SummaryEntry(model, device, method, t, tuple(sorted(r.seed for r in members)),
+                                    metrics["ppl"].n, metrics, tasks))
+    return summary
+
+
+def summarize_rows(rows: Iterable[ResultRow | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`summarize` as ``results.json``'s summary: one dict per entry.
 
     Each metric gets its mean, ``_std`` and ``_ci95`` over the group's chip instances; rows with
     downstream tasks add ``entry["tasks"] = {"task/metric": {"n", "mean", "std", "ci95"}}``.
     """
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row[k] for k in GROUP_KEYS), []).append(row)
-    summary = []
-    for key, members in groups.items():
-        entry: dict[str, Any] = dict(zip(GROUP_KEYS, key))
-        entry["seeds"] = sorted(r["seed"] for r in members)
-        for metric in METRICS:
-            values = [r[metric] for r in members if r.get(metric) is not None and not _isnan(r[metric])]
-            stats = mean_std_ci(values)
-            entry[metric] = stats["mean"]
-            entry[f"{metric}_std"] = stats["std"]
-            entry[f"{metric}_ci95"] = stats["ci95"]
-            entry["n"] = stats["n"] if metric == "ppl" else entry.get("n", stats["n"])
-        per_row = [task_values(r) for r in members]
-        names = list(dict.fromkeys(name for values in per_row for name in values))
-        if names:
-            entry["tasks"] = {name: mean_std_ci(v[name] for v in per_row if name in v) for name in names}
-        summary.append(entry)
-    return summary
+    return [entry.to_dict() for entry in summarize(rows)]
 
 
 def _isnan(x: Any) -> bool:

@@ -127,18 +127,18 @@ def get_method(name: str | Method) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}") from None
+        raise InputError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}") from None
 
 
 def prepare_model(digital_model: nn.Module, device_config, method: str | Method, copy_model: bool = True) -> nn.Module:
     """Convert (a copy of) ``digital_model`` the way ``method`` needs."""
     from ..analog import convert_to_analog_moe
+    from ..baselines.hetero import select_hetero_experts
     from ..devices import load_device_config
-    from .hetero import select_hetero_experts
 
     method = get_method(method)
     if method.hwa:
-        from .hwa import is_hwa_trained
+        from ..baselines.hwa import is_hwa_trained
 
         if not is_hwa_trained(digital_model):
             raise InputError(
@@ -159,7 +159,7 @@ def prepare_model(digital_model: nn.Module, device_config, method: str | Method,
     model = convert_to_analog_moe(model, config, analog_router=method.analog_router, digital_experts=digital,
                                   engine=engine)
     if method.router_copies > 1:
-        from .router_ensemble import install_router_ensemble
+        from ..baselines.router_ensemble import install_router_ensemble
 
         install_router_ensemble(model, method.router_copies)
     return model
@@ -172,14 +172,18 @@ def apply_method(model: nn.Module, method: str | Method, seed: int, t_inference:
     Returns:
         The calibration report (empty when the method calibrates nothing).
     """
+    from ..analog import AnalogMoEModel
+    from ..baselines.input_range import calibrate_static_input_ranges
     from ..calibration import calibrate
-    from .input_range import calibrate_static_input_ranges
 
     method = get_method(method)
+    if not isinstance(model, AnalogMoEModel):
+        raise InputError(f"apply_method({method.name!r}): the model is not converted; pass the output of "
+                         "prepare_model (or convert_to_analog_moe)")
     model.program_analog_weights(seed=seed, t_inference=t_inference)
     report: dict[str, Any] = {}
     if method.needs_calibration_data and calib_batches is None:
-        raise ValueError(f"method {method.name!r} needs calibration data (calib_batches)")
+        raise InputError(f"method {method.name!r} needs calibration data (calib_batches)")
     if method.static_input_ranges:
         report["input_range_tiles"] = calibrate_static_input_ranges(model, calib_batches, batch_size)
     callbacks = method.callbacks()

@@ -15,6 +15,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ import torch
 
 from ..atomic import atomic_write_text, default_file_mode
 from ..errors import ArtifactError, InputError, ResultsFolderError
-from .stats import summarize_rows, task_values
+from ..evaluation.records import ComparisonResults, ResultRow, SummaryEntry, load_rows
+from ..evaluation.stats import summarize
 
 __all__ = [
     "CompareSettings",
@@ -32,7 +34,6 @@ __all__ = [
     "chip_instances",
     "finished_rows",
     "input_fingerprints",
-    "load_rows",
     "planned_rows",
     "results_folder_lock",
     "run_comparison",
@@ -41,7 +42,6 @@ __all__ = [
 
 ROW_FILE = "rows.jsonl"
 LOCK_FILE = ".romer-aihwkit.lock"
-ROW_KEYS = ("model", "device", "method", "t_inference", "seed", "ppl")
 MAX_SEEDS = 1000
 """Most chip instances one comparison accepts (each costs a programming pass per method)."""
 
@@ -91,8 +91,8 @@ class CompareSettings:
     """HWA optimizer steps (``None``: :class:`~romer_aihwkit.baselines.hwa.HWAConfig`'s default)."""
 
     def __post_init__(self) -> None:
-        from ..baselines import get_method
         from ..devices import load_device_config
+        from .methods import get_method
 
         if not self.models:
             raise InputError("give at least one model")
@@ -105,10 +105,7 @@ class CompareSettings:
         if len(set(self.seeds)) != len(self.seeds):
             raise InputError(f"seeds must be distinct, got {self.seeds}")
         for method in self.methods:
-            try:
-                get_method(method)
-            except ValueError as exc:
-                raise InputError(str(exc)) from None
+            get_method(method)
         for device in self.devices:
             cfg = load_device_config(device)
             for t in self.t_inference:
@@ -122,7 +119,7 @@ class CompareSettings:
 
     def _check_tasks_and_hwa(self) -> None:
         if self.tasks:
-            from .tasks import require_lm_eval
+            from ..evaluation.tasks import require_lm_eval
 
             require_lm_eval()
         if self.task_include_path is not None and not Path(self.task_include_path).expanduser().is_dir():
@@ -147,38 +144,6 @@ class CompareSettings:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_rows(out_dir: Path) -> list[dict[str, Any]]:
-    """Finished rows of every process (``rows*.jsonl``); a torn last line from a kill is ignored.
-
-    Raises:
-        ResultsFolderError: A line that is not a row of this package (not JSON, not an object, or
-            missing a key); the message names the file and the line.
-    """
-    rows = []
-    for path in sorted(Path(out_dir).glob("rows*.jsonl")):
-        lines = path.read_bytes().split(b"\n")[:-1]  # after the last newline: nothing, or a line cut by a kill
-        for number, raw in enumerate(lines, start=1):
-            if raw.strip():
-                rows.append(_parse_row(raw, path, number))
-    return rows
-
-
-def _parse_row(raw: bytes, path: Path, number: int) -> dict[str, Any]:
-    fix = "remove that line, or pass --force to discard the folder's rows and start again"
-    try:
-        row = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ResultsFolderError(f"{path}, line {number}: not a JSON row written by romer-aihwkit; {fix}") from None
-    if not isinstance(row, dict) or any(k not in row for k in ROW_KEYS):
-        missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
-        raise ResultsFolderError(f"{path}, line {number}: not a result row (missing {', '.join(missing)}); {fix}")
-    try:
-        _row_key(row)
-    except (TypeError, ValueError):
-        raise ResultsFolderError(f"{path}, line {number}: t_inference/seed are not numbers; {fix}") from None
-    return row
-
-
 def _drop_torn_tail(path: Path) -> None:
     """Cut a last line left unfinished by a killed run, so that appended rows start on a new line."""
     if not path.is_file():
@@ -189,33 +154,40 @@ def _drop_torn_tail(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
-def _row_key(row: dict[str, Any]) -> tuple:
-    return (row["model"], row["device"], row["method"], float(row["t_inference"]), int(row["seed"]))
+CSV_COLUMNS = ("model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
+               "tile_max_load_ratio", "router_fidelity", "load_entropy", "replaced_experts", "seconds")
+"""Columns of ``results.csv`` before the downstream-task columns (``task/metric``)."""
 
 
-def write_results(out_dir: Path, settings: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write ``results.json`` and ``results.csv`` atomically from the rows; returns the results dict."""
-    rows = sorted({_row_key(r): r for r in rows}.values(), key=_row_key)
-    results = {"settings": settings, "rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
-               "summary": _in_settings_order(summarize_rows(rows), settings)}
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, default=str))
-    columns = ["model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
-               "tile_max_load_ratio", "router_fidelity", "load_entropy", "replaced_experts", "seconds"]
-    task_columns = list(dict.fromkeys(name for r in rows for name in task_values(r)))
-    lines = [",".join(columns + task_columns)] + [
-        ",".join([_csv(r.get(c)) for c in columns] + [_csv(task_values(r).get(c)) for c in task_columns]) for r in rows]
+def write_results(out_dir: Path, settings: dict[str, Any],
+                  rows: Iterable[ResultRow | Mapping[str, Any]]) -> dict[str, Any]:
+    """Write ``results.json`` and ``results.csv`` atomically from the rows; returns the results dict.
+
+    Rows are deduplicated by their key (the last one wins) and sorted by it; the summary follows
+    the settings' order of models, devices and methods.
+    """
+    typed = sorted({r.key: r for r in map(ResultRow.coerce, rows)}.values(), key=lambda r: r.key)
+    results = ComparisonResults(settings, tuple(typed), tuple(_in_settings_order(summarize(typed), settings)))
+    data = results.to_dict()
+    atomic_write_text(out_dir / "results.json", json.dumps(data, indent=2, default=str))
+    task_columns = list(dict.fromkeys(name for r in typed for name in r.task_values()))
+    lines = [",".join(CSV_COLUMNS + tuple(task_columns))]
+    for row in typed:
+        plain, tasks = row.to_dict(layers=False), row.task_values()
+        lines.append(",".join([_csv(plain.get(c)) for c in CSV_COLUMNS] + [_csv(tasks.get(c)) for c in task_columns]))
     atomic_write_text(out_dir / "results.csv", "\n".join(lines) + "\n")
-    return results
+    return data
 
 
-def _in_settings_order(summary: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
+def _in_settings_order(summary: list[SummaryEntry], settings: Mapping[str, Any]) -> list[SummaryEntry]:
     """Summary entries ordered as the settings list models, devices and methods (rows are sorted by name)."""
     order = {key: {v: i for i, v in enumerate(settings.get(plural) or [])}
              for key, plural in (("model", "models"), ("device", "devices"), ("method", "methods"))}
 
-    def rank(entry: dict[str, Any]) -> tuple:
-        return (*(order[k].get(entry[k], len(order[k])) for k in ("model", "device")), float(entry["t_inference"]),
-                order["method"].get(entry["method"], len(order["method"])))
+    def rank(entry: SummaryEntry) -> tuple:
+        return (order["model"].get(entry.model, len(order["model"])),
+                order["device"].get(entry.device, len(order["device"])), float(entry.t_inference),
+                order["method"].get(entry.method, len(order["method"])))
 
     return sorted(summary, key=rank)
 
@@ -298,7 +270,7 @@ def finished_rows(out_dir: Path, settings: CompareSettings) -> set[tuple]:
         return set()
     if saved.get("inputs") != input_fingerprints(settings):
         return set()
-    return {_row_key(r) for r in load_rows(out_dir)}
+    return {r.key for r in load_rows(out_dir)}
 
 
 # ------------------------------------------------------------------ content fingerprints of the inputs
@@ -392,9 +364,9 @@ def results_folder_lock(out_dir: str | os.PathLike) -> Any:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = str((out_dir / LOCK_FILE).resolve())
-    lock = _LOCKS.get(path)
-    if lock is None:
-        lock = _LOCKS[path] = FileLock(path, timeout=0, mode=default_file_mode(), thread_local=False)
+    if path not in _LOCKS:
+        _LOCKS[path] = FileLock(path, timeout=0, mode=default_file_mode(), thread_local=False)
+    lock = _LOCKS[path]
 
     class _Held:
         def __enter__(self) -> Any:
@@ -416,7 +388,7 @@ def chip_instances(settings: CompareSettings) -> list[tuple[str, str, float, int
     """``(model, device, t_inference, seed)`` of every chip instance, in run order."""
     from ..devices import load_device_config
 
-    out = []
+    out: list[tuple[str, str, float, int]] = []
     for model in settings.models:
         for device in settings.devices:
             default_t = load_device_config(device).t_inference
@@ -435,11 +407,11 @@ def planned_rows(settings: CompareSettings, rank: int = 0, world_size: int = 1) 
     ]
 
 
-def _seed_everything(*parts: object) -> None:
+def _seed_everything(seed: int, *parts: object) -> None:
     """Per-forward noise (output noise) reproducible per (chip instance, method), in any process."""
     from ..analog.matrix import matrix_seed
 
-    torch.manual_seed(matrix_seed(int(parts[0]), "|".join(map(str, parts[1:])), "forward"))
+    torch.manual_seed(matrix_seed(int(seed), "|".join(map(str, parts)), "forward"))
 
 
 def run_comparison(
@@ -449,7 +421,7 @@ def run_comparison(
     force: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
-    on_row=None,
+    on_row: Callable[[ResultRow], Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every method on the same chip instances and aggregate over instances.
 
@@ -458,12 +430,16 @@ def run_comparison(
     calibration blocks (disjoint from evaluation blocks), then evaluated (perplexity and routing
     stats in one pass). Each finished row is appended to ``rows[.rankN].jsonl`` at once, so an
     interrupted run resumes where it stopped; ``results.json``/``results.csv`` are rewritten
-    atomically.
+    atomically. ``on_row`` is called with each new :class:`~romer_aihwkit.evaluation.records.ResultRow`.
 
     Under a multi-process launch (``accelerate launch``, torchrun; or explicit ``rank`` and
     ``world_size``) chip instances are sharded round-robin; every process returns the merged
     results once all are done. All random draws are seeded per chip instance and method, so the
     rows equal those of a single-process run.
+
+    Returns:
+        The ``results.json`` dict (:meth:`ComparisonResults.to_dict
+        <romer_aihwkit.evaluation.records.ComparisonResults.to_dict>`; read it typed with ``ComparisonResults.from_dict``).
 
     Raises:
         ResultsLockedError: Another run holds ``out_dir``.
@@ -471,7 +447,7 @@ def run_comparison(
             changed (model files, device-config content, text files), unless ``force``.
         ResultsFolderError: A damaged ``settings.json`` or ``rows.jsonl`` (unless ``force``).
     """
-    from .distributed import ProcessContext, process_context
+    from ..evaluation.distributed import ProcessContext, process_context
 
     ctx = process_context() if rank is None else ProcessContext(rank, world_size or 1)
     out_dir = Path(out_dir)
@@ -483,11 +459,11 @@ def run_comparison(
 
 
 def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ctx: Any, on_row: Any) -> dict[str, Any]:
-    from ..baselines import apply_method, get_method, prepare_model
     from ..data import text_blocks
+    from ..evaluation.perplexity import perplexity
+    from ..evaluation.routing import perplexity_and_routing
     from ..models import load_model
-    from .perplexity import perplexity
-    from .routing import perplexity_and_routing
+    from . import methods as protocol
 
     if ctx.is_main:
         inputs = input_fingerprints(settings)
@@ -497,14 +473,14 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
         atomic_write_text(_settings_file(out_dir), json.dumps(
             {"fingerprint": settings.fingerprint(), "inputs": inputs, **asdict(settings)}, indent=2))
     ctx.wait_for_everyone()  # rank 0 has checked (and possibly cleared) the folder
-    done = {_row_key(r) for r in load_rows(out_dir)}
+    done = {r.key for r in load_rows(out_dir)}
     row_path = out_dir / (ROW_FILE if ctx.world_size == 1 else f"rows.rank{ctx.rank}.jsonl")
     _drop_torn_tail(row_path)
     if _same_text(settings.eval_text, settings.calib_text) and settings.eval_text != "bundled":
         warnings.warn(
             f"calibration and evaluation text are the same file ({settings.eval_text}): the sets overlap "
             "and calibrated methods will look better than they are", stacklevel=2)
-    methods = {m: get_method(m) for m in settings.methods}
+    methods = {m: protocol.get_method(m) for m in settings.methods}
     todo = [key for key in planned_rows(settings, ctx.rank, ctx.world_size) if key not in done]
     digital_ppl: dict[str, float] = {}
     digital_tasks: dict[str, dict[str, dict[str, float]]] = {}
@@ -537,32 +513,26 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
                         hwa_models[device], record = _hwa_model(digital, tokenizer, model_name, device, settings, out_dir)
                         hwa_records[f"{model_name} on {device}"] = record
                     source = hwa_models[device]
-                converted[conv_key] = prepare_model(source, device, method)
+                converted[conv_key] = protocol.prepare_model(source, device, method)
             model = converted[conv_key]
             start = time.perf_counter()
             _seed_everything(seed, model_name, device, method_name, t_value)
-            report = apply_method(model, method, seed, t_value, calib_blocks, batch_size=settings.batch_size)
+            report = protocol.apply_method(model, method, seed, t_value, calib_blocks, batch_size=settings.batch_size)
             ppl, stats = perplexity_and_routing(model, eval_blocks, settings.batch_size, progress=False)
-            row = {
-                "model": model_name, "device": device, "method": method_name,
-                "t_inference": t_value, "seed": seed, "ppl": ppl,
-                "load_cv": stats["load_cv"], "max_load_ratio": stats["max_load_ratio"],
-                "tile_max_load_ratio": stats["tile_max_load_ratio"],
-                "router_fidelity": stats["router_fidelity"], "load_entropy": stats["load_entropy"],
-                "replaced_experts": _replaced(report),
-                "digital_ppl": digital_ppl[model_name],
-                "stress": settings.stress or "none",
-                "seconds": time.perf_counter() - start,
-                "layers": [{"load": layer["load"], "reference_load": layer["reference_load"]}
-                           for layer in stats["layers"]],
-            }
-            if settings.tasks:
-                row["tasks"] = _run_tasks(model, tokenizer, settings)
-                row["seconds"] = time.perf_counter() - start
+            layers = tuple({"load": layer["load"], "reference_load": layer["reference_load"]}
+                           for layer in stats["layers"])
+            tasks = _run_tasks(model, tokenizer, settings) if settings.tasks else None
+            row = ResultRow(
+                model=model_name, device=device, method=method_name, t_inference=t_value, seed=seed, ppl=ppl,
+                load_cv=stats["load_cv"], max_load_ratio=stats["max_load_ratio"],
+                tile_max_load_ratio=stats["tile_max_load_ratio"], router_fidelity=stats["router_fidelity"],
+                load_entropy=stats["load_entropy"], replaced_experts=_replaced(report),
+                digital_ppl=digital_ppl[model_name], stress=settings.stress or "none",
+                seconds=time.perf_counter() - start, layers=layers, tasks=tasks)
             if not math.isfinite(ppl):
                 warnings.warn(f"non-finite perplexity for {key}", stacklevel=2)
             with open(row_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(row.to_dict()) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             if on_row is not None:
@@ -578,13 +548,13 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
     if ctx.is_main:
         results = write_results(out_dir, plain, rows)
     else:
-        results = {"settings": plain, "rows": rows, "summary": summarize_rows(rows)}
+        results = ComparisonResults(plain, tuple(rows), tuple(summarize(rows))).to_dict()
     ctx.wait_for_everyone()
     return results
 
 
 def _run_tasks(model: torch.nn.Module, tokenizer: Any, settings: CompareSettings) -> dict[str, dict[str, float]]:
-    from .tasks import evaluate_tasks
+    from ..evaluation.tasks import evaluate_tasks
 
     return evaluate_tasks(model, tokenizer, settings.tasks, include_path=settings.task_include_path,
                           limit=settings.task_limit, num_fewshot=settings.num_fewshot,

@@ -1,0 +1,42 @@
+"""Experiments: the named comparison methods and the Monte-Carlo comparison protocol.
+
+:mod:`.methods` defines each method (how to convert, what to run per chip instance: ROMER, its
+ablations and the baselines) and applies it (:func:`prepare_model`, :func:`apply_method`);
+:mod:`.runner` runs every method on the same chip instances (:class:`CompareSettings`,
+:func:`run_comparison`) into a resumable results folder. The rows, summaries and results it
+writes are the typed records of :mod:`romer_aihwkit.evaluation.records`.
+"""
+
+from .methods import METHODS, Method, apply_method, get_method, list_methods, prepare_model, register_method
+from .runner import (
+    CompareSettings,
+    ResultsExistError,
+    ResultsLockedError,
+    chip_instances,
+    finished_rows,
+    input_fingerprints,
+    planned_rows,
+    results_folder_lock,
+    run_comparison,
+    write_results,
+)
+
+__all__ = [
+    "METHODS",
+    "CompareSettings",
+    "Method",
+    "ResultsExistError",
+    "ResultsLockedError",
+    "apply_method",
+    "chip_instances",
+    "finished_rows",
+    "get_method",
+    "input_fingerprints",
+    "list_methods",
+    "planned_rows",
+    "prepare_model",
+    "register_method",
+    "results_folder_lock",
+    "run_comparison",
+    "write_results",
+]

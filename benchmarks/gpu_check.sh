@@ -17,7 +17,7 @@ fi
 "$PY" - <<'PYEOF'
 import time, torch
 import romer_aihwkit as ra
-from romer_aihwkit.baselines import apply_method, prepare_model
+from romer_aihwkit.experiments import apply_method, prepare_model
 
 model, tok = ra.load_bundled_model("olmoe-tiny", dtype=torch.bfloat16, device="cuda")
 calib = ra.text_blocks("bundled", tok, seq_len=128, split="validation", max_blocks=16).cuda()

@@ -204,7 +204,12 @@ def measure(shape: str, dtype: torch.dtype, device: str, engine: str, tokens: in
 
     impl_times = {}
     with torch.no_grad():
+        per_pair = sum(p[0].numel() for n, p in holder.mlp.named_parameters() if n.endswith(("gate_up_proj", "down_proj")))
+        gather_bytes = tokens * getattr(holder.config, "num_experts_per_tok", 8) * per_pair * x.element_size()
         for impl in ("eager", "batched_mm", "grouped_mm"):
+            if impl == "batched_mm" and gather_bytes > 4 * 2**30:  # it gathers every selected expert's weights
+                impl_times[impl] = f"skipped: would gather {gather_bytes / 2**30:.0f} GiB of expert weights"
+                continue
             try:
                 set_experts_implementation(holder, impl)
                 impl_times[impl] = _common.median_times({impl: _sync(lambda: holder.mlp(x), on)}, repeat=2, warmup=1)[impl]

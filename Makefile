@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check romer_aihwkit tests benchmarks scripts
+	$(VENV)/bin/mypy romer_aihwkit
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)  # pytest exits 5 when no test carries the marker: that is not a failure

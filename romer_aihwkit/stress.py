@@ -247,8 +247,9 @@ def apply_stress(model: nn.Module, spec: str | None, check: bool = True) -> dict
         return report
     if getattr(model, "analog_state", None) is not None:
         raise InputError("stress: apply it to the digital model before convert_to_analog_moe(...)")
-    if getattr(model, "stress_report", None):
-        raise InputError(f"stress: this model is already stressed ({model.stress_report['spec']}); "
+    previous = getattr(model, "stress_report", None)
+    if previous:
+        raise InputError(f"stress: this model is already stressed ({previous['spec']}); "
                          "load a fresh copy")
     before = _probe(model) if check else None
     hidden = None

@@ -1,4 +1,4 @@
-"""ROMER: percentile-based router normalization and expert replacement (DESIGN.md section 6)."""
+"""ROMER: percentile-based router normalization and expert replacement (defined in docs/romer.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """ROMER with its settings chosen on a held-out part of the calibration set.
 
-An improvement beyond the paper (DESIGN.md section 6): the percentile triple and ``tau`` are
+An improvement beyond the paper (see docs/romer.md): the percentile triple and ``tau`` are
 picked per chip instance by held-out next-token loss, so that replacement is only used where it
 helps. ``tau = 0`` (no replacement) is always a candidate; so a noisy chip where replacement
 costs more than it gains falls back to normalization only. Selection is greedy: percentiles first

@@ -11,7 +11,7 @@ spilled to disk (CPU) or kept in CPU memory (GPU runs, ``reference="auto"``). Th
     accelerator bytes ~= n_converted * measured_bytes_per_weight + n_other * dtype_bytes
                          (+ activations, + one matrix's transient programming state)
 
-Run: python benchmarks/memory_estimate.py [--dtype bfloat16] [--results benchmarks/results/bench_real_shapes.json]
+Run: python benchmarks/memory_estimate.py [--dtype bfloat16] [--results FILE.json ...]
 """
 
 from __future__ import annotations
@@ -55,12 +55,13 @@ def count(c: dict) -> dict[str, int]:
     return {"converted": routed + shared + router, "other": other, "total": routed + shared + router + other}
 
 
-def measured_bytes_per_weight(results: Path, dtype: str) -> tuple[float, str]:
+def measured_bytes_per_weight(results: list[Path], dtype: str) -> tuple[float, str]:
     """Bytes held per converted weight, the largest over the measured shapes of ``dtype``."""
-    data = json.loads(results.read_text())
-    rows = [r for r in data["results"] if r["dtype"] == dtype and r["engine"] == "stacked"]
+    rows = [r for path in results for r in json.loads(path.read_text())["results"]
+            if r["dtype"] == dtype and r["engine"] == "stacked"]
     if not rows:
-        raise SystemExit(f"{results} has no stacked-engine measurement for {dtype}: run bench_real_shapes.py first")
+        raise SystemExit(f"no stacked-engine measurement for {dtype} in {', '.join(map(str, results))}: "
+                         "run bench_real_shapes.py first")
     worst = max(rows, key=lambda r: r["held_ratio"])
     return worst["held_ratio"] * DTYPE_BYTES[dtype], worst["shape"]
 
@@ -68,11 +69,15 @@ def measured_bytes_per_weight(results: Path, dtype: str) -> tuple[float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES))
-    ap.add_argument("--results", default=str(Path(__file__).resolve().parent / "results" / "bench_real_shapes.json"))
+    ap.add_argument("--results", nargs="*", default=None,
+                    help="bench_real_shapes result files (default: every results/bench_real_shapes*.json)")
     args = ap.parse_args()
     b = DTYPE_BYTES[args.dtype]
-    per_weight, shape = measured_bytes_per_weight(Path(args.results), args.dtype)
-    print(f"{args.dtype}: {per_weight:.3f} B per converted weight (measured on one {shape} layer; digital: {b} B)\n")
+    files = [Path(p) for p in args.results] if args.results else sorted(
+        (Path(__file__).resolve().parent / "results").glob("bench_real_shapes*.json"))
+    per_weight, shape = measured_bytes_per_weight(files, args.dtype)
+    print(f"{args.dtype}: {per_weight:.3f} B per converted weight (the largest over the measured layers: "
+          f"{shape}; digital: {b} B)\n")
     print("| checkpoint | params | converted | digital model | analog simulation | ratio | fits on (with 15 % headroom) |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for name, cfg in CHECKPOINTS.items():

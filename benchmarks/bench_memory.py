@@ -10,7 +10,9 @@ tiles sharing one block) count once. This is exact for what the model keeps aliv
 see allocator slack or transient buffers inside one programming call). Stages: after conversion,
 after ``program_analog_weights`` (the window before drift), after ``drift_analog_weights`` plus
 one forward (the steady state for evaluation), each with AIHWKit's programming state released
-(default) and kept (``set_keep_programming_state(True)``).
+(default) and kept (``set_keep_programming_state(True)``) for the AIHWKit engine, and with the clean
+weights in memory (``reference="auto"`` for these small models) or spilled to disk (``"spill"``) for
+the stacked engine.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ def _tensors(obj, depth: int = 0):
 
 
 def held_bytes(model: nn.Module, prefix_filter=None) -> int:
-    """Bytes of distinct storages held by the modules (all, or those ``prefix_filter(module)`` accepts)."""
+    """Bytes of distinct storages held by the modules (all, or those ``prefix_filter(module)`` accepts),
+    including the clean weights a stacked engine's reference store keeps in memory."""
+    from romer_aihwkit.analog.reference import ReferenceStore
+
     seen: dict[int, int] = {}
     for module in model.modules():
         if prefix_filter is not None and not prefix_filter(module):
@@ -47,6 +52,8 @@ def held_bytes(model: nn.Module, prefix_filter=None) -> int:
         for value in module.__dict__.values():
             if isinstance(value, nn.Module):
                 continue
+            if isinstance(value, ReferenceStore):
+                value = list(value._memory.values())
             for t in _tensors(value):
                 if t.device.type == "meta":
                     continue
@@ -87,12 +94,14 @@ def main() -> None:
         digital_bytes = held_bytes(digital)
         n_params = sum(p.numel() for p in digital.parameters())
         x = torch.randint(3, digital.config.vocab_size, (1, 32))
-        variants = [(e, k) for e in args.engines for k in ((False, True) if e == "aihwkit" else (False,))]
-        for engine, keep in variants:
+        variants = [(e, k, r) for e in args.engines
+                    for k, r in (((False, None), (True, None)) if e == "aihwkit" else ((False, "auto"), (False, "spill")))]
+        for engine, keep, reference in variants:
             old = set_keep_programming_state(keep)
             try:
                 analog, _ = factory()
-                ra.convert_to_analog_moe(analog, cfg, engine=engine)
+                extra = {"reference": reference} if reference else {}
+                ra.convert_to_analog_moe(analog, cfg, engine=engine, **extra)
                 analog_weights, owned = analog_parts(analog)
                 only_matrices = lambda mod: id(mod) in owned  # noqa: E731
                 stages = {}
@@ -107,7 +116,7 @@ def main() -> None:
                 set_keep_programming_state(old)
             for stage, (total, mats) in stages.items():
                 res = {
-                    "model": name, "device": cfg.name, "engine": engine, "keep_programming_state": keep, "stage": stage,
+                    "model": name, "device": cfg.name, "engine": engine, "reference": reference, "keep_programming_state": keep, "stage": stage,
                     "digital_bytes": digital_bytes, "analog_bytes": total,
                     "ratio_model": total / digital_bytes,
                     "params": n_params, "analog_matrix_weights": analog_weights,
@@ -115,7 +124,7 @@ def main() -> None:
                     "ratio_per_analog_weight_vs_digital_fp32": mats / analog_weights / 4.0,
                 }
                 results.append(res)
-                rows.append([name, engine + (" (state kept)" if keep else ""), stage, f"{digital_bytes / 2**20:.2f}",
+                rows.append([name, engine + (" (state kept)" if keep else "") + (f", reference={reference}" if reference else ""), stage, f"{digital_bytes / 2**20:.2f}",
                              f"{total / 2**20:.2f}", f"{res['ratio_model']:.2f}x", f"{res['bytes_per_analog_weight']:.2f}",
                              f"{res['ratio_per_analog_weight_vs_digital_fp32']:.2f}x"])
         del digital

@@ -29,6 +29,7 @@ __all__ = [
     "unregister_adapter",
     "list_adapters",
     "find_adapter",
+    "find_moe_blocks",
 ]
 
 _REGISTRY: list[MoEAdapter] = []
@@ -70,6 +71,18 @@ def find_adapter(module: nn.Module) -> MoEAdapter | None:
         if adapter.matches(module):
             return adapter
     return None
+
+
+def find_moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module, MoEAdapter]]:
+    """``(name, block, adapter)`` of every outermost module of ``model`` a registered adapter converts."""
+    found: list[tuple[str, nn.Module, MoEAdapter]] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix, _, _ in found):
+            continue
+        adapter = find_adapter(module)
+        if adapter is not None:
+            found.append((name, module, adapter))
+    return found
 
 
 for _adapter in (

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from ..adapters import MoEAdapter, find_adapter, list_adapters
+from ..adapters import MoEAdapter, find_moe_blocks, list_adapters
 from ..adapters.base import convert_linears
 from ..errors import UserError
 from .build import AnalogConversionContext
@@ -69,13 +69,7 @@ def _looks_like_moe(module: nn.Module) -> bool:
 
 
 def _find_blocks(model: nn.Module) -> list[tuple[str, nn.Module, MoEAdapter]]:
-    found: list[tuple[str, nn.Module, MoEAdapter]] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(prefix + ".") for prefix, _, _ in found):
-            continue
-        adapter = find_adapter(module)
-        if adapter is not None:
-            found.append((name, module, adapter))
+    found = find_moe_blocks(model)
     if found:
         return found
     suspects = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if n and _looks_like_moe(m)]

@@ -157,15 +157,9 @@ def _replace_linears(module: nn.Module, prefix: str, rpu_factory: Callable[[], A
 
 
 def _moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
-    from ..adapters import find_adapter
+    from ..adapters import find_moe_blocks
 
-    found: list[tuple[str, nn.Module, Any]] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(prefix + ".") for prefix, _, _ in found):
-            continue
-        adapter = find_adapter(module)
-        if adapter is not None:
-            found.append((name, module, adapter))
+    found: list[tuple[str, nn.Module, Any]] = list(find_moe_blocks(model))
     if not found:
         raise InputError(f"{type(model).__name__} has no MoE block an adapter recognises: nothing to train with HWA")
     return found

@@ -75,6 +75,15 @@ class LegacyExpert(nn.Module):
         return d(self.act_fn(g(x)) * u(x))
 
 
+def mix_experts(experts, x, idx, w):
+    """Reference routed-expert mix, one token and slot at a time (how older remote code reads)."""
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(idx.shape[1]):
+            out[t] += w[t, j] * experts[int(idx[t, j])](x[t])
+    return out
+
+
 class LegacyMixtralBlock(nn.Module):
     """transformers-4 Mixtral layout: nn.Linear gate, w1/w3/w2 experts, returns (hidden, router_logits)."""
 
@@ -95,10 +104,7 @@ class LegacyMixtralBlock(nn.Module):
         w = logits.softmax(-1, dtype=torch.float)
         w, idx = w.topk(self.top_k, dim=-1)
         w = (w / w.sum(-1, keepdim=True)).to(x.dtype)
-        out = torch.zeros_like(x)
-        for t in range(x.shape[0]):
-            for j in range(self.top_k):
-                out[t] += w[t, j] * self.experts[int(idx[t, j])](x[t])
+        out = mix_experts(self.experts, x, idx, w)
         return out.view(b, s, h), logits
 
 
@@ -145,10 +151,7 @@ class DeepseekMoERemote(nn.Module):
         b, s, h = hidden_states.shape
         x = hidden_states.view(-1, h)
         idx, w, _ = self.gate(x)
-        out = torch.zeros_like(x)
-        for t in range(x.shape[0]):
-            for j in range(idx.shape[1]):
-                out[t] += w[t, j] * self.experts[int(idx[t, j])](x[t])
+        out = mix_experts(self.experts, x, idx, w)
         out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_experts(x)
         return out.view(b, s, h)
 

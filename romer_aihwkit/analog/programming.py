@@ -15,7 +15,8 @@ __all__ = ["program_analog_weights", "drift_analog_weights", "programmables"]
 
 
 def programmables(model: nn.Module) -> list[WeightMatrix | AnalogStack]:
-    """Everything in ``model`` that holds programmed tiles: weight matrices and stacked expert banks.
+    """Everything in ``model`` that holds programmed tiles: the outermost weight matrices and the
+    stacked expert banks (each programmed once).
 
     Args:
         model: A converted model.
@@ -24,9 +25,13 @@ def programmables(model: nn.Module) -> list[WeightMatrix | AnalogStack]:
         The weight matrices and stacked banks, in module order.
     """
     found: list[WeightMatrix | AnalogStack] = []
-    for module in model.modules():
+    owners: list[str] = []  # a weight matrix programs what it holds (e.g. an ensemble its copies)
+    for name, module in model.named_modules():
+        if any(name.startswith(owner + ".") for owner in owners):
+            continue
         if isinstance(module, WeightMatrix):
             found.append(module)
+            owners.append(name)
         elif isinstance(module, AnalogExperts):
             found.extend(bank for bank in module.banks() if isinstance(bank, AnalogStack))
     return found

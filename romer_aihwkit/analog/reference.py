@@ -67,12 +67,9 @@ class ReferenceStore:
             return "cpu"
         return "memory" if weights.numel() * weights.element_size() < SPILL_THRESHOLD_BYTES else "spill"
 
-    def add(self, key: str, weights: torch.Tensor) -> bool:
-        """Store the clean ``weights [M, out, in]`` of stack ``key``.
-
-        Returns:
-            ``True`` when the store made its own copy, so the caller may overwrite ``weights``.
-        """
+    def add(self, key: str, weights: torch.Tensor) -> None:
+        """Store the clean ``weights [M, out, in]`` of stack ``key`` (a copy or a spill file: the
+        caller may then overwrite ``weights``)."""
         if weights.dim() != 3:
             raise ValueError(f"reference weights of {key!r} must be [M, out, in], got {tuple(weights.shape)}")
         where = self.placement(key, weights)
@@ -82,7 +79,6 @@ class ReferenceStore:
             self._memory[key] = weights.detach().to("cpu", copy=True)
         else:
             self._spill(key, weights.detach())
-        return True
 
     def get(self, key: str, index: int, device: torch.device | str | None = None) -> torch.Tensor:
         """The clean matrix ``index`` of stack ``key`` (a fresh tensor the caller may modify)."""

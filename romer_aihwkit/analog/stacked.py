@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -64,11 +65,11 @@ class TileGrid:
     out_sizes: tuple[int, ...]
     in_sizes: tuple[int, ...]
 
-    @property
+    @cached_property
     def in_bounds(self) -> list[tuple[int, int]]:
         return _bounds(self.in_sizes)
 
-    @property
+    @cached_property
     def out_bounds(self) -> list[tuple[int, int]]:
         return _bounds(self.out_sizes)
 
@@ -195,11 +196,8 @@ class _TileNorm:
             else:
                 lo, hi = blk.amin(), blk.amax()
                 self.params.append((lo, (hi - lo).clamp(min=1e-7)))
-
-    @property
-    def identity(self) -> bool:
+        self.identity = all(lo is None and float(span) == 1.0 for lo, span in self.params)
         """Every tile already has the converter's statistic (e.g. abs-max 1 after column remapping)."""
-        return all(lo is None and float(span) == 1.0 for lo, span in self.params)
 
     def apply(self, w: torch.Tensor) -> torch.Tensor:
         if self.identity:
@@ -401,7 +399,6 @@ class AnalogStack(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.programmed = [not a for a in self.analog]
         """Per matrix: its tiles hold a chip instance (digital matrices: always)."""
-        self.t_inference: float | None = None
 
     # ------------------------------------------------------------------ shape and weights
     def __len__(self) -> int:
@@ -451,8 +448,6 @@ class AnalogStack(nn.Module):
                                        t_inference, out=self.tiles[m])
             self.scales[m].copy_(scales)
             self.programmed[m] = True
-        if which is None:
-            self.t_inference = None if t_inference is None else float(t_inference)
 
     # ------------------------------------------------------------------ forward
     def mvm(self, m: int, x: torch.Tensor) -> torch.Tensor:
@@ -491,17 +486,11 @@ class AnalogStack(nn.Module):
         }
 
     def check_chip_state(self, state: dict[str, torch.Tensor]) -> str | None:
-        """``None`` when ``state`` fits this stack, else what does not fit."""
-        for name, mine in self.chip_state().items():
-            if name not in state:
-                return f"missing {name!r}"
-            if tuple(state[name].shape) != tuple(mine.shape):
-                return f"{name!r} has shape {tuple(state[name].shape)}, expected {tuple(mine.shape)}"
+        """``None`` when ``state``'s replica sources are valid for this stack (presence, shapes and
+        finiteness of every part are checked by the chip-state loader for all modules alike)."""
         src = state["source"]
         if src.numel() and (int(src.min()) < 0 or int(src.max()) >= len(self)):
             return "'source' holds an index out of range"
-        if not torch.isfinite(state["tiles"].float()).all() or not torch.isfinite(state["scales"]).all():
-            return "non-finite tile weights or scales"
         return None
 
     @torch.no_grad()
@@ -515,9 +504,3 @@ class AnalogStack(nn.Module):
         n_analog = sum(self.analog)
         return (f"{len(self)} x [{self.out_features}, {self.in_features}], {n_analog} analog, "
                 f"{self.grid.count} tiles each, tiles {self.tiles.dtype}")
-
-
-def tile_count(stack: AnalogStack) -> int:
-    """Number of physical tiles used by the analog matrices of ``stack``."""
-    return sum(stack.analog) * stack.grid.count
-

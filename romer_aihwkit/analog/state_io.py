@@ -95,8 +95,9 @@ def _tile_tensors(matrix: AnalogMatrix) -> dict[str, torch.Tensor]:
     return out
 
 
-def _chip_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Everything that makes ``model`` one calibrated chip instance, by ``module/part`` key."""
+def _chip_tensors(model: nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
+    """Everything that makes ``model`` one calibrated chip instance, by ``module/part`` key
+    (CPU copies for saving; with ``copy=False`` the live tensors, e.g. to check a file's shapes)."""
     tensors: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
         if isinstance(module, AnalogMatrix):
@@ -111,7 +112,7 @@ def _chip_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         else:
             continue
         for key, value in parts.items():
-            tensors[f"{name}/{key}"] = value.detach().cpu().contiguous().clone()
+            tensors[f"{name}/{key}"] = value.detach().cpu().contiguous().clone() if copy else value
     return tensors
 
 
@@ -169,7 +170,7 @@ def load_analog_state(model: nn.Module, path: str | os.PathLike) -> None:
         raise ArtifactError(path, "metadata is incomplete or corrupted (fingerprint, seed, t_inference)") from None
     check_fingerprint(saved_fp, fingerprint(model), path,
                       fields=("architecture", "weights", "device", "analog", "engine"))
-    expected = _chip_tensors(model)
+    expected = _chip_tensors(model, copy=False)
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:

@@ -739,3 +739,11 @@ def test_chip_state_after_romer_restores_replicas_and_router_masks(tmp_path):
     a = calibrated(x).logits
     torch.manual_seed(0)
     assert torch.equal(fresh(x).logits, a)
+
+
+@pytest.mark.parametrize("option, value", [("engine", "fast"), ("reference", "disk")])
+def test_unknown_engine_or_reference_store_is_an_input_error(option, value):
+    model = tiny_model("olmoe")
+    with pytest.raises(InputError, match=f"{option}='{value}'"):
+        ra.convert_to_analog_moe(model, "pcm", **{option: value})
+    assert getattr(model, "analog_state", None) is None  # nothing converted

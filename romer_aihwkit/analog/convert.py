@@ -10,7 +10,7 @@ from torch import nn
 
 from ..adapters import MoEAdapter, find_moe_blocks, list_adapters
 from ..adapters.base import convert_linears
-from ..errors import UserError
+from ..errors import InputError, UserError
 from .build import AnalogConversionContext
 from .matrix import ENGINES
 from .model import AnalogMoEModel, mark_converted
@@ -162,7 +162,7 @@ def convert_to_analog_moe(
 
     config = load_device_config(device_config)
     if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r} is not one of {', '.join(ENGINES)}")
+        raise InputError(f"engine={engine!r} is not one of {', '.join(ENGINES)}")
     if engine == "stacked":
         reason = unsupported_reason(config.rpu_config())
         if reason is not None:

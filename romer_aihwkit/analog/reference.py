@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
+
 __all__ = ["REFERENCE_MODES", "ReferenceStore", "SPILL_THRESHOLD_BYTES"]
 
 REFERENCE_MODES = ("auto", "memory", "cpu", "spill")
@@ -44,12 +46,12 @@ class ReferenceStore:
         directory: folder for ``"spill"`` files (default: a temporary folder removed with the store).
 
     Raises:
-        ValueError: an unknown mode.
+        InputError: an unknown mode.
     """
 
     def __init__(self, mode: str = "auto", directory: str | os.PathLike | None = None) -> None:
         if mode not in REFERENCE_MODES:
-            raise ValueError(f"reference={mode!r} is not one of {', '.join(REFERENCE_MODES)}")
+            raise InputError(f"reference={mode!r} is not one of {', '.join(REFERENCE_MODES)}")
         self.mode = mode
         self._directory = Path(directory) if directory is not None else None
         self._memory: dict[str, torch.Tensor] = {}

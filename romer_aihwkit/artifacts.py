@@ -18,6 +18,7 @@ compares it with the model it is loaded onto before changing anything:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,10 +34,14 @@ from .errors import ArtifactError, FingerprintMismatchError
 __all__ = [
     "FINGERPRINT_FIELDS",
     "check_fingerprint",
+    "code_fingerprint",
+    "content_digest",
     "device_fingerprint",
     "fingerprint",
+    "model_digest",
     "read_json",
     "read_safetensors",
+    "text_digest",
     "weights_hash",
 ]
 
@@ -116,7 +121,7 @@ def _tensor_bytes(tensor: torch.Tensor, full: bool) -> bytes:
 
 
 @torch.no_grad()
-def weights_hash(model: nn.Module) -> str:
+def weights_hash(model: nn.Module, full: bool = False) -> str:
     """Hash of the model's digital weights: names, shapes, dtypes and a strided sample of each tensor.
 
     Router weights are hashed in full (they are small and ROMER calibrates them). Shared tensors
@@ -125,6 +130,8 @@ def weights_hash(model: nn.Module) -> str:
 
     Args:
         model: A digital or converted model.
+        full: Hash every element of every tensor (one tensor at a time), e.g. to key a cache whose
+            entries cost far more than reading the weights once.
 
     Returns:
         16 hex digits.
@@ -132,7 +139,7 @@ def weights_hash(model: nn.Module) -> str:
     digest = hashlib.sha256()
     seen: set[tuple] = set()
     alive: list[torch.Tensor] = []  # keeps hashed tensors alive so their storage is not reused
-    for name, tensor, full in _reference_tensors(model):
+    for name, tensor, whole in _reference_tensors(model):
         if tensor.device.type == "meta":
             raise ArtifactError(name, "weights are on the meta device; load the model fully first")
         key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
@@ -141,7 +148,7 @@ def weights_hash(model: nn.Module) -> str:
             continue
         seen.add(key)
         alive.append(tensor)
-        digest.update(_tensor_bytes(tensor, full))
+        digest.update(_tensor_bytes(tensor, full or whole))
     return digest.hexdigest()[:16]
 
 
@@ -270,3 +277,106 @@ def read_safetensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[
         detail = " ".join(str(exc).split())[:200]
         raise ArtifactError(path, f"{what} is not a readable safetensors file (truncated or corrupted: {detail})") from None
     return tensors, metadata
+
+
+# ------------------------------------------------------------------ content digests of input files
+_SAMPLED_ABOVE = 8 * 2**20  # files larger than this are hashed from 16 sampled blocks plus their size
+_BLOCK = 64 * 1024
+
+
+def _file_digest(path: Path, digest: Any) -> None:
+    size = path.stat().st_size
+    digest.update(f"{path.name}|{size}|".encode())
+    with open(path, "rb") as f:
+        if size <= _SAMPLED_ABOVE:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                digest.update(chunk)
+            return
+        for i in range(16):
+            f.seek(i * (size - _BLOCK) // 15)
+            digest.update(f.read(_BLOCK))
+
+
+def content_digest(root: str | os.PathLike) -> str:
+    """Hash of a file's or a folder's contents (relative names and bytes; not its location).
+
+    Files up to 8 MiB are hashed whole; larger ones (weights) from their size and 16 sampled
+    64 KiB blocks.
+
+    Returns:
+        16 hex digits.
+    """
+    root = Path(root)
+    digest = hashlib.sha256()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for p in files:
+        digest.update(str(p.relative_to(root) if p != root else p.name).encode())
+        _file_digest(p, digest)
+    return digest.hexdigest()[:16]
+
+
+def text_digest(source: str) -> str:
+    """Content hash of a text source: ``"bundled"`` (the bundled corpus), a file or a folder (``"missing"``)."""
+    from .data.corpus import CORPUS_DIR
+
+    if str(source).lower() in ("bundled", "shakespeare"):
+        return content_digest(CORPUS_DIR)
+    path = Path(source).expanduser()
+    if not path.exists():
+        return "missing"
+    return content_digest(path)
+
+
+def model_digest(name: str) -> str:
+    """Content hash of a model's files: a bundled model, a local folder, or a hub id's cached snapshot."""
+    from .models import MODELS_DIR, list_bundled_models
+
+    path = MODELS_DIR / name if name in list_bundled_models() else Path(name).expanduser()
+    if path.is_dir():
+        return content_digest(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return content_digest(snapshot_download(name, local_files_only=True))
+    except Exception:  # not a valid id, or not in the local cache
+        return f"hub id {name} (contents not checked)"
+
+
+_NOT_NUMERICS = ("cli/", "evaluation/report.py", "evaluation/plots.py")
+"""Package sources that only present results (their changes do not change a number)."""
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Identity of the code that computes the numbers: the package's sources and library versions.
+
+    The package's Python sources (docstrings and comments aside, so editing prose keeps it; the
+    command line and the report/plot writers aside) are hashed with the versions of
+    romer-aihwkit, AIHWKit, torch and transformers. A resumed comparison must have the same.
+
+    Returns:
+        ``"<16 hex digits> (romer-aihwkit V, aihwkit V, torch V, transformers V)"``.
+    """
+    import ast
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(_NOT_NUMERICS) or "bundled" in path.parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+                body[0] = ast.Pass()  # a docstring
+        digest.update(rel.encode() + b"|" + ast.dump(tree).encode())
+    versions = []
+    for package in ("romer-aihwkit", "aihwkit", "torch", "transformers"):
+        try:
+            versions.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            versions.append(f"{package} (not installed)")
+    return f"{digest.hexdigest()[:16]} ({', '.join(versions)})"

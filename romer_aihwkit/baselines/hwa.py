@@ -10,7 +10,8 @@ stay digital and frozen. The trained weights are written back into the original 
 so the result is a plain digital checkpoint that is converted and programmed like any model.
 
 :func:`hwa_finetune` trains one model; :func:`hwa_checkpoint` caches the trained checkpoint in a
-folder keyed by (model, device, settings), so every chip instance and every rerun reuses it.
+folder keyed by the content of everything that determines it (:func:`hwa_cache_key`), so every chip
+instance and every rerun reuses it, and nothing else does.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["HWAConfig", "HWA_MARK", "hwa_checkpoint", "hwa_finetune", "hwa_rpu_config", "is_hwa_trained"]
+__all__ = ["HWAConfig", "HWA_MARK", "hwa_cache_key", "hwa_checkpoint", "hwa_finetune", "hwa_rpu_config",
+           "is_hwa_trained"]
 
 HWA_MARK = "romer_hwa"
 """Key in the model config (``config.json``) recording the HWA training of a checkpoint."""
@@ -364,6 +366,36 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "-", Path(str(text).rstrip("/")).name or str(text)).strip("-._") or "model"
 
 
+def _tokenizer_digest(tokenizer: Any) -> str:
+    """Hash of what a tokenizer does: its serialised fast tokenizer, else its class and vocabulary."""
+    if tokenizer is None:
+        return "none (the bundled tokenizer)"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(
+        [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def hwa_cache_key(model: nn.Module, tokenizer: Any, device_config: Any, train_text: str = "bundled",
+                  config: HWAConfig | None = None, fingerprint: str = "", stress: str | None = None) -> dict[str, Any]:
+    """Everything that determines an HWA-trained checkpoint, by content (never by path or name).
+
+    Fields: ``weights`` (a full hash of the digital model passed in, so a stressed or otherwise
+    changed model never meets a checkpoint trained from another), ``files`` (``fingerprint``, e.g.
+    the content hash of the model folder), ``stress`` (the stress spec applied), ``tokenizer``,
+    ``device`` (the device config's content), ``train_text`` (the training text's content),
+    ``config`` (every :class:`HWAConfig` field) and ``code`` (the simulation code and library
+    versions, :func:`~romer_aihwkit.artifacts.code_fingerprint`).
+    """
+    from ..artifacts import code_fingerprint, device_fingerprint, text_digest, weights_hash
+    from ..stress import stress_label
+
+    config = config or HWAConfig()
+    return {"weights": weights_hash(model, full=True), "files": fingerprint, "stress": stress_label(stress),
+            "tokenizer": _tokenizer_digest(tokenizer), "device": device_fingerprint(device_config),
+            "train_text": text_digest(train_text), "config": asdict(config), "code": code_fingerprint()}
+
+
 def hwa_checkpoint(
     model: nn.Module,
     tokenizer: Any,
@@ -374,35 +406,39 @@ def hwa_checkpoint(
     config: HWAConfig | None = None,
     fingerprint: str = "",
     progress: bool = False,
+    stress: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The HWA-trained ``model`` for ``device_config``: loaded from ``cache_dir`` or trained and saved there.
 
     The checkpoint folder ``cache_dir/<model>_<device>_steps<N>_seed<S>_<hash>`` holds the
     ``save_pretrained`` files (the original layout, safetensors), the tokenizer and ``hwa.json``
-    (the training record). ``hash`` covers the model id, ``fingerprint`` (e.g. a content hash of
-    the model files), the device's content, the training text and every :class:`HWAConfig` field.
+    (the training record and its key). ``hash`` covers :func:`hwa_cache_key`: the content of the
+    model passed in and of its files (``fingerprint``), the ``stress`` spec applied to it, the
+    tokenizer, the device's content, the training text's content, every :class:`HWAConfig` field
+    and the code. A folder whose recorded key differs, or that lacks weights, is trained anew.
 
     Returns:
         ``(trained model, training record)``.
     """
-    from ..artifacts import device_fingerprint
     from ..devices import load_device_config
     from ..models import load_model
 
     config = config or HWAConfig()
     device = load_device_config(device_config)
-    key = json.dumps({"model": model_id, "fingerprint": fingerprint, "device": device_fingerprint(device),
-                      "train_text": train_text, "config": asdict(config)}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    key = hwa_cache_key(model, tokenizer, device, train_text, config, fingerprint, stress)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(cache_dir) / f"{_slug(model_id)}_{_slug(device.name)}_steps{config.steps}_seed{config.seed}_{digest}"
     record = folder / "hwa.json"
     if record.is_file() and (folder / "config.json").is_file():
-        trained, _ = load_model(str(folder))
-        return trained.to(next(model.parameters()).device), json.loads(record.read_text())
-    if folder.exists():  # a record without weights (e.g. results shipped without the checkpoint): train anew
+        saved = _read_record(record)
+        if saved.get("key") == key:
+            trained, _ = load_model(str(folder))
+            return trained.to(next(model.parameters()).device), saved
+    if folder.exists():  # no weights (e.g. results shipped without the checkpoint) or another key: train anew
         shutil.rmtree(folder)
     trained, info = hwa_finetune(model, tokenizer, device, train_text, config, progress=progress)
     info["model"] = model_id
+    info["key"] = key
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     cast(Any, trained).save_pretrained(tmp)
@@ -414,3 +450,14 @@ def hwa_checkpoint(
     else:
         os.replace(tmp, folder)
     return trained, info
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """``hwa.json`` of a cached checkpoint (an empty record when it is damaged: the checkpoint is retrained)."""
+    from ..artifacts import read_json
+    from ..errors import ArtifactError
+
+    try:
+        return read_json(path, "HWA training record")
+    except ArtifactError:
+        return {}

@@ -183,11 +183,11 @@ class _OSErrorsAsUserErrors:
         return False
 
 
-def _load_model(name: str):
+def _load_model(name: str, require_tokenizer: bool = True):
     from romer_aihwkit.models import load_model
 
     with _OSErrorsAsUserErrors():
-        return load_model(name)
+        return load_model(name, require_tokenizer=require_tokenizer)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -64,7 +64,7 @@ def convert(
     config = load_device_config(device)
     if seed is not None:
         config.check_t_inference(config.t_inference if t is None else t)
-    digital, tokenizer = _load_model(model)
+    digital, tokenizer = _load_model(model, require_tokenizer=False)
     amodel = convert_to_analog_moe(digital, config, analog_router=not digital_router,
                                    analog_attention=analog_attention)
     summary = analog_summary(amodel)

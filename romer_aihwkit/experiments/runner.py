@@ -251,8 +251,10 @@ def _check_reusable(out_dir: Path, settings: CompareSettings, inputs: dict[str, 
     before = saved.get("inputs")
     changed = sorted(k for k in inputs if not isinstance(before, dict) or before.get(k) != inputs[k])
     if changed:
+        why = "the simulation code or library versions changed since" if changed == ["engine"] else (
+            "the files changed since" if "engine" not in changed else "the files and the simulation code changed since")
         raise ResultsExistError(
-            f"{out_dir} holds rows computed from other contents of {', '.join(changed)} (the files changed since); "
+            f"{out_dir} holds rows computed from other contents of {', '.join(changed)} ({why}); "
             "pass --force to discard those rows and recompute, or choose another --out folder"
         )
 
@@ -274,74 +276,41 @@ def finished_rows(out_dir: Path, settings: CompareSettings) -> set[tuple]:
 
 
 # ------------------------------------------------------------------ content fingerprints of the inputs
-_SAMPLED_ABOVE = 8 * 2**20  # files larger than this are hashed from 16 sampled blocks plus their size
-_BLOCK = 64 * 1024
-
-
-def _file_digest(path: Path, digest: Any) -> None:
-    size = path.stat().st_size
-    digest.update(f"{path.name}|{size}|".encode())
-    with open(path, "rb") as f:
-        if size <= _SAMPLED_ABOVE:
-            for chunk in iter(lambda: f.read(2**20), b""):
-                digest.update(chunk)
-            return
-        for i in range(16):
-            f.seek(i * (size - _BLOCK) // 15)
-            digest.update(f.read(_BLOCK))
-
-
-def _tree_digest(root: Path, suffixes: tuple[str, ...] | None = None) -> str:
-    digest = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for p in files:
-        if suffixes is None or p.name.endswith(suffixes):
-            digest.update(str(p.relative_to(root) if p != root else p.name).encode())
-            _file_digest(p, digest)
-    return digest.hexdigest()[:16]
-
-
 def _model_digest(name: str) -> str:
-    from ..models import MODELS_DIR, list_bundled_models
+    from ..artifacts import model_digest
 
-    path = MODELS_DIR / name if name in list_bundled_models() else Path(name).expanduser()
-    if path.is_dir():
-        return _tree_digest(path)
-    return f"hub id {name} (contents not checked)"
+    return model_digest(name)
 
 
 def _text_digest(source: str) -> str:
-    from ..data.corpus import CORPUS_DIR
+    from ..artifacts import text_digest
 
-    if source.lower() in ("bundled", "shakespeare"):
-        return _tree_digest(CORPUS_DIR)
-    path = Path(source).expanduser()
-    if not path.exists():
-        return "missing"
-    return _tree_digest(path)
+    return text_digest(source)
 
 
 def input_fingerprints(settings: CompareSettings) -> dict[str, str]:
-    """Content hash of every input of a comparison: each model's files, device config and text.
+    """Content hash of every input of a comparison: each model's files, device config, text, and the code.
 
     Large files (weights) are hashed from their size and 16 sampled 64 KiB blocks, small files
-    fully; device configs by their resolved content
-    (:func:`romer_aihwkit.artifacts.device_fingerprint`). A hub id is recorded as such, its
-    contents are not checked.
+    fully (:func:`romer_aihwkit.artifacts.content_digest`); device configs by their resolved
+    content (:func:`romer_aihwkit.artifacts.device_fingerprint`); a hub id by its cached snapshot
+    (recorded as unchecked when there is none). ``engine`` is the identity of the simulation code
+    and library versions (:func:`romer_aihwkit.artifacts.code_fingerprint`).
 
     Returns:
-        ``{"model NAME": hash, "device NAME": hash, "eval_text": hash, "calib_text": hash}``.
+        ``{"model NAME": hash, "device NAME": hash, "eval_text": hash, "calib_text": hash,
+        "train_text": hash, "engine": identity}`` (and ``task_include_path`` when given).
     """
-    from ..artifacts import device_fingerprint
+    from ..artifacts import code_fingerprint, device_fingerprint
 
     out = {f"model {m}": _model_digest(m) for m in settings.models}
     out.update({f"device {d}": device_fingerprint(d) for d in settings.devices})
     out["eval_text"] = _text_digest(settings.eval_text)
     out["calib_text"] = _text_digest(settings.calib_text)
-    if settings.train_text != "bundled":
-        out["train_text"] = _text_digest(settings.train_text)
+    out["train_text"] = _text_digest(settings.train_text)
     if settings.task_include_path is not None:
         out["task_include_path"] = _text_digest(settings.task_include_path)
+    out["engine"] = code_fingerprint()
     return out
 
 
@@ -487,7 +456,7 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
     hwa_records: dict[str, dict[str, Any]] = {}
     for model_name in settings.models:
         mine = [key for key in todo if key[0] == model_name]
-        digital, tokenizer = load_model(model_name)
+        digital, tokenizer = load_model(model_name, require_tokenizer=True)
         if settings.stress:
             from ..stress import apply_stress
 
@@ -568,7 +537,7 @@ def _hwa_model(digital: torch.nn.Module, tokenizer: Any, model_name: str, device
 
     config = HWAConfig() if settings.hwa_steps is None else HWAConfig(steps=settings.hwa_steps)
     return hwa_checkpoint(digital, tokenizer, model_name, device, out_dir / "hwa", train_text=settings.train_text,
-                          config=config, fingerprint=_model_digest(model_name))
+                          config=config, fingerprint=_model_digest(model_name), stress=settings.stress)
 
 
 def _blocks(option: str, text_blocks: Any, source: str, tokenizer: Any, **kwargs: Any) -> torch.Tensor:

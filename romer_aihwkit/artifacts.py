@@ -286,7 +286,7 @@ _BLOCK = 64 * 1024
 
 def _file_digest(path: Path, digest: Any) -> None:
     size = path.stat().st_size
-    digest.update(f"{path.name}|{size}|".encode())
+    digest.update(f"|{size}|".encode())
     with open(path, "rb") as f:
         if size <= _SAMPLED_ABOVE:
             for chunk in iter(lambda: f.read(2**20), b""):
@@ -298,7 +298,8 @@ def _file_digest(path: Path, digest: Any) -> None:
 
 
 def content_digest(root: str | os.PathLike) -> str:
-    """Hash of a file's or a folder's contents (relative names and bytes; not its location).
+    """Hash of a file's or a folder's contents (bytes, and the relative names of a folder's files; for a
+    single file its suffixes, which decide how it is read, e.g. ``.txt.gz``; never its location).
 
     Files up to 8 MiB are hashed whole; larger ones (weights) from their size and 16 sampled
     64 KiB blocks.
@@ -310,7 +311,7 @@ def content_digest(root: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for p in files:
-        digest.update(str(p.relative_to(root) if p != root else p.name).encode())
+        digest.update(str(p.relative_to(root) if p != root else "".join(p.suffixes)).encode())
         _file_digest(p, digest)
     return digest.hexdigest()[:16]
 

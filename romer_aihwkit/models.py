@@ -162,11 +162,15 @@ def _check_memory(meta_state: dict[str, torch.Tensor], dtype: torch.dtype, path:
     if need > free:
         params = sum(t.numel() for t in meta_state.values())
         raise InputError(
-            f"{path / 'config.json'} declares {params:,} weights: about {need / 2**30:.1f} GiB in {dtype}, but only "
-            f"{free / 2**30:.1f} GiB of {'accelerator ' if device is not None and torch.device(device).type == 'cuda' else ''}"
+            f"{path / 'config.json'} declares {params:,} weights: about {_size(need)} in {dtype}, but only "
+            f"{_size(free)} of {'accelerator ' if device is not None and torch.device(device).type == 'cuda' else ''}"
             "memory is available; the model was not loaded (check the config's sizes, or load it on a larger machine "
             "or with device_map)")
     return need
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _safetensors_header(file: Path) -> dict[str, dict[str, Any]]:
@@ -241,36 +245,48 @@ def _model_key(key: str, names: dict[str, Any], prefix: str) -> str | None:
     return None
 
 
+def _layouts(meta: Any) -> list[dict[str, torch.Tensor]]:
+    """The weight names and shapes ``meta`` loads: its own, and the layout ``save_pretrained`` writes
+    (transformers converts some families' experts, e.g. per-expert matrices into fused ones)."""
+    native = meta.state_dict()
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        saved = dict(revert_weight_conversion(meta, dict(native)))
+    except Exception:  # no conversion for this family, or an API change: the native layout only
+        return [native]
+    return [native] if saved.keys() == native.keys() else [native, saved]
+
+
 def _check_weights(meta: Any, files: list[Path], path: Path) -> None:
     """Every weight ``meta`` needs is in ``files`` with its shape and kind of dtype; every weight finite."""
     from safetensors import safe_open
 
-    expected = meta.state_dict()
     prefix = getattr(meta, "base_model_prefix", "") or ""
     tied = set(getattr(meta, "all_tied_weights_keys", None) or {})
     ignore = [re.compile(p) for p in (getattr(meta, "_keys_to_ignore_on_load_missing", None) or [])]
-    found: set[str] = set()
-    needs_conversion = False
     headers = {file: _safetensors_header(file) for file in files}
-    for file, table in headers.items():
-        for key, entry in table.items():
-            name = _model_key(key, expected, prefix)
-            if name is None:
-                needs_conversion = True  # an older layout transformers renames on loading; checked after loading
-                continue
-            found.add(name)
-            want = expected[name]
-            shape, dtype = tuple(int(d) for d in entry["shape"]), entry["dtype"]
-            if shape != tuple(want.shape):
-                raise InputError(f"{file}: tensor {key!r} has shape {shape}, but the architecture in config.json "
-                                 f"needs {tuple(want.shape)}; the model was not loaded")
-            if (dtype in _FLOAT_DTYPES) != want.is_floating_point():
-                raise InputError(f"{file}: tensor {key!r} is {dtype}, but the architecture needs a "
-                                 f"{'floating-point' if want.is_floating_point() else want.dtype} tensor; the model "
-                                 "was not loaded")
-    if not needs_conversion:
-        missing = sorted(k for k in expected if k not in found and k not in tied
-                         and not any(p.search(k) for p in ignore))
+    entries = {key: (file, entry) for file, table in headers.items() for key, entry in table.items()}
+    layouts = _layouts(meta)
+    # the layout every checkpoint key belongs to; none: a layout transformers converts otherwise (checked after loading)
+    layout = next((lay for lay in layouts if all(_model_key(k, lay, prefix) for k in entries)), None)
+    found: set[str] = set()
+    for key, (file, entry) in entries.items():
+        name = _model_key(key, layout if layout is not None else layouts[0], prefix)
+        if name is None:
+            continue
+        found.add(name)
+        want = (layout if layout is not None else layouts[0])[name]
+        shape, dtype = tuple(int(d) for d in entry["shape"]), entry["dtype"]
+        if shape != tuple(want.shape):
+            raise InputError(f"{file}: tensor {key!r} has shape {shape}, but the architecture in config.json "
+                             f"needs {tuple(want.shape)}; the model was not loaded")
+        if (dtype in _FLOAT_DTYPES) != want.is_floating_point():
+            raise InputError(f"{file}: tensor {key!r} is {dtype}, but the architecture needs a "
+                             f"{'floating-point' if want.is_floating_point() else str(want.dtype)} tensor; the model "
+                             "was not loaded")
+    if layout is not None:
+        missing = sorted(k for k in layout if k not in found and k not in tied and not any(p.search(k) for p in ignore))
         if missing:
             raise InputError(
                 f"model folder {path}: weight {missing[0]!r} is missing from {', '.join(f.name for f in files)} "
@@ -356,10 +372,11 @@ def _load_from_folder(path, dtype, device_map, trust_remote_code, device=None, a
 
     check_model_folder(path, dtype, device, trust_remote_code, allow_pickle, check_memory=device_map is None)
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
             local_files_only=True, use_safetensors=None if allow_pickle else True, output_loading_info=True,
         )
+        model, info = loaded
     except Exception as exc:
         if isinstance(exc, (OSError, ValueError, KeyError, RuntimeError)) or type(exc).__name__ == "SafetensorError":
             detail = " ".join(str(exc).split())[:300]
@@ -441,10 +458,11 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(s, dtype=dtype, device_map=device_map,
+        loaded: Any = AutoModelForCausalLM.from_pretrained(s, dtype=dtype, device_map=device_map,
                                                            trust_remote_code=trust_remote_code,
                                                            use_safetensors=None if allow_pickle else True,
                                                            output_loading_info=True)
+        model, info = loaded
         tok = AutoTokenizer.from_pretrained(s, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise OSError(

@@ -7,6 +7,7 @@ file / option / value, no traceback, and that nothing already there changed or w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -426,7 +427,9 @@ def _edit_tensors(src: Path, dst: Path, edit) -> None:
     tensors = load_file(str(src.with_suffix(".safetensors")))
     edit(tensors)
     save_file(tensors, str(dst.with_suffix(".safetensors")), metadata={"format": "romer-aihwkit-calibration/2"})
-    shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
+    meta = json.loads(src.with_suffix(".json").read_text())  # a consistent pair: the tensors' checks must refuse it
+    meta["tensors_sha256"] = hashlib.sha256(dst.with_suffix(".safetensors").read_bytes()).hexdigest()
+    dst.with_suffix(".json").write_text(json.dumps(meta))
 
 
 def _replica_99(t):
@@ -747,3 +750,502 @@ def test_unknown_engine_or_reference_store_is_an_input_error(option, value):
     with pytest.raises(InputError, match=f"{option}='{value}'"):
         ra.convert_to_analog_moe(model, "pcm", **{option: value})
     assert getattr(model, "analog_state", None) is None  # nothing converted
+
+
+# --- issue 21: caches, model folders, artifacts ---
+def _folder_state(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (to prove that nothing on disk changed)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_params(model, before) -> bool:
+    after = model.state_dict()
+    return after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+# ------------------------------------------------------------------ class 1: every cache/resume key field matters
+@pytest.fixture(scope="module")
+def hwa_base(tiny, tmp_path_factory):
+    from romer_aihwkit.models import load_model
+
+    model, tok = load_model(tiny)
+    text = tmp_path_factory.mktemp("hwa-text") / "train.txt"
+    text.write_text("To be, or not to be, that is the question. " * 40, encoding="utf-8")
+    return model, tok, text
+
+
+def _hwa_key_change(field, model, tok, text, tmp_path, monkeypatch):
+    """The arguments of hwa_cache_key with ``field`` changed, and whether the model was changed by us."""
+    import copy
+
+    from romer_aihwkit.baselines.hwa import HWAConfig
+    from romer_aihwkit.models import bundled_tokenizer
+
+    args = dict(model=model, tokenizer=tok, device_config="pcm", train_text=str(text), config=HWAConfig(),
+                fingerprint="files-a", stress=None)
+    if field == "weights":
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            next(other.parameters()).view(-1)[-1] += 1e-3  # one element the strided sample would not see
+        args["model"] = other
+    elif field == "files":
+        args["fingerprint"] = "files-b"
+    elif field == "stress":
+        args["stress"] = "outliers:2x10"
+    elif field == "tokenizer":
+        tok2 = bundled_tokenizer()
+        tok2.add_tokens(["<extra-token>"])
+        args["tokenizer"] = tok2
+    elif field == "device":
+        same_name = tmp_path / "pcm.yaml"
+        same_name.write_text("extends: pcm\nname: pcm\nout_noise: 0.07\n")
+        args["device_config"] = str(same_name)
+    elif field == "train_text":
+        text.write_text(text.read_text() + "Whether 'tis nobler in the mind to suffer.")
+    elif field == "code":
+        import romer_aihwkit.artifacts as art
+
+        monkeypatch.setattr(art, "code_fingerprint", lambda: "another engine")
+    else:
+        args["config"] = HWAConfig(**{field: {"steps": 7, "lr": 1e-3, "batch_size": 3, "seq_len": 64,
+                                              "weight_noise": 0.1, "train_blocks": 9, "seed": 1}[field]})
+    return args
+
+
+HWA_KEY_FIELDS = ["weights", "files", "stress", "tokenizer", "device", "train_text", "code", "steps", "lr",
+                  "batch_size", "seq_len", "weight_noise", "train_blocks", "seed"]
+
+
+@pytest.mark.parametrize("field", HWA_KEY_FIELDS)
+def test_hwa_cache_key_field_matters(hwa_base, tmp_path, monkeypatch, field):
+    """Changing any one thing that determines the HWA checkpoint changes its key (so the cache misses)."""
+    from romer_aihwkit.baselines.hwa import HWAConfig, hwa_cache_key
+
+    model, tok, text = hwa_base
+    text_copy = tmp_path / "train.txt"
+    shutil.copy(text, text_copy)
+    before = _params(model)
+    base = hwa_cache_key(model, tok, "pcm", str(text_copy), HWAConfig(), "files-a", None)
+    args = _hwa_key_change(field, model, tok, text_copy, tmp_path, monkeypatch)
+    changed = hwa_cache_key(**args)
+    differs = sorted(k for k in base if base[k] != changed[k])
+    assert differs == [{"steps": "config", "lr": "config", "batch_size": "config", "seq_len": "config",
+                        "weight_noise": "config", "train_blocks": "config", "seed": "config"}.get(field, field)]
+    assert _same_params(model, before)  # computing a key changes no weight
+
+
+def test_hwa_cache_key_is_content_not_path(hwa_base, tmp_path):
+    """The same text under another path, and the same device content under another name, give the same key."""
+    from romer_aihwkit.baselines.hwa import hwa_cache_key
+
+    model, tok, text = hwa_base
+    moved = tmp_path / "elsewhere" / "renamed.txt"
+    moved.parent.mkdir()
+    shutil.copy(text, moved)
+    renamed = tmp_path / "renamed.yaml"
+    renamed.write_text("extends: pcm\nname: renamed\ndescription: same physics\n")
+    assert hwa_cache_key(model, tok, "pcm", str(text)) == hwa_cache_key(model, tok, str(renamed), str(moved))
+
+
+def test_hwa_checkpoint_of_stressed_model_is_not_reused_unstressed(hwa_base, tmp_path, monkeypatch):
+    """The reported case: a `stress none` run must not reuse the checkpoint trained on the stressed model."""
+    import copy
+
+    import romer_aihwkit.baselines.hwa as hwa
+    from romer_aihwkit.stress import apply_stress
+
+    model, tok, text = hwa_base
+    trained: list[str] = []
+
+    def fake_finetune(m, tokenizer, device, train_text, config, progress=False):
+        out = copy.deepcopy(m)
+        setattr(out.config, hwa.HWA_MARK, {"device": "pcm"})
+        trained.append(hwa.hwa_cache_key(m, tokenizer, device, train_text, config)["weights"])
+        return out, {"config": {}}
+
+    monkeypatch.setattr(hwa, "hwa_finetune", fake_finetune)
+    stressed = copy.deepcopy(model)
+    apply_stress(stressed, "outliers:2x10")
+    cache = tmp_path / "hwa"
+    hwa.hwa_checkpoint(stressed, tok, "m", "pcm", cache, str(text), hwa.HWAConfig(steps=1), stress="outliers:2x10")
+    before = _folder_state(cache)
+    plain_params = _params(model)
+    hwa.hwa_checkpoint(model, tok, "m", "pcm", cache, str(text), hwa.HWAConfig(steps=1), stress=None)
+    assert len(trained) == 2 and trained[0] != trained[1]  # a miss: trained again, from the plain model
+    assert all(_folder_state(cache)[k] == v for k, v in before.items())  # the stressed checkpoint is kept
+    assert _same_params(model, plain_params)
+    _, record = hwa.hwa_checkpoint(model, tok, "m", "pcm", cache, str(text), hwa.HWAConfig(steps=1))
+    assert len(trained) == 2 and record["key"]["stress"] == "none"  # and now a hit
+
+
+def test_hwa_checkpoint_with_foreign_record_is_retrained(hwa_base, tmp_path, monkeypatch):
+    """A cached folder whose recorded key is not the key asked for is not trusted."""
+    import copy
+
+    import romer_aihwkit.baselines.hwa as hwa
+
+    model, tok, text = hwa_base
+    calls = []
+
+    def fake_finetune(m, tokenizer, device, train_text, config, progress=False):
+        calls.append(1)
+        out = copy.deepcopy(m)
+        setattr(out.config, hwa.HWA_MARK, {"device": "pcm"})
+        return out, {"config": {}}
+
+    monkeypatch.setattr(hwa, "hwa_finetune", fake_finetune)
+    cache = tmp_path / "hwa"
+    hwa.hwa_checkpoint(model, tok, "m", "pcm", cache, str(text), hwa.HWAConfig(steps=1))
+    record = next(cache.glob("*/hwa.json"))
+    data = json.loads(record.read_text())
+    data["key"]["train_text"] = "someone else's text"
+    record.write_text(json.dumps(data))
+    _, info = hwa.hwa_checkpoint(model, tok, "m", "pcm", cache, str(text), hwa.HWAConfig(steps=1))
+    assert len(calls) == 2 and info["key"]["train_text"] != "someone else's text"
+
+
+COMPARE_FIELDS = {
+    "seq_len": dict(seq_len=64), "eval_blocks": dict(eval_blocks=3), "calib_blocks": dict(calib_blocks=5),
+    "batch_size": dict(batch_size=2), "stress": dict(stress="outliers:2x10"), "t_inference": dict(t_inference=[60.0]),
+    "eval_text": dict(eval_text="other.txt"), "calib_text": dict(calib_text="other.txt"),
+    "train_text": dict(train_text="other.txt"), "hwa_steps": dict(hwa_steps=3), "devices": dict(devices=["gaussian-5"]),
+    "models": dict(models=["olmoe-tiny", "qwen2moe-tiny"]),
+}
+
+
+@pytest.mark.parametrize("field", sorted(COMPARE_FIELDS))
+def test_compare_settings_fingerprint_field_matters(field):
+    base = CompareSettings(models=["olmoe-tiny"])
+    changed = CompareSettings(**{"models": ["olmoe-tiny"], **COMPARE_FIELDS[field]})
+    assert base.fingerprint() != changed.fingerprint()
+    assert CompareSettings(models=["olmoe-tiny"], seeds=[7], methods=["romer"]).fingerprint() == base.fingerprint()
+
+
+@pytest.mark.parametrize("which", ["model", "device", "eval_text", "calib_text", "train_text", "engine"])
+def test_compare_input_fingerprints_follow_content(tiny, eval_text, tmp_path, monkeypatch, which):
+    """Each input is keyed by its content: editing it changes its entry (a resume is refused), moving it does not."""
+    from romer_aihwkit.experiments.runner import input_fingerprints
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    device = tmp_path / "dev.yaml"
+    device.write_text("extends: pcm\n")
+    texts = {}
+    for name in ("eval_text", "calib_text", "train_text"):
+        texts[name] = tmp_path / f"{name}.txt"
+        shutil.copy(eval_text, texts[name])
+    settings = CompareSettings(models=[str(model)], devices=[str(device)], **{k: str(v) for k, v in texts.items()})
+    before = input_fingerprints(settings)
+    key = {"model": f"model {model}", "device": f"device {device}"}.get(which, which)
+    if which == "model":
+        gen = model / "generation_config.json"
+        gen.write_text(gen.read_text().replace("}", ', "note": 1}', 1))
+    elif which == "device":
+        device.write_text("extends: pcm\nout_noise: 0.07\n")
+    elif which == "engine":
+        import romer_aihwkit.artifacts as art
+
+        monkeypatch.setattr(art, "code_fingerprint", lambda: "another engine")
+    else:
+        texts[which].write_text(texts[which].read_text() + "x")
+    after = input_fingerprints(settings)
+    assert sorted(k for k in after if after[k] != before.get(k)) == [key]
+
+
+def test_compare_resume_after_engine_change_is_refused(tiny, eval_text, tmp_path, monkeypatch):
+    import romer_aihwkit.artifacts as art
+
+    _, out, args = fresh_run(tiny, eval_text, tmp_path)
+    before = _folder_state(out)
+    monkeypatch.setattr(art, "code_fingerprint", lambda: "another engine")
+    one_line_error(runner.invoke(app, args), "engine", "simulation code", "--force")
+    assert _folder_state(out) == before
+
+
+# ------------------------------------------------------------------ class 2: model folders checked before loading
+def _model_variant(tiny, tmp_path, tensors=None, config=None, drop=()):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny, folder)
+    if tensors is not None:
+        t = load_file(str(folder / "model.safetensors"))
+        tensors(t)
+        save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if config is not None:
+        c = json.loads((folder / "config.json").read_text())
+        c.update(config)
+        (folder / "config.json").write_text(json.dumps(c))
+    for name in drop:
+        (folder / name).unlink()
+    return folder
+
+
+def _set(key, value):
+    return lambda t: t.__setitem__(key, value)
+
+
+def _poke(key, value):
+    def edit(t):
+        t[key].view(-1)[3] = value
+    return edit
+
+
+MODEL_FOLDER_CASES = {
+    "missing_attention_weight": (dict(tensors=lambda t: t.pop("model.layers.0.self_attn.q_proj.weight")),
+                                 ["model.layers.0.self_attn.q_proj.weight", "missing", "at random"]),
+    "missing_expert_tensor": (dict(tensors=lambda t: t.pop("model.layers.1.mlp.experts.3.gate_proj.weight")),
+                              ["experts.3.gate_proj.weight", "missing"]),
+    "wrong_shaped_router": (dict(tensors=_set("model.layers.0.mlp.gate.weight", torch.zeros(7, 32))),
+                            ["model.safetensors", "model.layers.0.mlp.gate.weight", "(7, 32)", "(8, 32)"]),
+    "num_experts_disagrees": (dict(config={"num_experts": 4}), ["model.layers.0.mlp.gate.weight", "(4, 32)"]),
+    "top_k_exceeds_experts": (dict(config={"num_experts_per_tok": 9}), ["config.json", "num_experts_per_tok=9", "(8)"]),
+    "zero_layers": (dict(config={"num_hidden_layers": 0}), ["config.json", "num_hidden_layers", ">= 1"]),
+    "heads_not_divisible": (dict(config={"num_key_value_heads": 3}), ["num_key_value_heads=3"]),
+    "huge_declared_size": (dict(config={"hidden_size": 2**20, "intermediate_size": 2**20}), ["GiB", "available"]),
+    "nan_weight": (dict(tensors=_poke("model.layers.1.mlp.experts.5.down_proj.weight", float("nan"))),
+                   ["model.safetensors", "model.layers.1.mlp.experts.5.down_proj.weight", "NaN"]),
+    "inf_weight": (dict(tensors=_poke("model.embed_tokens.weight", float("inf"))),
+                   ["model.embed_tokens.weight", "infinite"]),
+    "integer_weight": (dict(tensors=_set("model.norm.weight", torch.ones(32, dtype=torch.int32))),
+                       ["model.norm.weight", "I32", "floating-point"]),
+    "unexpected_weight": (dict(tensors=_set("model.layers.0.mlp.extra.weight", torch.zeros(2))),
+                          ["model.layers.0.mlp.extra.weight", "not in the architecture"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_FOLDER_CASES))
+def test_bad_model_folder_is_refused_before_use(tiny, tmp_path, case):
+    from romer_aihwkit.models import load_model
+
+    kwargs, fragments = MODEL_FOLDER_CASES[case]
+    folder = _model_variant(tiny, tmp_path, **kwargs)
+    before = _folder_state(folder)
+    with pytest.raises(InputError) as info:
+        load_model(str(folder))
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+    assert _folder_state(folder) == before
+
+
+def test_model_larger_than_free_memory_names_the_figure(tiny, monkeypatch):
+    import romer_aihwkit.models as models
+
+    monkeypatch.setattr(models, "_available_memory", lambda device=None: 1000)
+    with pytest.raises(InputError, match=r"295,712 weights: about 1\.1 MiB in torch.float32, but only 0\.0 MiB") as info:
+        models.load_model(tiny)
+    assert str(Path(tiny) / "config.json") in str(info.value)
+
+
+def test_model_check_reads_headers_before_allocating(tiny, tmp_path, monkeypatch):
+    """A truncated weight file is named from its header, and from_pretrained never runs."""
+    import transformers
+
+    folder = _model_variant(tiny, tmp_path)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) - 1000])
+
+    def boom(*a, **k):
+        raise AssertionError("from_pretrained ran")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
+    with pytest.raises(InputError, match="truncated or corrupted") as info:
+        ra.load_model(str(folder))
+    assert str(folder / "model.safetensors") in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["missing_shard", "tensor_not_in_shard"])
+def test_sharded_checkpoint_index_is_checked(tiny, tmp_path, damage):
+    from safetensors.torch import load_file, save_file
+
+    folder = _model_variant(tiny, tmp_path)
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    half = len(names) // 2
+    save_file({k: tensors[k] for k in names[:half]}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({k: tensors[k] for k in names[half:]}, str(folder / "model-00002-of-00002.safetensors"))
+    weight_map = {k: "model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors"
+                  for i, k in enumerate(names)}
+    if damage == "missing_shard":
+        (folder / "model-00002-of-00002.safetensors").unlink()
+        fragments = ["model-00002-of-00002.safetensors", "incomplete"]
+    else:
+        weight_map[names[-1]] = "model-00001-of-00002.safetensors"
+        fragments = [names[-1], "does not hold it"]
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    before = _folder_state(folder)
+    with pytest.raises(InputError) as info:
+        ra.load_model(str(folder))
+    assert all(f in str(info.value) for f in fragments), str(info.value)
+    assert _folder_state(folder) == before
+
+
+def test_sharded_checkpoint_loads_when_whole(tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _model_variant(tiny, tmp_path)
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    files = {k: f"model-0000{1 + (i % 2)}-of-00002.safetensors" for i, k in enumerate(names)}
+    for shard in set(files.values()):
+        save_file({k: tensors[k] for k in names if files[k] == shard}, str(folder / shard), metadata={"format": "pt"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": files}))
+    model, _ = ra.load_model(str(folder))
+    assert torch.equal(model.model.embed_tokens.weight, tensors["model.embed_tokens.weight"])
+
+
+def test_folder_without_tokenizer_names_the_tokenizer(tiny, eval_text, tmp_path):
+    folder = _model_variant(tiny, tmp_path, drop=("tokenizer.json", "tokenizer_config.json"))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compare", "--model", str(folder), "--eval-text", str(eval_text), *TINY_RUN,
+                                 "--out", str(out)])
+    one_line_error(result, "no tokenizer", "tokenizer.save_pretrained")
+    assert "eval" not in result.stderr.split("Error:")[1].split("tokenizer")[0]  # the text is not blamed
+    assert not (out / "rows.jsonl").exists()
+    model, tok = ra.load_model(str(folder))  # the API still loads the weights, without a tokenizer
+    assert tok is None
+
+
+def test_folder_with_broken_tokenizer_names_the_tokenizer(tiny, tmp_path):
+    folder = _model_variant(tiny, tmp_path)
+    (folder / "tokenizer.json").write_text("{not json")
+    before = _folder_state(folder)
+    with pytest.raises(InputError, match="tokenizer") as info:
+        ra.load_model(str(folder))
+    assert "tokenizer.json" in str(info.value) and str(folder) in str(info.value)
+    assert _folder_state(folder) == before
+
+
+def test_nan_model_folder_is_one_cli_line(tiny, eval_text, tmp_path):
+    folder = _model_variant(tiny, tmp_path, tensors=_poke("model.layers.0.mlp.gate.weight", float("nan")))
+    result = runner.invoke(app, ["compare", "--model", str(folder), "--eval-text", str(eval_text), *TINY_RUN,
+                                 "--out", str(tmp_path / "out")])
+    one_line_error(result, "model.layers.0.mlp.gate.weight", "NaN")
+
+
+# ------------------------------------------------------------------ class 3: artifacts tied, checked, savable
+def test_calibration_json_beside_tensors_of_another_chip_is_refused(olmoe_pcm, saved_calibration, tmp_path):
+    """The reported case: chip 0's JSON with chip 1's tensors; the JSON's fingerprint matches, the pair does not."""
+    other = _converted(seed=5)
+    ra.calibrate(other, calib_tokens(seed=9), callbacks=[ra.Romer(tau=0.8)], progress=False)
+    ra.save_calibration(other, tmp_path / "chip1")
+    mixed = tmp_path / "mixed"
+    shutil.copy(saved_calibration.with_suffix(".json"), mixed.with_suffix(".json"))
+    shutil.copy((tmp_path / "chip1").with_suffix(".safetensors"), mixed.with_suffix(".safetensors"))
+    before = snapshot(olmoe_pcm)
+    with pytest.raises(ArtifactError, match="is not the tensor file mixed.json was saved with") as info:
+        ra.load_calibration(olmoe_pcm, mixed)
+    assert str(mixed.with_suffix(".safetensors")) in str(info.value)
+    assert_same(snapshot(olmoe_pcm), before)
+
+
+def test_calibration_json_without_tensor_hash_is_refused(olmoe_pcm, saved_calibration, tmp_path):
+    bad = tmp_path / "old"
+    shutil.copy(saved_calibration.with_suffix(".safetensors"), bad.with_suffix(".safetensors"))
+    meta = json.loads(saved_calibration.with_suffix(".json").read_text())
+    meta.pop("tensors_sha256")
+    bad.with_suffix(".json").write_text(json.dumps(meta))
+    before = snapshot(olmoe_pcm)
+    with pytest.raises(ArtifactError, match="no hash of its tensor file") as info:
+        ra.load_calibration(olmoe_pcm, bad)
+    assert str(bad.with_suffix(".json")) in str(info.value)
+    assert_same(snapshot(olmoe_pcm), before)
+
+
+@pytest.mark.parametrize("saver", ["calibration", "chip_state"])
+def test_saving_a_never_programmed_model_is_refused(tmp_path, saver):
+    from romer_aihwkit.analog import save_analog_state
+
+    model = ra.convert_to_analog_moe(tiny_model("olmoe"), "pcm")
+    before = _params(model)
+    with pytest.raises(InputError, match="never programmed"):
+        if saver == "calibration":
+            ra.save_calibration(model, tmp_path / "calib")
+        else:
+            save_analog_state(model, tmp_path / "chip.safetensors")
+    assert list(tmp_path.iterdir()) == []
+    assert _same_params(model, before)
+
+
+def test_saving_a_calibration_that_masks_every_expert_is_refused(tmp_path):
+    model = _converted(seed=4)
+    router = find_routers(model)[0]
+    router.expert_mask.fill_(True)
+    before = _params(model)
+    with pytest.raises(InputError, match="could not be loaded back.*top_k=2"):
+        ra.save_calibration(model, tmp_path / "calib")
+    assert list(tmp_path.iterdir()) == []
+    assert _same_params(model, before)
+
+
+def _chip_variant(chip_file, dst, tensors=None, meta=None):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(chip_file), framework="pt") as f:
+        metadata = dict(f.metadata())
+    t = load_file(str(chip_file))
+    if tensors is not None:
+        tensors(t)
+    metadata.update(meta or {})
+    save_file(t, str(dst), metadata=metadata)
+    return dst
+
+
+def _all_masked(t):
+    for k in [k for k in t if k.endswith("/expert_mask")]:
+        t[k] = torch.ones_like(t[k])
+
+
+def _all_but_one_masked(t):
+    for k in [k for k in t if k.endswith("/expert_mask")]:
+        t[k] = torch.ones_like(t[k])
+        t[k][0] = False
+
+
+def _tiles_fp16(t):
+    for k in [k for k in t if k.endswith("/tiles")]:
+        t[k] = t[k].half()
+
+
+def _replica_negative(t):
+    k = next(k for k in t if k.endswith("/replica_of"))
+    t[k][0] = -5
+
+
+CHIP_CASES = {
+    "tiles_cast_to_float16": (dict(tensors=_tiles_fp16), ["/tiles", "torch.float16", "torch.float32"]),
+    "every_expert_masked": (dict(tensors=_all_masked), ["expert_mask", "every expert"]),
+    "fewer_than_top_k_routable": (dict(tensors=_all_but_one_masked), ["expert_mask", "fewer than top_k=2"]),
+    "replica_index_negative": (dict(tensors=_replica_negative), ["replica_of", "-5"]),
+    "seed_edited": (dict(meta={"seed": "7"}), ["seed=7", "fingerprint's seed=3"]),
+    "seed_not_integer": (dict(meta={"seed": "0.7"}), ["seed", "0.7"]),
+    "seed_negative": (dict(meta={"seed": "-1"}), ["seed", "-1"]),
+    "t_inference_edited": (dict(meta={"t_inference": "60.0"}), ["t_inference=60.0", "fingerprint's t_inference"]),
+    "t_inference_negative": (dict(meta={"t_inference": "-5.0"}), ["t_inference"]),
+    "t_inference_text": (dict(meta={"t_inference": '"1 day"'}), ["t_inference", "1 day"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHIP_CASES))
+def test_tampered_chip_state_is_refused_untouched(chip_file, tmp_path, case):
+    from romer_aihwkit.analog import load_analog_state
+
+    kwargs, fragments = CHIP_CASES[case]
+    path = _chip_variant(chip_file, tmp_path / "chip.safetensors", **kwargs)
+    model = _chip()
+    before, state = _tiles(model), (model.analog_state.seed, model.analog_state.t_inference)
+    masks = [r.expert_mask.clone() for r in find_routers(model)]
+    with pytest.raises(ArtifactError) as info:
+        load_analog_state(model, path)
+    for fragment in [str(path), *fragments]:
+        assert fragment in str(info.value), (fragment, str(info.value))
+    assert all(torch.equal(before[k], v) for k, v in _tiles(model).items())
+    assert (model.analog_state.seed, model.analog_state.t_inference) == state
+    assert all(torch.equal(m, r.expert_mask) for m, r in zip(masks, find_routers(model)))

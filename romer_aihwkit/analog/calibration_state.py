@@ -6,11 +6,15 @@ analog layer; :mod:`romer_aihwkit.calibration` computes calibrations and re-expo
 
 Loading is all-or-nothing: the files, every tensor (keys, shapes, dtypes, values, replica indices)
 and the fingerprint of the model and chip instance (:mod:`romer_aihwkit.artifacts`) are checked
-before anything is written, so a bad calibration leaves the installed one untouched.
+before anything is written, so a bad calibration leaves the installed one untouched. The JSON
+records the SHA-256 of the tensor file, so a JSON and tensors of different calibrations never mix;
+a calibration that could not be loaded back (a never-programmed model, masks that leave fewer
+than top-k experts) is not saved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,7 +25,7 @@ from torch import nn
 
 from ..artifacts import check_fingerprint, fingerprint, read_json, read_safetensors
 from ..atomic import atomic_write, atomic_write_text
-from ..errors import ArtifactError
+from ..errors import ArtifactError, InputError
 from .experts import REPLICA_MODES, AnalogExperts
 from .state import analog_state
 from .trace import experts_of, find_routers
@@ -73,10 +77,17 @@ def save_calibration(model: nn.Module, path: str | os.PathLike) -> tuple[Path, P
 
     Returns:
         The two paths written (atomically).
+
+    Raises:
+        InputError: The model was never programmed, or its calibration could not be loaded back
+            (masks leaving fewer than top-k experts, non-finite corrections, invalid replicas).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = analog_state(model)
+    if not state.programmed:
+        raise InputError("nothing to save: the model was never programmed, so a calibration of it belongs to no chip "
+                         "instance; call program_analog_weights(seed=...) first")
     tensors: dict[str, torch.Tensor] = {}
     layers = []
     experts = _experts_by_block(model)
@@ -88,8 +99,15 @@ def save_calibration(model: nn.Module, path: str | os.PathLike) -> tuple[Path, P
         ex = experts[router.name]
         tensors[f"{i}.replica_of"] = ex.replica_of.detach().cpu().long().clone()
         layers.append({"layer": i, "name": router.name, "num_experts": router.num_experts, "replica_mode": ex.replica_mode})
+    tensor_path, json_path = _paths(path)
+    try:
+        _check_tensors(tensors, find_routers(model), experts, tensor_path)
+    except ArtifactError as exc:
+        raise InputError(f"refusing to save a calibration that could not be loaded back: {exc.message}") from None
+    data = save(tensors, metadata={"format": FORMAT})
     meta = {
         "format": FORMAT,
+        "tensors_sha256": hashlib.sha256(data).hexdigest(),
         "model_class": getattr(model, "original_class", type(model)).__name__,
         "device": state.device_config.name,
         "seed": state.seed,
@@ -97,8 +115,7 @@ def save_calibration(model: nn.Module, path: str | os.PathLike) -> tuple[Path, P
         "fingerprint": fingerprint(model),
         "layers": layers,
     }
-    tensor_path, json_path = _paths(path)
-    atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    atomic_write(tensor_path, lambda tmp: Path(tmp).write_bytes(data))
     atomic_write_text(json_path, json.dumps(meta, indent=2))
     return tensor_path, json_path
 
@@ -162,6 +179,19 @@ def _check_tensors(tensors: dict[str, torch.Tensor], routers: list, experts: dic
                                              "experts to route to")
 
 
+def _check_pair(meta: dict[str, Any], tensor_path: Path, json_path: Path) -> None:
+    """The tensor file must be the one the JSON was written with (its SHA-256 is in the JSON)."""
+    recorded = meta.get("tensors_sha256")
+    if not isinstance(recorded, str):
+        raise ArtifactError(json_path, "records no hash of its tensor file (written by an older version, or edited), "
+                                       "so it cannot be tied to its tensors; recompute the calibration")
+    actual = hashlib.sha256(tensor_path.read_bytes()).hexdigest()
+    if actual != recorded:
+        raise ArtifactError(tensor_path, f"is not the tensor file {json_path.name} was saved with (SHA-256 "
+                                         f"{actual[:12]}..., recorded {recorded[:12]}...): the two files belong to "
+                                         "different calibrations or one was edited; nothing was loaded")
+
+
 def _snapshot(model: nn.Module) -> list[tuple[Any, dict[str, torch.Tensor], dict[int, int], str]]:
     experts = _experts_by_block(model)
     out = []
@@ -220,6 +250,7 @@ def load_calibration(model: nn.Module, path: str | os.PathLike) -> dict:
     routers = find_routers(model)
     layers = _check_layers(meta, routers, json_path)
     check_fingerprint(meta.get("fingerprint"), fingerprint(model), json_path)
+    _check_pair(meta, tensor_path, json_path)
     tensors, tensor_meta = read_safetensors(tensor_path, "calibration tensors")
     if tensor_meta.get("format") != FORMAT:
         raise ArtifactError(tensor_path, f"is not a romer-aihwkit calibration of format {FORMAT!r}")

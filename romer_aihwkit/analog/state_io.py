@@ -126,11 +126,16 @@ def save_analog_state(model: nn.Module, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     from ..artifacts import fingerprint
+    from ..errors import InputError
 
     state = analog_state(model)
     if not state.programmed:
-        raise RuntimeError("nothing to save: call program_analog_weights(seed=...) first")
+        raise InputError("nothing to save: the model was never programmed, so it is no chip instance; call "
+                         "program_analog_weights(seed=...) first")
     tensors = _chip_tensors(model)
+    problem = _value_problem(model, tensors) or _metadata_problem(state.seed, state.t_inference, None, state)
+    if problem:
+        raise InputError(f"refusing to save a chip state that could not be loaded back: {problem}")
     meta = {
         "format": FORMAT,
         "fingerprint": json.dumps(fingerprint(model)),
@@ -170,6 +175,9 @@ def load_analog_state(model: nn.Module, path: str | os.PathLike) -> None:
         raise ArtifactError(path, "metadata is incomplete or corrupted (fingerprint, seed, t_inference)") from None
     check_fingerprint(saved_fp, fingerprint(model), path,
                       fields=("architecture", "weights", "device", "analog", "engine"))
+    problem = _metadata_problem(seed, t_inference, saved_fp, state)
+    if problem:
+        raise ArtifactError(path, f"{problem}; it was not loaded")
     expected = _chip_tensors(model, copy=False)
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -179,8 +187,14 @@ def load_analog_state(model: nn.Module, path: str | os.PathLike) -> None:
     for key, mine in expected.items():
         if tuple(tensors[key].shape) != tuple(mine.shape):
             raise ArtifactError(path, f"{key!r} has shape {tuple(tensors[key].shape)}, this model expects {tuple(mine.shape)}")
+        if tensors[key].dtype != mine.dtype:
+            raise ArtifactError(path, f"{key!r} is {tensors[key].dtype}, this model holds {mine.dtype} there (the file "
+                                      "was converted or edited); it was not loaded")
         if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():
             raise ArtifactError(path, f"{key!r} holds non-finite values")
+    problem = _value_problem(model, tensors)
+    if problem:
+        raise ArtifactError(path, f"{problem}; it was not loaded")
     for name, module in model.named_modules():
         if isinstance(module, AnalogStack):
             problem = module.check_chip_state({k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == name})
@@ -212,6 +226,61 @@ def load_analog_state(model: nn.Module, path: str | os.PathLike) -> None:
                 getattr(module, b).copy_(part[b])
     state.seed = seed
     state.t_inference = t_inference
+
+
+def _metadata_problem(seed: Any, t_inference: Any, saved_fp: Any, state: Any) -> str | None:
+    """What is wrong with a chip state's ``seed`` / ``t_inference`` (``None``: valid and, when
+    ``saved_fp`` is given, equal to the fingerprint's)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        return f"metadata seed must be a non-negative integer, got {seed!r}"
+    if t_inference is not None:
+        if isinstance(t_inference, bool) or not isinstance(t_inference, (int, float)):
+            return f"metadata t_inference must be a number of seconds or null, got {t_inference!r}"
+        try:
+            state.device_config.check_t_inference(t_inference)
+        except ValueError as exc:
+            return f"metadata t_inference: {exc}"
+    if saved_fp is not None:
+        for name, value in (("seed", seed), ("t_inference", t_inference)):
+            other = saved_fp.get(name)
+            same = other == value if other is None or value is None else float(other) == float(value)
+            if not same:
+                return (f"metadata {name}={value!r} disagrees with the fingerprint's {name}={other!r} (the file was "
+                        "edited)")
+    return None
+
+
+def _value_problem(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
+    """What makes the replica and mask tensors of a chip state unusable (``None``: routing stays possible)."""
+    from ..errors import ArtifactError
+    from .calibration_state import _check_tensors
+    from .trace import experts_of, find_routers
+
+    names = {m: n for n, m in model.named_modules()}
+    layers: dict[str, torch.Tensor] = {}
+    experts = {}
+    routers = []
+    for router in find_routers(model):
+        ex = experts_of(model, router)
+        key = names[router]
+        mask, replica = tensors.get(f"{key}/expert_mask"), tensors.get(f"{names[ex]}/replica_of")
+        if mask is None or replica is None:
+            continue
+        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+            return f"{key}/expert_mask must hold 0/1 values"
+        if int(mask.bool().sum()) >= router.num_experts:
+            return f"{key}/expert_mask masks every expert: no token could be routed"
+        i = router.layer_index
+        layers.update({f"{i}.logit_scale": tensors[f"{key}/logit_scale"].float(),
+                       f"{i}.logit_bias": tensors[f"{key}/logit_bias"].float(),
+                       f"{i}.expert_mask": mask.to(torch.uint8), f"{i}.replica_of": replica.long()})
+        experts[router.name] = ex
+        routers.append(router)
+    try:
+        _check_tensors(layers, routers, experts, Path("chip state"))
+    except ArtifactError as exc:
+        return f"{exc.message.replace('tensor ', 'MoE layer ', 1)}"
+    return None
 
 
 def _load_tiles(module: AnalogMatrix, part: dict[str, torch.Tensor]) -> None:

@@ -1249,3 +1249,25 @@ def test_tampered_chip_state_is_refused_untouched(chip_file, tmp_path, case):
     assert all(torch.equal(before[k], v) for k, v in _tiles(model).items())
     assert (model.analog_state.seed, model.analog_state.t_inference) == state
     assert all(torch.equal(m, r.expert_mask) for m, r in zip(masks, find_routers(model)))
+
+
+def test_task_index_cache_follows_folder_content(tmp_path, monkeypatch):
+    """lm-eval's task index is cached per folder content, not per folder path."""
+    import types
+
+    from romer_aihwkit.evaluation import tasks
+
+    made = []
+    stub = types.ModuleType("lm_eval.tasks")
+    stub.TaskManager = lambda include_path, include_defaults: made.append(list(include_path)) or object()
+    monkeypatch.setitem(sys.modules, "lm_eval.tasks", stub)
+    tasks._task_manager_for.cache_clear()
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "t.yaml").write_text("task: mine\n")
+    first = tasks._task_manager((str(folder),), False)
+    assert tasks._task_manager((str(folder),), False) is first and len(made) == 1
+    (folder / "t.yaml").write_text("task: mine\ndataset_path: other\n")
+    assert tasks._task_manager((str(folder),), False) is not first and len(made) == 2
+    assert (folder / "t.yaml").read_text() == "task: mine\ndataset_path: other\n"
+    tasks._task_manager_for.cache_clear()

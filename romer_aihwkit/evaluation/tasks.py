@@ -144,9 +144,16 @@ def _offline(enabled: bool) -> Iterator[None]:
                 os.environ[key] = value
 
 
-@functools.lru_cache(maxsize=4)
 def _task_manager(folders: tuple[str, ...], include_defaults: bool) -> Any:
-    """One lm-eval ``TaskManager`` per set of folders (indexing lm-eval's own tasks takes seconds)."""
+    """One lm-eval ``TaskManager`` per set of folders *and their contents* (indexing lm-eval's own
+    tasks takes seconds; a task folder edited between calls gets a fresh index)."""
+    from ..artifacts import content_digest
+
+    return _task_manager_for(folders, tuple(content_digest(f) for f in folders), include_defaults)
+
+
+@functools.lru_cache(maxsize=4)
+def _task_manager_for(folders: tuple[str, ...], contents: tuple[str, ...], include_defaults: bool) -> Any:
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=list(folders), include_defaults=include_defaults)

@@ -154,13 +154,14 @@ def _available_memory(device: Any = None) -> int:
         return 2**62
 
 
-def _check_memory(meta_state: dict[str, torch.Tensor], dtype: torch.dtype, path: Path, device: Any) -> int:
+def _check_memory(meta: Any, dtype: torch.dtype, path: Path, device: Any) -> int:
     """Refuse with the figure when the declared weights, in ``dtype``, exceed the free memory."""
     size = dtype.itemsize if isinstance(dtype, torch.dtype) else 4
-    need = sum(t.numel() * (size if t.is_floating_point() else t.element_size()) for t in meta_state.values())
+    tensors = [*meta.parameters(), *meta.buffers()]  # tied weights count once
+    need = sum(t.numel() * (size if t.is_floating_point() else t.element_size()) for t in tensors)
     free = _available_memory(device)
     if need > free:
-        params = sum(t.numel() for t in meta_state.values())
+        params = sum(t.numel() for t in tensors)
         raise InputError(
             f"{path / 'config.json'} declares {params:,} weights: about {_size(need)} in {dtype}, but only "
             f"{_size(free)} of {'accelerator ' if device is not None and torch.device(device).type == 'cuda' else ''}"
@@ -267,9 +268,9 @@ def _check_weights(meta: Any, files: list[Path], path: Path) -> None:
     ignore = [re.compile(p) for p in (getattr(meta, "_keys_to_ignore_on_load_missing", None) or [])]
     headers = {file: _safetensors_header(file) for file in files}
     entries = {key: (file, entry) for file, table in headers.items() for key, entry in table.items()}
-    layouts = _layouts(meta)
+    layouts = _layouts(meta) if meta is not None else [{}]
     # the layout every checkpoint key belongs to; none: a layout transformers converts otherwise (checked after loading)
-    layout = next((lay for lay in layouts if all(_model_key(k, lay, prefix) for k in entries)), None)
+    layout = next((lay for lay in layouts if lay and all(_model_key(k, lay, prefix) for k in entries)), None)
     found: set[str] = set()
     for key, (file, entry) in entries.items():
         name = _model_key(key, layout if layout is not None else layouts[0], prefix)
@@ -348,9 +349,14 @@ def check_model_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float
         detail = " ".join(str(exc).split())[:240]
         raise _config_error(path, f"is not a readable model config ({type(exc).__name__}: {detail})") from None
     _check_config(config, path)
-    meta = _meta_model(config, path, trust_remote_code)
-    if check_memory:
-        _check_memory(meta.state_dict(), dtype, path, device)
+    try:
+        meta = _meta_model(config, path, trust_remote_code)
+    except InputError:
+        if not trust_remote_code:
+            raise
+        meta = None  # remote code that cannot be built on the meta device: checked after loading
+    if check_memory and meta is not None:
+        _check_memory(meta, dtype, path, device)
     if any(path.glob("*.safetensors")):
         _check_weights(meta, _weight_files(path), path)
     return config

@@ -251,35 +251,35 @@ def _metadata_problem(seed: Any, t_inference: Any, saved_fp: Any, state: Any) ->
 
 
 def _value_problem(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
-    """What makes the replica and mask tensors of a chip state unusable (``None``: routing stays possible)."""
-    from ..errors import ArtifactError
-    from .calibration_state import _check_tensors
+    """What makes the mask and replica tensors of a chip state unusable (``None``: every layer can
+    still route its top-k experts, and every replica index names another expert)."""
     from .trace import experts_of, find_routers
 
     names = {m: n for n, m in model.named_modules()}
-    layers: dict[str, torch.Tensor] = {}
-    experts = {}
-    routers = []
     for router in find_routers(model):
-        ex = experts_of(model, router)
-        key = names[router]
-        mask, replica = tensors.get(f"{key}/expert_mask"), tensors.get(f"{names[ex]}/replica_of")
-        if mask is None or replica is None:
+        key, e = names[router], router.num_experts
+        mask = tensors.get(f"{key}/expert_mask")
+        if mask is not None:
+            if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+                return f"{key}/expert_mask must hold 0/1 values"
+            masked = int(mask.bool().sum())
+            if masked >= e:
+                return f"{key}/expert_mask masks every expert: no token could be routed"
+            if e - masked < router.top_k:
+                return (f"{key}/expert_mask masks {masked} of {e} experts, which leaves fewer than "
+                        f"top_k={router.top_k} experts to route to")
+        replica_key = f"{names[experts_of(model, router)]}/replica_of"
+        replica = tensors.get(replica_key)
+        if replica is None:
             continue
-        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
-            return f"{key}/expert_mask must hold 0/1 values"
-        if int(mask.bool().sum()) >= router.num_experts:
-            return f"{key}/expert_mask masks every expert: no token could be routed"
-        i = router.layer_index
-        layers.update({f"{i}.logit_scale": tensors[f"{key}/logit_scale"].float(),
-                       f"{i}.logit_bias": tensors[f"{key}/logit_bias"].float(),
-                       f"{i}.expert_mask": mask.to(torch.uint8), f"{i}.replica_of": replica.long()})
-        experts[router.name] = ex
-        routers.append(router)
-    try:
-        _check_tensors(layers, routers, experts, Path("chip state"))
-    except ArtifactError as exc:
-        return f"{exc.message.replace('tensor ', 'MoE layer ', 1)}"
+        values = replica.tolist()
+        for hot, cold in enumerate(values):
+            if cold < -1 or cold >= e or cold == hot:
+                return (f"{replica_key}: expert {hot} has replica {cold}, outside -1 (none) or 0..{e - 1} "
+                        f"other than {hot}")
+        colds = [c for c in values if c >= 0]
+        if len(set(colds)) != len(colds):
+            return f"{replica_key} uses one expert's tiles for two replicas: {values}"
     return None
 
 

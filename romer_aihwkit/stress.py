@@ -67,6 +67,11 @@ class StressPart:
     scale: float
     scope: str = "moe"
 
+    def __post_init__(self) -> None:
+        from .validate import check_finite_fields
+
+        check_finite_fields(self, "stress")
+
     def __str__(self) -> str:
         scope = "" if self.scope == "moe" else f"@{self.scope}"
         return f"{self.kind}:{self.channels}x{self.scale:g}{scope}"
@@ -239,7 +244,9 @@ def apply_stress(model: nn.Module, spec: str | None, check: bool = True) -> dict
 
     Raises:
         InputError: A bad spec, a converted model, more channels than the hidden size, an
-            unsupported layout, or a check that failed (the layout was not understood).
+            unsupported layout, or a check that failed (the layout was not understood). All or
+            nothing: every change is journaled and undone when any part fails, so a refused spec
+            leaves the model exactly as it was.
     """
     parts = parse_stress_spec(spec)
     report: dict[str, Any] = {"spec": stress_label(spec), "parts": [], "norms": {}, "max_logit_change": 0.0}
@@ -252,39 +259,66 @@ def apply_stress(model: nn.Module, spec: str | None, check: bool = True) -> dict
         raise InputError(f"stress: this model is already stressed ({previous['spec']}); "
                          "load a fresh copy")
     before = _probe(model) if check else None
+    journal: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+    """``(tensor, dim, indices, old slice)`` of every change, undone in reverse if any part fails."""
+    try:
+        _apply_parts(model, spec, parts, report, journal)
+        if check and before is not None:
+            _check_unchanged(model, before, report)
+    except BaseException:
+        with torch.no_grad():
+            for tensor, dim, index, old in reversed(journal):
+                tensor.index_copy_(dim, index, old)
+        raise
+    setattr(model, "stress_report", report)  # noqa: B010 - an attribute HF modules do not declare
+    return report
+
+
+def _apply_parts(model: nn.Module, spec: str | None, parts: list[StressPart], report: dict[str, Any],
+                 journal: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]) -> None:
+    """Scale the parts' channels in place, journaling each slice's old values first."""
     hidden = None
     perm = None
     used = 0
-    for part in parts:
-        consumers = norm_consumers(model, part.scope)
+    plans = [(part, norm_consumers(model, part.scope)) for part in parts]  # every layout is understood first
+    for part, consumers in plans:
+        hidden = consumers[0]["module"].weight.numel()
+        used += part.channels
+        if used > hidden:
+            raise InputError(f"stress spec {spec!r}: {used} channels in all, but the hidden size is {hidden}")
+    used = 0
+    for part, consumers in plans:
         hidden = consumers[0]["module"].weight.numel()
         if perm is None:
             perm = torch.randperm(hidden, generator=torch.Generator().manual_seed(0))
-        if used + part.channels > hidden:
-            raise InputError(f"stress spec {spec!r}: {used + part.channels} channels in all, but the hidden size is {hidden}")
         channels = perm[used : used + part.channels].sort().values
         used += part.channels
         up = part.scale if part.kind == "outliers" else 1.0 / part.scale
         for item in consumers:
             gain = item["module"].weight
-            gain.data[channels.to(gain.device)] *= up
+            index = channels.to(gain.device)
+            journal.append((gain.data, 0, index, gain.data.index_select(0, index).clone()))
+            gain.data[index] *= up
             names = report["norms"].setdefault(item["norm"], [])
             for name, param, dim in item["readers"]:
-                param.data.index_copy_(dim, channels.to(param.device),
-                                       param.data.index_select(dim, channels.to(param.device)) / up)
+                index = channels.to(param.device)
+                old = param.data.index_select(dim, index)
+                journal.append((param.data, dim, index, old.clone()))
+                param.data.index_copy_(dim, index, old / up)
                 if name not in names:
                     names.append(name)
         report["parts"].append({**asdict(part), "channel_ids": channels.tolist()})
-    if check and before is not None:
-        after = _probe(model)
-        change = float((after - before).abs().max())
-        size = float(before.abs().max().clamp_min(1.0))
-        tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2
-        report["max_logit_change"] = change
-        if not change <= tol * size:
-            raise InputError(
-                f"stress {report['spec']!r} changed {type(model).__name__}'s digital logits by {change:.3g} "
-                f"(max |logit| {size:.3g}): some reader of a stressed norm was missed; this family's layout "
-                "is not supported by the stress controls")
-    setattr(model, "stress_report", report)  # noqa: B010 - an attribute HF modules do not declare
-    return report
+
+
+def _check_unchanged(model: nn.Module, before: torch.Tensor, report: dict[str, Any]) -> None:
+    """Refuse a stress that moved the logits beyond float tolerance (a reader was missed)."""
+    after = _probe(model)
+    change = float((after - before).abs().max())
+    size = float(before.abs().max().clamp_min(1.0))
+    tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2
+    report["max_logit_change"] = change
+    if not change <= tol * size:
+        raise InputError(
+            f"stress {report['spec']!r} changed {type(model).__name__}'s digital logits by {change:.3g} "
+            f"(max |logit| {size:.3g}): some reader of a stressed norm was missed; this family's layout "
+            "is not supported by the stress controls")

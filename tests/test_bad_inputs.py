@@ -1274,3 +1274,377 @@ def test_task_index_cache_follows_folder_content(tmp_path, monkeypatch):
     assert tasks._task_manager((str(folder),), False) is not first and len(made) == 2
     assert (folder / "t.yaml").read_text() == "task: mine\ndataset_path: other\n"
     tasks._task_manager_for.cache_clear()
+
+# --- issue 21: output folders, requests, task code, rendering, bounded reads ---
+from romer_aihwkit.data import text_size_limit  # noqa: E402
+from romer_aihwkit.errors import ResultsFolderError  # noqa: E402
+from romer_aihwkit.evaluation.records import load_rows  # noqa: E402
+from romer_aihwkit.outputs import MARKER_FILE  # noqa: E402
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (the lock file included: a refusal must not create it)."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _writing_command(command: str, tiny: str, out: str) -> list[str]:
+    """The cheapest invocation of each writing command into ``out``."""
+    small = ["--seq-len", "16", "--calib-blocks", "1", "--batch-size", "1"]
+    return {
+        "compare": ["compare", "--model", tiny, *TINY_RUN, "--out", out],
+        "diagnose": ["diagnose", "--model", tiny, "--seeds", "1", "--eval-blocks", "1", *small, "--out", out],
+        "calibrate": ["calibrate", "--model", tiny, *small, "--out", out],
+        "convert": ["convert", "--model", tiny, "--out", out],
+    }[command]
+
+
+WRITERS = ["compare", "diagnose", "calibrate", "convert"]
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_empty_out_is_refused(tiny, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "report.md").write_text("mine\n")
+    one_line_error(runner.invoke(app, _writing_command(command, tiny, "")), "--out is empty")
+    assert tree(tmp_path) == {"report.md": b"mine\n"}  # nothing written into the current folder
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_folder_of_someone_elses_files_is_refused(tiny, tmp_path, command):
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "settings.json").write_text('{"their": "settings"}')
+    (out / "notes.txt").write_text("keep me")
+    before = tree(out)
+    one_line_error(runner.invoke(app, _writing_command(command, tiny, str(out))), "did not write", "--force",
+                   "settings.json")
+    assert tree(out) == before  # no lock, no marker, nothing overwritten
+
+
+def test_api_run_comparison_refuses_a_foreign_folder(tmp_path):
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "report.md").write_text("their report")
+    with pytest.raises(ResultsFolderError, match="did not write"):
+        run_comparison(CompareSettings(models=["x"], methods=["none"], seeds=[0]), out)
+    assert tree(out) == {"report.md": b"their report"}
+
+
+def test_diagnose_refuses_a_compare_folder(tiny, eval_text, tmp_path):
+    _, out, _ = fresh_run(tiny, eval_text, tmp_path)
+    before = tree(out)
+    one_line_error(runner.invoke(app, _writing_command("diagnose", tiny, str(out))), "output of `compare`",
+                   "--force")
+    assert tree(out) == before  # the compare report is not replaced
+
+
+def test_compare_refuses_a_diagnose_folder(tiny, tmp_path):
+    out = tmp_path / "diag"
+    out.mkdir()
+    (out / MARKER_FILE).write_text(json.dumps({"written_by": "romer-aihwkit", "kind": "diagnosis",
+                                               "command": "diagnose"}))
+    (out / "report.md").write_text("# diagnosis\n")
+    (out / "diagnosis.json").write_text("{}")
+    before = tree(out)
+    one_line_error(runner.invoke(app, _writing_command("compare", tiny, str(out))), "output of `diagnose`")
+    assert tree(out) == before
+
+
+def test_diagnose_takes_the_folder_lock(tiny, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    holder = _hold_lock(out)
+    try:
+        one_line_error(runner.invoke(app, _writing_command("diagnose", tiny, str(out))), "in use by another")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(tree(out)) == [LOCK_FILE]  # only the holder's lock file; no marker, no report
+
+
+def test_force_clears_the_plots_of_the_discarded_configuration(tiny, eval_text, tmp_path):
+    _, out, args = fresh_run(tiny, eval_text, tmp_path)
+    old_plots = sorted(p.name for p in out.glob("*.png"))
+    assert old_plots and all("dev" in name for name in old_plots)
+    other = ["compare", "--model", tiny, "--devices", "pcm", "--eval-text", str(eval_text), *TINY_RUN,
+             "--out", str(out)]
+    one_line_error(runner.invoke(app, other), "different configuration")
+    assert sorted(p.name for p in out.glob("*.png")) == old_plots  # refused: nothing discarded
+    result = runner.invoke(app, [*other, "--force"])
+    assert result.exit_code == 0, result.output
+    plots = sorted(p.name for p in out.glob("*.png"))
+    assert plots and not set(plots) & set(old_plots)  # the discarded configuration's plots are gone
+    assert {r.device for r in load_rows(out)} == {"pcm"}
+
+
+@pytest.mark.parametrize("where", ["chmod", "lock", "parent"])
+def test_read_only_out_is_one_line(tiny, tmp_path, monkeypatch, where):
+    base = tmp_path / "ro"
+    base.mkdir()
+    out = base
+    if where == "chmod":
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            pytest.skip("root ignores permissions")
+        base.chmod(0o555)
+    elif where == "lock":  # what a read-only folder does to the lock, also under root
+        from filelock import FileLock
+
+        def denied(self, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", self.lock_file)
+
+        monkeypatch.setattr(FileLock, "acquire", denied)
+    else:
+        (base / "a-file").write_text("x")
+        out = base / "a-file" / "out"
+    before = tree(base)
+    try:
+        result = runner.invoke(app, _writing_command("compare", tiny, str(out)))
+        one_line_error(result, "cannot", str(base))
+        assert tree(base) == before
+    finally:
+        base.chmod(0o755)
+
+
+@pytest.mark.parametrize("seq_len", ["129", "4096"])
+def test_seq_len_beyond_the_models_positions_is_refused(tiny, tmp_path, seq_len):
+    out = tmp_path / "out"
+    args = ["compare", "--model", tiny, "--methods", "none", "--seeds", "1", "--seq-len", seq_len,
+            "--eval-blocks", "1", "--calib-blocks", "1", "--out", str(out)]
+    one_line_error(runner.invoke(app, args), f"--seq-len {seq_len}", "128 positions")
+    assert not out.exists()
+
+
+def test_blocks_longer_than_positions_are_refused_by_the_api():
+    model = tiny_model("olmoe")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InputError, match="at most 64 positions"):
+        ra.perplexity(model, torch.randint(3, 90, (1, 65)), progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_more_eval_blocks_than_the_text_has_records_the_actual_count(tiny, eval_text, tmp_path):
+    out = tmp_path / "out"
+    args = ["compare", "--model", tiny, "--methods", "none", "--seeds", "1", "--seq-len", "16",
+            "--eval-blocks", "1000", "--calib-blocks", "1", "--batch-size", "8", "--eval-text", str(eval_text),
+            "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    used = settings["blocks_used"][tiny]["eval_blocks"]
+    assert 1 < used < 1000 and settings["eval_blocks"] == used  # what was used, not what was asked
+    assert any("--eval-blocks 1000 asked" in w and f"only {used} blocks" in w for w in settings["warnings"])
+    assert "--eval-blocks 1000 asked" in result.stderr
+
+
+@pytest.mark.parametrize("option, value", [("--model", "{tiny},{tiny}"), ("--devices", "pcm,pcm"),
+                                           ("--devices", "{dev},./{devname}")])
+def test_duplicates_in_lists_are_refused(tiny, tmp_path, monkeypatch, option, value):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dev.yaml").write_text("extends: pcm\n")
+    value = value.format(tiny=tiny, dev=tmp_path / "dev.yaml", devname="dev.yaml")
+    args = ["compare", "--model", tiny, *TINY_RUN, "--out", "out", option, value]
+    one_line_error(runner.invoke(app, args), "more than once")
+    assert sorted(tree(tmp_path)) == ["dev.yaml"]
+
+
+def test_calibration_text_with_identical_content_is_flagged(tiny, eval_text, tmp_path):
+    copy = tmp_path / "calib-copy.txt"
+    shutil.copy(eval_text, copy)
+    out = tmp_path / "out"
+    args = ["compare", "--model", tiny, *TINY_RUN, "--eval-text", str(eval_text), "--calib-text", str(copy),
+            "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "identical content" in result.stderr
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert any("identical content" in w for w in settings["warnings"])
+    assert ra.text_blocks(str(copy), seq_len=8).shape[0] > 0 and copy.read_bytes() == eval_text.read_bytes()
+
+
+@pytest.mark.parametrize("seed", [0.7, True, "1", 2**31])
+def test_non_integer_seed_is_refused_and_the_chip_is_unchanged(olmoe_pcm, seed):
+    before = snapshot(olmoe_pcm)
+    state = (olmoe_pcm.analog_state.seed, olmoe_pcm.analog_state.t_inference)
+    with pytest.raises(InputError, match="seed"):
+        olmoe_pcm.program_analog_weights(seed=seed)
+    assert (olmoe_pcm.analog_state.seed, olmoe_pcm.analog_state.t_inference) == state
+    assert_same(snapshot(olmoe_pcm), before)
+
+
+def test_non_integer_cli_seed_is_refused(tiny, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["calibrate", "--model", tiny, "--seed", "0.7", "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--seed" in result.output and "valid integer" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_empty_device_yaml_is_refused(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(DeviceConfigError, match="holds no fields") as info:
+        load_device_config(path)
+    assert str(path) in str(info.value)
+    assert path.read_text() == text
+
+
+@pytest.mark.parametrize("text, key", [("extends: pcm\nout_noise: 0.01\nout_noise: 0.2\n", "out_noise"),
+                                       ("extends: pcm\ninput_range: {init_value: 2.0, init_value: 3.0}\n",
+                                        "init_value")])
+def test_duplicate_yaml_key_is_refused(tmp_path, text, key):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(DeviceConfigError, match="duplicate key") as info:
+        load_device_config(path)
+    assert key in str(info.value) and str(path) in str(info.value)
+    one_line_error(runner.invoke(app, ["devices", "show", str(path)]), "duplicate key", key)
+
+
+def _hwa(**kw):
+    from romer_aihwkit.baselines.hwa import HWAConfig
+
+    return HWAConfig(**kw)
+
+
+def _method(**kw):
+    from romer_aihwkit.experiments.methods import Method
+
+    return Method("m", "d", **kw)
+
+
+@pytest.mark.parametrize("build, fragment", [
+    (lambda: _hwa(lr=float("inf")), "lr"),
+    (lambda: _hwa(lr=float("nan")), "lr"),
+    (lambda: _hwa(seed=0.5), "seed"),
+    (lambda: ra.Romer(super_expert_ratio=float("inf")), "super_expert_ratio"),
+    (lambda: ra.Romer(seed=0.7), "seed"),
+    (lambda: ra.Romer(capacity=1.5), "capacity"),
+    (lambda: _method(hetero_fraction=float("nan")), "hetero_fraction"),
+    (lambda: CompareSettings(models=["x"], methods=["none"], seeds=[0], t_inference=[float("nan")]), "t_inference"),
+])
+def test_non_finite_or_non_integer_hyperparameters_are_refused(build, fragment):
+    with pytest.raises(InputError, match=fragment):
+        build()
+
+
+@pytest.mark.parametrize("seeds, fragment", [([0, 0, 0], "more than once"), ([0, 1.5], "integer"), (2.5, "integer")])
+def test_diagnose_api_refuses_repeated_or_fractional_seeds(seeds, fragment):
+    model = tiny_model("olmoe")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InputError, match=fragment):
+        ra.diagnose(model, "pcm", torch.randint(3, 90, (1, 8)), seeds=seeds)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert getattr(model, "analog_state", None) is None
+
+
+def test_failed_multi_part_stress_leaves_the_model_unchanged(monkeypatch):
+    import romer_aihwkit.stress as stress
+
+    model = tiny_model("olmoe")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def fail(*args, **kwargs):
+        raise InputError("stress check failed (injected)")
+
+    monkeypatch.setattr(stress, "_check_unchanged", fail)
+    with pytest.raises(InputError, match="injected"):
+        stress.apply_stress(model, "outliers:3x50+heavy-weights:2x20@all")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert getattr(model, "stress_report", None) is None
+    monkeypatch.undo()
+    stress.apply_stress(model, "outliers:3x50")  # the model is still fresh, so it can be stressed once
+
+
+def test_stress_parts_beyond_the_hidden_size_change_nothing():
+    model = tiny_model("olmoe")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InputError, match="hidden size is 32"):
+        ra.apply_stress(model, "outliers:3x50+outliers:30x2")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _task_folder(tmp_path: Path, via_include: bool = False) -> Path:
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    code = "task: evil\ndataset_path: json\ncustom_dataset: !function evil.load\n"
+    if via_include:
+        (tmp_path / "base.yaml").write_text(code)
+        (folder / "evil.yaml").write_text("include: ../base.yaml\ntask: evil\n")
+    else:
+        (folder / "evil.yaml").write_text(code)
+    (folder / "evil.py").write_text("raise SystemExit('task code ran')\n")
+    return folder
+
+
+@pytest.mark.parametrize("via_include", [False, True])
+def test_task_code_needs_trust_task_code(tiny, tmp_path, via_include):
+    folder = _task_folder(tmp_path, via_include)
+    out = tmp_path / "out"
+    args = ["compare", "--model", tiny, *TINY_RUN, "--tasks", "evil", "--include-path", str(folder),
+            "--out", str(out)]
+    one_line_error(runner.invoke(app, args), "!function", "--trust-task-code",
+                   "base.yaml" if via_include else "evil.yaml")
+    assert not out.exists()
+    with pytest.raises(UserError, match="trust_task_code"):
+        ra.evaluate_tasks(tiny_model("olmoe"), None, "evil", include_path=folder)
+
+
+def test_bundled_tasks_use_task_code_and_are_trusted():
+    from romer_aihwkit.evaluation.tasks import BUNDLED_TASKS_DIR, check_task_code, find_task_code
+
+    assert find_task_code([BUNDLED_TASKS_DIR])  # the bundled YAMLs do name utils.py functions
+    check_task_code(None)  # and need no flag
+    assert "--trust-task-code" in runner.invoke(app, ["compare", "--help"]).output
+
+
+@pytest.mark.parametrize("name", ["my:x:dev", "[bold]dev[/bold]", "a:thumbs_up:b"])
+def test_device_names_print_literally(tmp_path, name):
+    path = tmp_path / "dev.yaml"
+    path.write_text(f"extends: pcm\nname: '{name}'\n")
+    result = runner.invoke(app, ["devices", "show", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert name in result.output and "❌" not in result.output and "👍" not in result.output
+    one_line_error(runner.invoke(app, ["devices", "show", name]), name)  # the error message, literally
+
+
+def _bomb(path: Path, size: int) -> Path:
+    import gzip
+
+    with gzip.open(path, "wb") as f:
+        line = b"to be or not to be that is the question\n"
+        for _ in range(size // len(line) + 1):
+            f.write(line)
+    return path
+
+
+def test_gzip_bomb_is_refused_naming_the_limit(tmp_path):
+    path = _bomb(tmp_path / "bomb.txt.gz", 3 * 2**20)
+    packed = path.read_bytes()
+    assert len(packed) < 2**20  # small on disk
+    with pytest.raises(InputError, match=f"limit of {2**20} bytes") as info:
+        ra.text_blocks(str(path), seq_len=8, max_text_bytes=2**20)
+    assert str(path) in str(info.value) and "max_text_bytes" in str(info.value)
+    with text_size_limit(2**20), pytest.raises(InputError, match="limit of 1048576 bytes"):
+        ra.text_blocks(str(tmp_path), seq_len=8)  # a folder counts its files together
+    assert path.read_bytes() == packed
+    assert ra.text_blocks(str(path), seq_len=8, max_blocks=2, max_text_bytes=4 * 2**20).shape == (2, 8)
+
+
+def test_plain_text_over_the_limit_is_refused_before_reading(tmp_path):
+    path = tmp_path / "big.txt"
+    path.write_text("x y z\n" * 50_000)
+    with pytest.raises(InputError, match="limit of 1000 bytes"):
+        ra.text_blocks(str(path), seq_len=8, max_text_bytes=1000)
+
+
+@pytest.mark.parametrize("size, fragment", [("1M", "limit of 1048576 bytes"), ("lots", "invalid --max-text-size")])
+def test_cli_max_text_size(tiny, tmp_path, size, fragment):
+    text = _bomb(tmp_path / "eval.txt.gz", 2 * 2**20)
+    out = tmp_path / "out"
+    args = ["compare", "--model", tiny, *TINY_RUN, "--eval-text", str(text), "--max-text-size", size,
+            "--out", str(out)]
+    one_line_error(runner.invoke(app, args), fragment)
+    assert not {"rows.jsonl", "results.json", "report.md"} & set(tree(out))  # no result of the refused run

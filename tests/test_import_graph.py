@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a module may import its own layer and the layers below, never above):
 
-1. ``errors``, ``atomic``: no project imports.
+1. ``errors``, ``atomic``, ``outputs`` (output folders), ``validate`` (value checks): no project imports beyond this layer.
 2. ``data``, ``models``, ``devices``, ``adapters`` (family descriptions; they build analog modules only
    through the ``ConversionContext`` protocol the analog layer implements), ``stress``, ``measures``.
 3. ``analog`` and ``artifacts`` (fingerprints of converted models).
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent / "romer_aihwkit"
 PACKAGE = "romer_aihwkit"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "atomic"),
+    ("errors", "atomic", "outputs", "validate"),
     ("data", "models", "devices", "adapters", "stress", "measures"),
     ("analog", "artifacts"),
     ("calibration", "baselines"),

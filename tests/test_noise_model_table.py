@@ -61,7 +61,8 @@ def test_a_registered_noise_model_is_validated_mapped_and_described(fake_model, 
 ])
 def test_the_table_entry_drives_validation(fake_model, tmp_path, fields, field, message):
     path = tmp_path / "bad.yaml"
-    path.write_text(f"extends: ideal\nnoise_model: fake-rram\nt_inference: 1.0\n{fields}\n")
+    base = "" if field == "t_inference" else "t_inference: 1.0\n"  # each key once (a repeated key is refused)
+    path.write_text(f"extends: ideal\nnoise_model: fake-rram\n{base}{fields}\n")
     with pytest.raises(DeviceConfigError) as info:
         load_device_config(path)
     assert message in str(info.value) and field in str(info.value) and "bad.yaml" in str(info.value)

@@ -18,6 +18,7 @@ from romer_aihwkit.evaluation import (
 )
 from romer_aihwkit.experiments import CompareSettings, ResultsExistError, run_comparison
 from romer_aihwkit.experiments.runner import LOCK_FILE
+from romer_aihwkit.outputs import MARKER_FILE
 
 ROW_FIELDS = {"model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
               "router_fidelity"}
@@ -181,7 +182,7 @@ def test_comparison_writes_every_method_and_seed(finished, tiny):
     assert len(jsonl) == 4
     assert all(len(r.layers) == 2 and len(r.layers[0]["load"]) == 8 for r in jsonl)
     assert [r.to_dict(layers=False) for r in sorted(jsonl, key=lambda r: r.key)] == on_disk["rows"]
-    assert [p.name for p in out.glob(".*")] == [LOCK_FILE]  # no temporary files left behind, only the lock
+    assert sorted(p.name for p in out.glob(".*")) == sorted([LOCK_FILE, MARKER_FILE])  # no temporary files left, only lock and marker
 
 
 def test_resume_extends_seeds_without_recomputing(finished, tmp_path, monkeypatch):

@@ -54,7 +54,11 @@ def program_analog_weights(model: nn.Module, seed: int = 0, t_inference: float |
 
     Raises:
         ValueError: ``model`` is not converted, or ``t_inference`` is outside the device's range.
+        InputError: ``seed`` is not an integer in [0, 2**31) (``0.7`` is not seed 0; a bool is refused).
     """
+    from ..validate import check_seed
+
+    seed = check_seed(seed, "program_analog_weights seed")
     state = analog_state(model)
     if t_inference is not None:
         state.device_config.check_t_inference(float(t_inference))

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..validate import check_finite_fields, check_seed
 
 __all__ = ["HWAConfig", "HWA_MARK", "hwa_cache_key", "hwa_checkpoint", "hwa_finetune", "hwa_rpu_config",
            "is_hwa_trained"]
@@ -64,12 +65,14 @@ class HWAConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"HWA {name} must be a positive integer, got {value!r}")
+        check_finite_fields(self, "HWA")
         if not self.lr > 0:
             raise InputError(f"HWA lr must be positive, got {self.lr!r}")
         if not 0 <= self.weight_noise < 1:
             raise InputError(f"HWA weight_noise must be in [0, 1), got {self.weight_noise!r}")
         if self.train_blocks is not None and self.train_blocks < 1:
             raise InputError(f"HWA train_blocks must be positive or None, got {self.train_blocks!r}")
+        check_seed(self.seed, "HWA seed")
 
 
 def hwa_rpu_config(device_config: Any, weight_noise: float) -> Any:
@@ -291,6 +294,12 @@ def hwa_finetune(
         raise InputError("hwa_finetune trains the digital model: pass the model before convert_to_analog_moe "
                          "(which converts in place; convert a copy.deepcopy to keep the digital one)")
     config = config or HWAConfig()
+    from ..data import max_positions_of
+
+    positions = max_positions_of(model)
+    if positions is not None and config.seq_len > positions:
+        raise InputError(f"HWA seq_len {config.seq_len} is beyond the model's {positions} positions "
+                         "(max_position_embeddings); use a shorter HWAConfig(seq_len=...)")
     device = load_device_config(device_config)
     blocks = _train_batches(tokenizer, train_text, config)
     trained = copy.deepcopy(model).float()

@@ -63,6 +63,17 @@ class Romer(CalibrationCallback):
         super_expert_ratio: float | None = 10.0,
         guard_tokens: int = 1024,
     ) -> None:
+        from ..errors import InputError
+        from ..validate import check_seed
+
+        for label, value in (("percentiles", percentiles), ("tau", tau), ("super_expert_ratio", super_expert_ratio)):
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise InputError(f"Romer {label} must be finite, got {value!r}")
+        for label, value in (("capacity", capacity), ("guard_tokens", guard_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"Romer {label} must be a positive integer, got {value!r}")
+        seed = check_seed(seed, "Romer seed")
         if super_expert_ratio is not None and not float(super_expert_ratio) > 1.0:
             raise ValueError(f"super_expert_ratio must be > 1 (or None to turn the guard off), got {super_expert_ratio!r}")
         if int(guard_tokens) < 1:

@@ -10,7 +10,9 @@ Conventions every command follows (so the CLI stays consistent as commands are a
 * Heavy imports (torch, transformers, aihwkit) go inside the command functions so that
   ``romer-aihwkit --help`` stays fast.
 * Machine-readable output behind ``--json`` (on stdout, nothing else printed there); tables and
-  progress for humans through ``rich``.
+  progress for humans through ``rich``, on the consoles of this module (``emoji=False``), with every
+  user-supplied string (names, paths, values) passed through ``rich.markup.escape`` so that
+  ``[bold]`` or ``:x:`` in it prints literally.
 """
 
 from __future__ import annotations
@@ -50,15 +52,18 @@ app = typer.Typer(
 
 
 def _stderr_console() -> Any:
+    """Console for messages and progress. ``emoji=False``: ``:x:`` in a user's string stays ``:x:``;
+    user-supplied text in markup strings goes through ``rich.markup.escape`` (``[bold]`` stays literal)."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _stdout_console() -> Any:
+    """Console for tables and summaries (no emoji codes, no highlighting; escape user text in markup)."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, emoji=False)
 
 
 def report_user_error(exc: BaseException) -> None:

@@ -29,6 +29,7 @@ from .options import (
     IncludePathOpt,
     JsonOpt,
     LimitOpt,
+    MaxTextSizeOpt,
     ModelOpt,
     OutOpt,
     ResumeOpt,
@@ -38,10 +39,12 @@ from .options import (
     TasksOpt,
     TInfListOpt,
     TrainTextOpt,
+    TrustTaskCodeOpt,
     _check_at_most,
     _check_positive,
     _check_seed,
     _OSErrorsAsUserErrors,
+    _parse_size,
     _parse_t_list,
     _same_file,
     _split,
@@ -62,41 +65,36 @@ def _already_done(out_dir: Any, settings: Any, keys: set[tuple], resume: bool, f
         raise
 
 
-def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output: bool) -> dict[str, Any]:
+def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output: bool,
+                 command: str = "compare", max_text_size: int | None = None) -> dict[str, Any]:
     """Run the comparison with a progress bar, then write report.md and plots (rank 0), holding the
-    output folder's lock throughout so that a second run on the same --out is refused."""
-    from pathlib import Path
-
+    output folder's lock throughout so that a second run on the same --out is refused; a folder of
+    other files or of another command is refused unless --force (:func:`romer_aihwkit.outputs.output_folder`)."""
     from romer_aihwkit.evaluation.distributed import process_context
-    from romer_aihwkit.experiments.runner import results_folder_lock
+    from romer_aihwkit.outputs import output_folder
 
-    out_dir = Path(out).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if process_context().rank != 0:
-        return _run_compare_unlocked(settings, out, resume, force, json_output)
-    with _OSErrorsAsUserErrors():
-        lock = results_folder_lock(out_dir)
-    with lock:
-        return _run_compare_unlocked(settings, out, resume, force, json_output)
+    with output_folder(out, command, force, lock=process_context().rank == 0) as out_dir:
+        return _run_compare_unlocked(settings, str(out_dir), resume, force, json_output, max_text_size)
 
 
-def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, json_output: bool) -> dict[str, Any]:
+def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, json_output: bool,
+                          max_text_size: int | None = None) -> dict[str, Any]:
     import warnings
     from pathlib import Path
 
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from romer_aihwkit.data import text_size_limit
     from romer_aihwkit.evaluation.plots import write_plots
     from romer_aihwkit.evaluation.report import print_summary, write_report
     from romer_aihwkit.experiments.runner import run_comparison
 
-    out_dir = Path(out).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if _same_file(settings.eval_text, settings.calib_text):
-        _warn(f"--calib-text and --eval-text are the same file ({settings.eval_text}): calibration and "
-              "evaluation data overlap, so calibrated methods will look better than they are")
+    out_dir = Path(out)
+    overlap = _same_file(settings.eval_text, settings.calib_text)
+    if overlap:
+        _warn(f"--calib-text and --eval-text are {overlap} ({settings.eval_text}, {settings.calib_text}): calibration "
+              "and evaluation data overlap, so calibrated methods will look better than they are")
     from romer_aihwkit.evaluation.distributed import process_context
     from romer_aihwkit.experiments.runner import planned_rows
 
@@ -106,7 +104,7 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
     done = _already_done(out_dir, settings, keys, resume, force)
     err = _stderr_console()
     if done and rank == 0:
-        err.print(f"resuming: {done} of {len(keys)} rows already in {out_dir}")
+        err.print(f"resuming: {done} of {len(keys)} rows already in {escape(str(out_dir))}")
 
     progress = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
@@ -116,15 +114,17 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
         task = progress.add_task(f"{label}loading model and text, digital perplexity", total=len(keys), completed=done)
 
         def on_row(row: ResultRow) -> None:
-            progress.update(task, advance=1, description=(
+            progress.update(task, advance=1, description=escape(
                 f"{label}{row.method} seed {row.seed} t={row.t_inference:g}s ppl {row.ppl:.2f}"))
 
-        with warnings.catch_warnings():
-            # the CLI already warned about overlapping texts, visibly
-            warnings.filterwarnings("ignore", message="calibration and evaluation text are the same file")
-            with _OSErrorsAsUserErrors():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with _OSErrorsAsUserErrors(), text_size_limit(max_text_size):
                 results = run_comparison(settings, out_dir, resume=resume, force=force, on_row=on_row)
         progress.update(task, description=f"{label}done")
+    for w in caught:  # one plain line each (also recorded in results.json, settings.warnings)
+        if not str(w.message).startswith("calibration and evaluation text are"):  # warned above
+            _warn(str(w.message))
 
     if rank != 0:
         return results
@@ -135,7 +135,7 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
     else:
         print_summary(results, _stdout_console())
     files = ["results.json", "results.csv", report.name] + [p.name for p in plots]
-    err.print(f"Wrote {', '.join(files)} to [bold]{out_dir}[/bold]")
+    err.print(f"Wrote {escape(', '.join(files))} to [bold]{escape(str(out_dir))}[/bold]")
     return results
 
 
@@ -206,14 +206,17 @@ def compare(
     num_fewshot: FewshotOpt = None,
     train_text: TrainTextOpt = "bundled",
     hwa_steps: HwaStepsOpt = None,
+    max_text_size: MaxTextSizeOpt = None,
+    trust_task_code: TrustTaskCodeOpt = False,
 ) -> None:
     """Compare methods over simulated chip instances: results.json/.csv, report.md, PNG plots."""
     settings = _compare_settings(models=_split(model), devices=_split(devices), methods=_split(methods), seeds=seeds,
                                  first_seed=first_seed, t_inference=t_inference, eval_text=eval_text,
                                  calib_text=calib_text, seq_len=seq_len, eval_blocks=eval_blocks,
                                  calib_blocks=calib_blocks, batch_size=batch_size, stress=stress)
-    settings = _with_tasks_and_hwa(settings, tasks, include_path, limit, num_fewshot, train_text, hwa_steps)
-    _run_compare(settings, out, resume, force, json_output)
+    settings = _with_tasks_and_hwa(settings, tasks, include_path, limit, num_fewshot, train_text, hwa_steps,
+                                   trust_task_code)
+    _run_compare(settings, out, resume, force, json_output, "compare", _parse_size(max_text_size))
 
 
 @app.command()
@@ -243,6 +246,8 @@ def evaluate(
     num_fewshot: FewshotOpt = None,
     train_text: TrainTextOpt = "bundled",
     hwa_steps: HwaStepsOpt = None,
+    max_text_size: MaxTextSizeOpt = None,
+    trust_task_code: TrustTaskCodeOpt = False,
 ) -> None:
     """Evaluate one method over simulated chip instances (`compare` with a single method)."""
     methods = _split(method)
@@ -252,8 +257,9 @@ def evaluate(
                                  first_seed=first_seed, t_inference=t_inference, eval_text=eval_text,
                                  calib_text=calib_text, seq_len=seq_len, eval_blocks=eval_blocks,
                                  calib_blocks=calib_blocks, batch_size=batch_size)
-    settings = _with_tasks_and_hwa(settings, tasks, include_path, limit, num_fewshot, train_text, hwa_steps)
-    _run_compare(settings, out, resume, force, json_output)
+    settings = _with_tasks_and_hwa(settings, tasks, include_path, limit, num_fewshot, train_text, hwa_steps,
+                                   trust_task_code)
+    _run_compare(settings, out, resume, force, json_output, "evaluate", _parse_size(max_text_size))
 
 
 @app.command("methods")
@@ -308,10 +314,12 @@ def demo(
                                  first_seed=0, t_inference=None, eval_text="bundled", calib_text="bundled",
                                  seq_len=sizes["seq_len"], eval_blocks=sizes["eval_blocks"],
                                  calib_blocks=sizes["calib_blocks"], batch_size=8)
+    from rich.markup import escape
+
     _stderr_console().print(
-        f"demo: {model} on {device}, methods {', '.join(DEMO_METHODS)}, {sizes['seeds']} chip instances, "
+        f"demo: {escape(model)} on {escape(device)}, methods {', '.join(DEMO_METHODS)}, {sizes['seeds']} chip instances, "
         f"{sizes['eval_blocks']} x {sizes['seq_len']} evaluation tokens (bundled Shakespeare)")
-    _run_compare(settings, out, True, force, False)
+    _run_compare(settings, out, True, force, False, "demo")
     from pathlib import Path
 
     typer.echo(f"Demo finished: results, report and plots are in {Path(out).expanduser().resolve()}/ "

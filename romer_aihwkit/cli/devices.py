@@ -64,14 +64,14 @@ def devices(
                 if c.max_input_size or c.max_output_size else "any")
         row = [c.name, noise, c.drift_compensation, bits, f"{c.out_noise:g}", tile,
                _fmt_seconds(c.t_inference)]
-        table.add_row(*row, *([c.source] if wide else []))
+        table.add_row(*(escape(cell) for cell in row), *([escape(c.source)] if wide else []))
     console.print(table)
     console.print("drift: drift compensation; DAC/ADC: bits; tile: max rows x cols; t_inf: "
                   "default t_inference. Details: romer-aihwkit devices show NAME")
     if not wide:
         console.print("[bold]Sources[/bold]")
         for c in configs:
-            console.print(f"  [bold]{c.name}[/bold]: {escape(c.source)}")
+            console.print(f"  [bold]{escape(c.name)}[/bold]: {escape(c.source)}")
 
 
 @devices_app.command("show")
@@ -102,7 +102,7 @@ def _show_device(name_or_path: str, json_output: bool) -> None:
     from rich.table import Table
 
     console = _stdout_console()
-    table = Table(title=f"Device config {cfg.name}", show_header=True)
+    table = Table(title=f"Device config {escape(cfg.name)}", show_header=True)
     table.add_column("field", no_wrap=True, style="bold")
     table.add_column("value")
     table.add_column("valid range", style="dim")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,7 +19,9 @@ from .options import (
     EvalBlocksOpt,
     EvalTextOpt,
     FirstSeedOpt,
+    ForceOpt,
     JsonOpt,
+    MaxTextSizeOpt,
     OutOpt,
     SeedsOpt,
     SeqLenOpt,
@@ -27,8 +30,10 @@ from .options import (
     _check_at_most,
     _check_positive,
     _check_seed,
+    _fewer_blocks,
     _load_model,
     _OSErrorsAsUserErrors,
+    _parse_size,
     _parse_t,
     _same_file,
     _warn,
@@ -58,16 +63,13 @@ def diagnose(
                                                    help="Put attention on tiles too (adds that component).")] = False,
     stress: StressOpt = None,
     json_output: JsonOpt = False,
+    force: ForceOpt = False,
+    max_text_size: MaxTextSizeOpt = None,
 ) -> None:
     """Where the analog error comes from: an error budget by component x non-ideality, per-layer statistics.
 
     Writes DIR/diagnosis.json, DIR/report.md (with a ranked reading), DIR/layers_heatmap.png and DIR/budget.png.
     """
-    from pathlib import Path
-
-    from romer_aihwkit.data import text_blocks
-    from romer_aihwkit.evaluation.diagnose import diagnose as run_diagnosis
-    from romer_aihwkit.evaluation.diagnose import write_diagnosis
     from romer_aihwkit.experiments.runner import MAX_SEEDS
 
     _check_positive(seeds=seeds, seq_len=seq_len, eval_blocks=eval_blocks, calib_blocks=calib_blocks,
@@ -78,28 +80,58 @@ def diagnose(
     from romer_aihwkit.stress import parse_stress_spec
 
     parse_stress_spec(stress)  # a bad spec fails before the model loads
-    out_dir = Path(out).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+    text_limit = _parse_size(max_text_size)
+    from romer_aihwkit.outputs import output_folder
+
+    with output_folder(out, "diagnose", force) as out_dir:
+        _diagnose_into(out_dir, model=model, device=device, seeds=seeds, first_seed=first_seed,
+                       t_inference=t_inference, eval_text=eval_text, calib_text=calib_text, seq_len=seq_len,
+                       eval_blocks=eval_blocks, calib_blocks=calib_blocks, batch_size=batch_size,
+                       analog_attention=analog_attention, stress=stress, json_output=json_output,
+                       text_limit=text_limit)
+
+
+def _diagnose_into(out_dir: Path, *, model: str, device: str, seeds: int, first_seed: int, t_inference: str | None,
+                   eval_text: str, calib_text: str | None, seq_len: int, eval_blocks: int, calib_blocks: int,
+                   batch_size: int, analog_attention: bool, stress: str | None, json_output: bool,
+                   text_limit: int | None = None) -> None:
+    from rich.markup import escape
+
+    from romer_aihwkit.data import text_blocks, text_size_limit
+    from romer_aihwkit.evaluation.diagnose import diagnose as run_diagnosis
+    from romer_aihwkit.evaluation.diagnose import write_diagnosis
+
     digital, tokenizer = _load_model(model)
-    with _OSErrorsAsUserErrors():
+    notes: list[str] = []
+    with _OSErrorsAsUserErrors(), text_size_limit(text_limit):
         try:
             blocks = text_blocks(eval_text, tokenizer, seq_len=seq_len, split="test", max_blocks=eval_blocks)
         except UserError as exc:
             raise UserError(f"--eval-text: {exc}") from None
         calib = None
         if calib_text is not None:
-            if _same_file(eval_text, calib_text):
-                _warn(f"--calib-text and --eval-text are the same file ({eval_text})")
+            overlap = _same_file(eval_text, calib_text)
+            if overlap:
+                notes.append(f"--calib-text and --eval-text are {overlap} ({eval_text}, {calib_text}): the per-layer "
+                             "statistics come from the evaluation text")
             try:
                 calib = text_blocks(calib_text, tokenizer, seq_len=seq_len, split="validation", max_blocks=calib_blocks)
             except UserError as exc:
                 raise UserError(f"--calib-text: {exc}") from None
+    notes += [w for w in (_fewer_blocks("--eval-blocks", eval_blocks, int(blocks.shape[0]), seq_len),
+                          None if calib is None else
+                          _fewer_blocks("--calib-blocks", calib_blocks, int(calib.shape[0]), seq_len)) if w]
+    for note in notes:
+        _warn(note)
     result = run_diagnosis(digital, device, blocks, seeds=list(range(first_seed, first_seed + seeds)),
                            calib_batches=calib, t_inference=_parse_t(t_inference), analog_attention=analog_attention,
                            stress=stress, batch_size=batch_size, progress=not json_output)
     result["settings"].update(model=model, eval_text=eval_text, calib_text=calib_text, seq_len=seq_len,
                               eval_blocks=int(blocks.shape[0]), batch_size=batch_size)
+    if calib is not None:
+        result["settings"]["calib_blocks"] = int(calib.shape[0])
+    if notes:
+        result["settings"]["warnings"] = notes
     with _OSErrorsAsUserErrors():
         files = write_diagnosis(result, out_dir)
     if json_output:
@@ -108,4 +140,4 @@ def diagnose(
     console = _stdout_console()
     for i, line in enumerate(result["reading"], 1):
         console.print(f"{i}. {line}", markup=False)
-    _stderr_console().print(f"Wrote {', '.join(f.name for f in files)} to [bold]{out_dir}[/bold]")
+    _stderr_console().print(f"Wrote {escape(', '.join(f.name for f in files))} to [bold]{escape(str(out_dir))}[/bold]")

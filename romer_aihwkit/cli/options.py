@@ -58,12 +58,35 @@ TInfOpt = Annotated[
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume",
                                          help="Reuse finished rows in the output folder (same configuration).")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite results of a different configuration in --out.")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Write into --out even when it holds results of a different configuration, another command's "
+                    "output or files romer-aihwkit did not write; the results, report and plots it discards are "
+                    "removed first (files romer-aihwkit did not write are left alone).")]
 StressOpt = Annotated[str | None, typer.Option(
     "--stress", metavar="SPEC",
     help="Function-preserving stress control applied to the digital model first, e.g. outliers:3x50 (3 hidden "
          "channels x50 in the norms feeding the MoE blocks, undone in their readers' weights) or "
          "heavy-weights:2x20; '+' combines, '@all' also stresses attention inputs. Recorded in every result.")]
+
+MaxTextSizeOpt = Annotated[str | None, typer.Option(
+    "--max-text-size", metavar="SIZE",
+    help="Largest text read from one --eval-text/--calib-text/--train-text source, after decompression: bytes or "
+         "with a unit (500M, 2G). Default 256M; a larger source is refused, naming the limit.")]
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+               "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def _parse_size(text: str | None, option: str = "--max-text-size") -> int | None:
+    """'500M', '2G', '1048576' -> bytes; ``None`` -> None (the default limit)."""
+    import re
+
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS or not float(match.group(1)) * _SIZE_UNITS[unit] >= 1:
+        raise UserError(f"invalid {option} {text!r}: give a positive size in bytes or with a unit (500M, 2G)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
 TasksOpt = Annotated[list[str] | None, typer.Option(
@@ -72,7 +95,13 @@ TasksOpt = Annotated[list[str] | None, typer.Option(
          "shakespeare_line_end, shakespeare_speaker (tag: shakespeare), tasks of --include-path, or lm-eval's own "
          "(those need the Hugging Face hub). Comma-separated or repeated.")]
 IncludePathOpt = Annotated[str | None, typer.Option(
-    "--include-path", metavar="DIR", help="Folder of lm-eval task YAMLs (lm-eval's --include_path).")]
+    "--include-path", metavar="DIR",
+    help="Folder of lm-eval task YAMLs (lm-eval's --include_path). A task YAML can run Python code (`!function`); "
+         "such a folder is refused unless --trust-task-code.")]
+TrustTaskCodeOpt = Annotated[bool, typer.Option(
+    "--trust-task-code",
+    help="Allow --include-path task YAMLs that run Python code (`!function`, imported and run by lm-eval), like "
+         "trust_remote_code for models. Only for folders you trust; the bundled tasks need no flag.")]
 LimitOpt = Annotated[int | None, typer.Option(
     "--limit", metavar="N", help="Documents per task (the first N; default: all).")]
 FewshotOpt = Annotated[int | None, typer.Option(
@@ -86,7 +115,8 @@ HwaStepsOpt = Annotated[int | None, typer.Option(
 
 
 def _with_tasks_and_hwa(settings: Any, tasks: list[str] | None, include_path: str | None, limit: int | None,
-                        num_fewshot: int | None, train_text: str, hwa_steps: int | None) -> Any:
+                        num_fewshot: int | None, train_text: str, hwa_steps: int | None,
+                        trust_task_code: bool = False) -> Any:
     """``settings`` with the downstream-task and HWA options (validated again by ``CompareSettings``)."""
     import dataclasses
 
@@ -94,7 +124,8 @@ def _with_tasks_and_hwa(settings: Any, tasks: list[str] | None, include_path: st
     if (include_path or limit is not None or num_fewshot is not None) and not names:
         raise UserError("--include-path, --limit and --num-fewshot apply to --tasks: give the tasks too")
     return dataclasses.replace(settings, tasks=names, task_include_path=include_path, task_limit=limit,
-                               num_fewshot=num_fewshot, train_text=train_text, hwa_steps=hwa_steps)
+                               num_fewshot=num_fewshot, train_text=train_text, hwa_steps=hwa_steps,
+                               trust_task_code=trust_task_code)
 
 
 def _split(values: list[str] | str | None) -> list[str]:
@@ -159,15 +190,19 @@ def _warn(message: str) -> None:
     _stderr_console().print(f"[bold yellow]Warning:[/bold yellow] [yellow]{escape(message)}[/yellow]")
 
 
-def _same_file(a: str, b: str) -> bool:
-    from pathlib import Path
+def _same_file(a: str, b: str) -> str | None:
+    """``"the same file"`` or ``"identical content"`` when the calibration text ``b`` is the evaluation text ``a``."""
+    from romer_aihwkit.data import same_text
 
-    if a.lower() in ("bundled", "shakespeare") or b.lower() in ("bundled", "shakespeare"):
-        return False
-    try:
-        return Path(a).expanduser().exists() and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-    except OSError:
-        return False
+    return same_text(a, b, split_a="test", split_b="validation")
+
+
+def _fewer_blocks(option: str, asked: int, got: int, seq_len: int) -> str | None:
+    """A warning when the text gave fewer blocks than asked (the run uses and records what it got)."""
+    if got >= asked:
+        return None
+    return (f"{option} {asked} asked, but the text gives only {got} blocks of {seq_len} tokens: {got} were used "
+            "(recorded in the results)")
 
 
 class _OSErrorsAsUserErrors:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from romer_aihwkit.errors import UserError
+from romer_aihwkit.outputs import check_output_folder, output_folder
 
 from .app import _stdout_console, app, handle_user_errors
 from .options import (
@@ -16,18 +18,23 @@ from .options import (
     BatchOpt,
     CalibBlocksOpt,
     CalibTextOpt,
+    ForceOpt,
     JsonOpt,
+    MaxTextSizeOpt,
     OutOpt,
     SeqLenOpt,
     TInfOpt,
     _check_at_most,
     _check_positive,
     _check_seed,
+    _fewer_blocks,
     _fmt_seconds,
     _load_model,
     _OSErrorsAsUserErrors,
+    _parse_size,
     _parse_t,
     _split,
+    _warn,
 )
 
 
@@ -49,13 +56,14 @@ def convert(
         help="Write convert.json, the digital weights (DIR/model) and, with --seed, DIR/analog_state.safetensors.")]
     = None,
     json_output: JsonOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Convert a model's routers and experts to analog tiles and show what went where."""
-    from pathlib import Path
-
     from romer_aihwkit.analog import analog_summary, convert_to_analog_moe, save_analog_state
     from romer_aihwkit.devices import load_device_config
 
+    if out is not None:
+        check_output_folder(out, "convert", force)  # before the model loads; checked again under the lock
     t = _parse_t(t_inference)
     if t is not None and seed is None:
         raise UserError("--t-inference needs --seed: drift applies to a programmed chip instance")
@@ -79,9 +87,7 @@ def convert(
     if out is not None:
         from romer_aihwkit.atomic import atomic_write_text
 
-        out_dir = Path(out).expanduser()
-        with _OSErrorsAsUserErrors():
-            out_dir.mkdir(parents=True, exist_ok=True)
+        with output_folder(out, "convert", force) as out_dir, _OSErrorsAsUserErrors():
             amodel.save_pretrained(out_dir / "model")
             if tokenizer is not None:
                 tokenizer.save_pretrained(out_dir / "model")
@@ -96,10 +102,11 @@ def convert(
         return
 
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     console = _stdout_console()
-    table = Table(title=f"Analog conversion of {model} on {config.name}", box=box.SIMPLE_HEAD,
+    table = Table(title=f"Analog conversion of {escape(model)} on {escape(config.name)}", box=box.SIMPLE_HEAD,
                   title_justify="left", show_edge=False)
     table.add_column("role", style="bold")
     table.add_column("weight matrices", justify="right")
@@ -113,7 +120,7 @@ def convert(
     if seed is not None:
         console.print(f"Programmed chip instance seed={seed}, drifted to t={_fmt_seconds(info['t_inference'])}.")
     if out is not None:
-        console.print(f"Wrote {', '.join(info['files'])} to [bold]{out}[/bold]")
+        console.print(f"Wrote {escape(', '.join(info['files']))} to [bold]{escape(out)}[/bold]")
 
 
 # --------------------------------------------------------------------------- calibrate
@@ -143,14 +150,11 @@ def calibrate_command(
     analog_attention: Annotated[bool, typer.Option("--analog-attention",
                                                    help="Put attention projections on tiles too.")] = False,
     json_output: JsonOpt = False,
+    force: ForceOpt = False,
+    max_text_size: MaxTextSizeOpt = None,
 ) -> None:
     """Run ROMER on one chip instance and save the calibration (DIR/calibration.*, DIR/report.json)."""
-    from pathlib import Path
-
-    from romer_aihwkit.analog import convert_to_analog_moe
-    from romer_aihwkit.atomic import atomic_write_text
-    from romer_aihwkit.calibration import Romer, calibrate, save_calibration
-    from romer_aihwkit.data import text_blocks
+    from romer_aihwkit.calibration import Romer
     from romer_aihwkit.devices import load_device_config
 
     _check_positive(seq_len=seq_len, calib_blocks=calib_blocks, batch_size=batch_size)
@@ -170,14 +174,30 @@ def calibrate_command(
     config = load_device_config(device)
     t = _parse_t(t_inference)
     config.check_t_inference(config.t_inference if t is None else t)
-    out_dir = Path(out).expanduser()
+    text_limit = _parse_size(max_text_size)
+    with output_folder(out, "calibrate", force) as out_dir:
+        _calibrate_into(out_dir, model=model, config=config, seed=seed, t=t, calib_text=calib_text, seq_len=seq_len,
+                        calib_blocks=calib_blocks, batch_size=batch_size, romer=romer,
+                        analog_attention=analog_attention, json_output=json_output, text_limit=text_limit)
+
+
+def _calibrate_into(out_dir: Path, *, model: str, config: Any, seed: int, t: float | None, calib_text: str,
+                    seq_len: int, calib_blocks: int, batch_size: int, romer: Any, analog_attention: bool,
+                    json_output: bool, text_limit: int | None = None) -> None:
+    from romer_aihwkit.analog import convert_to_analog_moe
+    from romer_aihwkit.atomic import atomic_write_text
+    from romer_aihwkit.calibration import calibrate, save_calibration
+    from romer_aihwkit.data import text_blocks, text_size_limit
 
     digital, tokenizer = _load_model(model)
-    with _OSErrorsAsUserErrors():
+    with _OSErrorsAsUserErrors(), text_size_limit(text_limit):
         try:
             blocks = text_blocks(calib_text, tokenizer, seq_len=seq_len, split="validation", max_blocks=calib_blocks)
         except UserError as exc:
             raise UserError(f"--calib-text: {exc}") from None
+    short = _fewer_blocks("--calib-blocks", calib_blocks, int(blocks.shape[0]), seq_len)
+    if short:
+        _warn(short)
     amodel = convert_to_analog_moe(digital, config, analog_attention=analog_attention)
     amodel.program_analog_weights(seed=seed)
     amodel.drift_analog_weights(t)
@@ -191,6 +211,8 @@ def calibrate_command(
             "files": [tensor_path.name, meta_path.name, "report.json"],
             "calibration": report.to_dict(),
         }
+        if short:
+            data["warnings"] = [short]
         atomic_write_text(out_dir / "report.json", json.dumps(data, indent=2, default=str))
     if json_output:
         typer.echo(json.dumps(data, indent=2, default=str))
@@ -205,7 +227,7 @@ def _print_calibration(data: dict[str, Any], out_dir: Any) -> None:
 
     console = _stdout_console()
     for name, cb in data["calibration"]["callbacks"].items():
-        table = Table(title=(f"{name} on {escape(data['model'])} · {data['device']} · seed {data['seed']} · "
+        table = Table(title=(f"{escape(name)} on {escape(data['model'])} · {escape(data['device'])} · seed {data['seed']} · "
                              f"t {_fmt_seconds(data['t_inference'])} · {data['calibration']['tokens']} tokens"),
                       box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
         for header in ("layer", "block", "replaced", "load_cv", "max_load", "fidelity"):
@@ -225,7 +247,7 @@ def _print_calibration(data: dict[str, Any], out_dir: Any) -> None:
     console.print("before → after calibration, on the calibration set; lower load_cv / max_load (ratio) and "
                   "higher (router) fidelity are better. replaced cold→hot: the cold expert's tile now holds a "
                   "replica of the hot expert.")
-    console.print(f"Wrote {', '.join(data['files'])} to [bold]{out_dir}[/bold]")
+    console.print(f"Wrote {escape(', '.join(data['files']))} to [bold]{escape(str(out_dir))}[/bold]")
 
 # --------------------------------------------------------------------------- entry point
 # --------------------------------------------------------------------------- diagnose

@@ -4,7 +4,19 @@ The bundled corpus is split by play: ``train`` (tokenizer/model training), ``val
 bundled **calibration** set) and ``test`` (the bundled **evaluation** set). Calibration and
 evaluation data are therefore disjoint by construction (different plays).
 """
-from .blocks import count_tokens, encode_documents, iter_model_batches, iter_token_batches, text_blocks, vocab_size_of
+from .blocks import (
+    MAX_TEXT_BYTES,
+    count_tokens,
+    encode_documents,
+    iter_model_batches,
+    iter_token_batches,
+    max_positions_of,
+    max_text_bytes,
+    same_text,
+    text_blocks,
+    text_size_limit,
+    vocab_size_of,
+)
 from .corpus import (
     BUNDLED_SPLITS,
     CALIBRATION_SPLIT,
@@ -16,6 +28,7 @@ from .corpus import (
 )
 
 __all__ = [
+    "MAX_TEXT_BYTES",
     "BUNDLED_SPLITS",
     "CALIBRATION_SPLIT",
     "EVALUATION_SPLIT",
@@ -26,9 +39,13 @@ __all__ = [
     "encode_documents",
     "iter_model_batches",
     "iter_token_batches",
+    "max_positions_of",
+    "max_text_bytes",
     "read_bundled_documents",
     "read_bundled_text",
+    "same_text",
     "text_blocks",
+    "text_size_limit",
     "vocab_size_of",
 ]
 

@@ -155,6 +155,44 @@ def _check_yaml_structure(text: str, path: Path) -> None:
         raise DeviceConfigError(f"not valid YAML: {_yaml_problem(exc)}", path=path) from None
 
 
+def _unique_key_loader() -> type:
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+                if first is not None:
+                    raise DeviceConfigError(f"duplicate key (line {line}; first on line {first}): each field once",
+                                            field=str(key))
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+class _LazyLoader:
+    """The duplicate-key loader, built on first use (PyYAML is imported lazily)."""
+
+    _cls: type | None = None
+
+    def __call__(self, stream: Any) -> Any:
+        if _LazyLoader._cls is None:
+            _LazyLoader._cls = _unique_key_loader()
+        return _LazyLoader._cls(stream)
+
+
+_UniqueKeyLoader = _LazyLoader()
+
+
 def _yaml_problem(exc: Exception) -> str:
     """A YAML error in one short line: the problem and where, never the file's content."""
     problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
@@ -177,11 +215,14 @@ def _read_resolved(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
     text = _read_yaml_text(path)
     _check_yaml_structure(text, path)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise DeviceConfigError(f"not valid YAML: {_yaml_problem(exc)}", path=path) from None
-    if data is None:
-        data = {}
+    except DeviceConfigError as exc:
+        raise exc.with_path(path) from None
+    if data is None or data == {}:
+        raise DeviceConfigError("the file holds no fields; a device config needs at least 'extends: PRESET' or the "
+                                "device's fields (an empty file would be a noise-free chip)", path=path)
     if not isinstance(data, dict):
         raise DeviceConfigError(f"must be a mapping of fields, got {_show(data)}", path=path)
     data = dict(data)

@@ -297,7 +297,8 @@ def diagnose(
         ``{"mean", "ci95"}``, and ``per_seed`` perplexities.
 
     Raises:
-        InputError: No evaluation batches, no seeds, or a bad stress spec.
+        InputError: No evaluation batches, no seeds, a seed that is not an integer or is given twice
+            (one chip instance would count several times), or a bad stress spec.
     """
     from ..analog.convert import _find_blocks
     from ..devices import load_device_config
@@ -306,7 +307,12 @@ def diagnose(
 
     if batches is None:
         raise InputError("diagnose needs evaluation batches (token blocks)")
-    seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    from ..validate import check_seed, check_seeds
+
+    if isinstance(seeds, (list, tuple)):
+        seed_list = check_seeds(seeds, "diagnose seeds")
+    else:
+        seed_list = list(range(check_seed(seeds, "diagnose seeds (a count)")))
     if not seed_list:
         raise InputError("diagnose needs at least one seed (chip instance)")
     start = time.perf_counter()

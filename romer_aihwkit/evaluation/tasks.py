@@ -7,6 +7,11 @@ so a chip instance is evaluated as it is (no saving, no reloading), and runs the
 task of an ``include_path`` folder, or one of lm-eval's own (those download their data from the
 Hugging Face hub, so they need the hub or its cache).
 
+Task code is opt-in: an lm-eval task YAML can name Python code with ``!function`` (lm-eval imports
+and runs it), so an ``include_path`` folder holding such a tag is refused unless
+``trust_task_code=True`` (``--trust-task-code``), the way ``trust_remote_code`` guards model code.
+The bundled tasks (whose YAMLs use the bundled ``utils.py``) are trusted.
+
 lm-eval is an optional extra: ``pip install -e '.[eval]'``.
 """
 
@@ -15,14 +20,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 
-__all__ = ["BUNDLED_TASKS_DIR", "TASK_METRICS", "bundled_tasks", "evaluate_tasks", "require_lm_eval",
-           "task_metric_names"]
+__all__ = ["BUNDLED_TASKS_DIR", "TASK_METRICS", "bundled_tasks", "check_task_code", "evaluate_tasks",
+           "find_task_code", "require_lm_eval", "task_metric_names"]
 
 BUNDLED_TASKS_DIR = Path(__file__).resolve().parent.parent / "bundled" / "tasks"
 TASK_METRICS = ("acc", "acc_norm")
@@ -112,6 +118,61 @@ def _scan_tasks(folders: Sequence[Path]) -> tuple[set[str], set[str]]:
 def bundled_tasks() -> list[str]:
     """Names of the tasks shipped with the package (and their tags)."""
     return sorted(_scan_tasks([BUNDLED_TASKS_DIR])[0])
+
+
+_FUNCTION_TAG = re.compile(r"^[^#]*!function\b")
+_INCLUDE = re.compile(r"^include:\s*['\"]?([^'\"#\s]+)")
+
+
+def find_task_code(folders: Sequence[str | os.PathLike]) -> list[tuple[Path, int]]:
+    """``(file, line)`` of every ``!function`` tag in the task YAMLs under ``folders`` (and the YAMLs
+    they ``include:``): the places where lm-eval would import and run Python code from the folder."""
+    found: list[tuple[Path, int]] = []
+    seen: set[Path] = set()
+
+    def scan(path: Path, depth: int) -> None:
+        real = path.resolve()
+        if real in seen or depth > 4 or not real.is_file():
+            return
+        seen.add(real)
+        try:
+            lines = real.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return
+        for number, line in enumerate(lines, 1):
+            if _FUNCTION_TAG.match(line):
+                found.append((path, number))
+            include = _INCLUDE.match(line)
+            if include:
+                scan(path.parent / include.group(1), depth + 1)
+
+    for folder in folders:
+        for path in sorted(p for p in Path(folder).expanduser().rglob("*") if p.suffix in (".yaml", ".yml")):
+            scan(path, 0)
+    return found
+
+
+def check_task_code(include_path: str | os.PathLike | Sequence[str | os.PathLike] | None,
+                    trust_task_code: bool = False) -> None:
+    """Refuse ``include_path`` task folders whose YAMLs run Python code, unless ``trust_task_code``.
+
+    lm-eval imports the Python file named by a ``!function`` tag (a ``process_docs``, a metric, a
+    ``custom_dataset``) and runs it, so a task folder can run code like a model with
+    ``trust_remote_code``. The bundled tasks are trusted (they ship with the package).
+
+    Raises:
+        UserError: Names the first file and line holding ``!function``.
+    """
+    if trust_task_code:
+        return
+    folders = _include_paths(include_path)[1:]
+    code = find_task_code(folders)
+    if code:
+        path, line = code[0]
+        more = f" (and {len(code) - 1} more)" if len(code) > 1 else ""
+        raise UserError(
+            f"task file {path} line {line}{more} uses `!function`: lm-eval would import and run Python code from "
+            "the --include-path folder. Pass --trust-task-code (trust_task_code=True) if you trust that folder")
 
 
 def _include_paths(include_path: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
@@ -240,6 +301,7 @@ def evaluate_tasks(
     device: str | None = None,
     seed: int = 0,
     progress: bool = False,
+    trust_task_code: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Run lm-eval tasks on ``model`` as it is in memory (e.g. one converted, programmed chip instance).
 
@@ -256,13 +318,16 @@ def evaluate_tasks(
         device: Where the model runs; default: the device of its first parameter.
         seed: Seed of lm-eval's own random draws (few-shot sampling).
         progress: Show lm-eval's progress bars.
+        trust_task_code: Allow ``include_path`` task YAMLs that run Python code (``!function``); off,
+            such a folder is refused naming the file (the bundled tasks are always trusted).
 
     Returns:
         ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}}`` for every task that
         reports accuracy (``acc_norm`` only where the task has it; ``n``: documents evaluated).
 
     Raises:
-        UserError: lm-eval is not installed, or a task name is unknown.
+        UserError: lm-eval is not installed, a task name is unknown, or an ``include_path`` task
+            runs Python code (``!function``) without ``trust_task_code``.
         FileNotFoundError: An ``include_path`` folder does not exist.
     """
     names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
@@ -272,6 +337,7 @@ def evaluate_tasks(
         raise UserError(f"--limit must be positive, got {limit}")
     if num_fewshot is not None and num_fewshot < 0:
         raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    check_task_code(include_path, trust_task_code)
     require_lm_eval()
     folders = _include_paths(include_path)
     local = set(names) <= _scan_tasks(folders)[1]

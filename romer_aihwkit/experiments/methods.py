@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import InputError
+from ..validate import check_finite_fields
 
 __all__ = ["Method", "METHODS", "get_method", "list_methods", "register_method", "prepare_model", "apply_method"]
 
@@ -64,6 +65,13 @@ class Method:
     hwa: bool = False
     """Convert a hardware-aware trained copy of the model (:mod:`romer_aihwkit.baselines.hwa`), trained
     for the device before conversion (the comparison runner trains and caches it)."""
+
+    def __post_init__(self) -> None:
+        check_finite_fields(self, f"method {self.name!r}:")
+        if not 0.0 <= self.hetero_fraction < 1.0:
+            raise InputError(f"method {self.name!r}: hetero_fraction must be in [0, 1), got {self.hetero_fraction!r}")
+        if isinstance(self.router_copies, bool) or not isinstance(self.router_copies, int) or self.router_copies < 1:
+            raise InputError(f"method {self.name!r}: router_copies must be a positive integer, got {self.router_copies!r}")
 
     @property
     def needs_calibration_data(self) -> bool:

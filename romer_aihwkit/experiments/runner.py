@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_write_text, default_file_mode
+from ..atomic import atomic_write_text
 from ..errors import ArtifactError, InputError, ResultsFolderError
 from ..evaluation.records import ComparisonResults, ResultRow, SummaryEntry, load_rows
 from ..evaluation.stats import summarize
+from ..outputs import LOCK_FILE, ResultsLockedError, discard_outputs, output_folder, results_folder_lock
 
 __all__ = [
+    "LOCK_FILE",
     "CompareSettings",
     "ResultsExistError",
     "ResultsLockedError",
@@ -41,7 +43,6 @@ __all__ = [
 ]
 
 ROW_FILE = "rows.jsonl"
-LOCK_FILE = ".romer-aihwkit.lock"
 MAX_SEEDS = 1000
 """Most chip instances one comparison accepts (each costs a programming pass per method)."""
 
@@ -53,10 +54,6 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {"tasks": [], "task_include_path": None, "t
 
 class ResultsExistError(ResultsFolderError):
     """The output folder holds results of a different configuration or of changed inputs."""
-
-
-class ResultsLockedError(ResultsFolderError):
-    """Another run holds the output folder's lock."""
 
 
 @dataclass
@@ -89,6 +86,9 @@ class CompareSettings:
     """Training text of hardware-aware training (methods ``hwa``, ``hwa+romer``; ``--train-text``)."""
     hwa_steps: int | None = None
     """HWA optimizer steps (``None``: :class:`~romer_aihwkit.baselines.hwa.HWAConfig`'s default)."""
+    trust_task_code: bool = False
+    """Allow ``task_include_path`` YAMLs that run Python code (``!function``; ``--trust-task-code``).
+    A permission, not part of the numbers' identity (left out of the fingerprint)."""
 
     def __post_init__(self) -> None:
         from ..devices import load_device_config
@@ -104,6 +104,13 @@ class CompareSettings:
             raise InputError(f"seeds must be integers in [0, 2**31), got {self.seeds[:5]}...")
         if len(set(self.seeds)) != len(self.seeds):
             raise InputError(f"seeds must be distinct, got {self.seeds}")
+        from ..validate import check_distinct, check_finite_fields
+
+        check_finite_fields(self, "comparison setting")
+        check_distinct([_same_source_key(m) for m in self.models], "--model")  # its rows would count twice
+        check_distinct([_same_source_key(d) for d in self.devices], "--devices")
+        check_distinct(self.methods, "--methods")
+        check_distinct(self.t_inference, "--t-inference")
         for method in self.methods:
             get_method(method)
         for device in self.devices:
@@ -112,6 +119,11 @@ class CompareSettings:
                 cfg.check_t_inference(cfg.t_inference if t is None else t)
         if self.seq_len < 2:
             raise InputError("seq_len must be at least 2")
+        for model in self.models:
+            positions = _declared_positions(model)
+            if positions is not None and self.seq_len > positions:
+                raise InputError(f"--seq-len {self.seq_len} is beyond the {positions} positions model {model} handles "
+                                 f"(max_position_embeddings in its config.json); use --seq-len {positions} or less")
         from ..stress import stress_label
 
         self.stress = None if stress_label(self.stress) == "none" else stress_label(self.stress)
@@ -124,6 +136,10 @@ class CompareSettings:
             require_lm_eval()
         if self.task_include_path is not None and not Path(self.task_include_path).expanduser().is_dir():
             raise InputError(f"--include-path {self.task_include_path}: no such folder of lm-eval task YAMLs")
+        if self.task_include_path is not None:
+            from ..evaluation.tasks import check_task_code
+
+            check_task_code(self.task_include_path, self.trust_task_code)
         if self.task_limit is not None and self.task_limit < 1:
             raise InputError(f"--limit must be at least 1, got {self.task_limit}")
         if self.num_fewshot is not None and self.num_fewshot < 0:
@@ -136,6 +152,7 @@ class CompareSettings:
         data = asdict(self)
         data.pop("seeds")
         data.pop("methods")
+        data.pop("trust_task_code")
         if data.get("stress") is None:
             data.pop("stress")  # results written before stress existed keep their identity
         for key, default in _OPTIONAL_DEFAULTS.items():
@@ -231,7 +248,7 @@ def _check_out_dir(out_dir: Path, settings: CompareSettings, inputs: dict[str, s
     except ResultsFolderError:
         if not force:
             raise
-        _clear_rows(out_dir)
+        discard_outputs(out_dir, "comparison")  # rows, results, report, plots and HWA cache of what is discarded
 
 
 def _check_reusable(out_dir: Path, settings: CompareSettings, inputs: dict[str, str]) -> None:
@@ -282,6 +299,20 @@ def _model_digest(name: str) -> str:
     return model_digest(name)
 
 
+def _declared_positions(name: str) -> int | None:
+    """``max_position_embeddings`` from a local or bundled model's ``config.json``, read without
+    loading the model (``None`` for a hub id or a config that does not declare it)."""
+    from ..models import MODELS_DIR, list_bundled_models
+
+    path = (MODELS_DIR / name if name in list_bundled_models() else Path(name).expanduser()) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _text_digest(source: str) -> str:
     from ..artifacts import text_digest
 
@@ -315,44 +346,6 @@ def input_fingerprints(settings: CompareSettings) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ one run per folder
-_LOCKS: dict[str, Any] = {}
-
-
-def results_folder_lock(out_dir: str | os.PathLike) -> Any:
-    """The folder's lock (re-entrant in this process); entering it refuses at once when another
-    process holds it.
-
-    Use as ``with results_folder_lock(out):``. The lock is an OS file lock (``filelock``), so a
-    killed run leaves no stale lock.
-
-    Raises:
-        ResultsLockedError: Another run holds the lock (on entering).
-    """
-    from filelock import FileLock, Timeout
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = str((out_dir / LOCK_FILE).resolve())
-    if path not in _LOCKS:
-        _LOCKS[path] = FileLock(path, timeout=0, mode=default_file_mode(), thread_local=False)
-    lock = _LOCKS[path]
-
-    class _Held:
-        def __enter__(self) -> Any:
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                raise ResultsLockedError(
-                    f"{out_dir} is in use by another romer-aihwkit run (lock {path}); wait for it to finish or "
-                    "choose another --out folder") from None
-            return lock
-
-        def __exit__(self, *exc: object) -> None:
-            lock.release()
-
-    return _Held()
-
-
 def chip_instances(settings: CompareSettings) -> list[tuple[str, str, float, int]]:
     """``(model, device, t_inference, seed)`` of every chip instance, in run order."""
     from ..devices import load_device_config
@@ -419,12 +412,9 @@ def run_comparison(
     from ..evaluation.distributed import ProcessContext, process_context
 
     ctx = process_context() if rank is None else ProcessContext(rank, world_size or 1)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not ctx.is_main:
-        return _run(settings, out_dir, resume, force, ctx, on_row)
-    with results_folder_lock(out_dir):
-        return _run(settings, out_dir, resume, force, ctx, on_row)
+    with output_folder(out_dir, "run_comparison", force, lock=ctx.is_main) as folder:
+        folder.mkdir(parents=True, exist_ok=True)
+        return _run(settings, folder, resume, force, ctx, on_row)
 
 
 def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ctx: Any, on_row: Any) -> dict[str, Any]:
@@ -445,10 +435,14 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
     done = {r.key for r in load_rows(out_dir)}
     row_path = out_dir / (ROW_FILE if ctx.world_size == 1 else f"rows.rank{ctx.rank}.jsonl")
     _drop_torn_tail(row_path)
-    if _same_text(settings.eval_text, settings.calib_text) and settings.eval_text != "bundled":
-        warnings.warn(
-            f"calibration and evaluation text are the same file ({settings.eval_text}): the sets overlap "
-            "and calibrated methods will look better than they are", stacklevel=2)
+    notes: list[str] = []
+    """Warnings about what the run could not do as asked; recorded in results.json (settings.warnings)."""
+    overlap = _same_text(settings.eval_text, settings.calib_text)
+    if overlap:
+        notes.append(f"calibration and evaluation text are {overlap} ({settings.eval_text}, {settings.calib_text}): "
+                     "the sets overlap and calibrated methods will look better than they are")
+        warnings.warn(notes[-1], stacklevel=2)
+    blocks_used: dict[str, dict[str, int]] = {}
     methods = {m: protocol.get_method(m) for m in settings.methods}
     todo = [key for key in planned_rows(settings, ctx.rank, ctx.world_size) if key not in done]
     digital_ppl: dict[str, float] = {}
@@ -466,6 +460,13 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
                               seq_len=settings.seq_len, split="test", max_blocks=settings.eval_blocks)
         calib_blocks = _blocks("calib_text (--calib-text)", text_blocks, settings.calib_text, tokenizer,
                                seq_len=settings.seq_len, split="validation", max_blocks=settings.calib_blocks)
+        blocks_used[model_name] = {"eval_blocks": int(eval_blocks.shape[0]), "calib_blocks": int(calib_blocks.shape[0])}
+        for option, asked in (("eval_blocks", settings.eval_blocks), ("calib_blocks", settings.calib_blocks)):
+            got = blocks_used[model_name][option]
+            if asked is not None and got < asked:
+                notes.append(f"--{option.replace('_', '-')} {asked} asked, but the text gives {model_name} only {got} "
+                             f"blocks of {settings.seq_len} tokens: {got} were used (recorded in blocks_used)")
+                warnings.warn(notes[-1], stacklevel=2)
         digital_ppl[model_name] = perplexity(digital, eval_blocks, batch_size=settings.batch_size, progress=False)
         if settings.tasks and ctx.is_main:
             digital_tasks[model_name] = _run_tasks(digital, tokenizer, settings)
@@ -509,6 +510,14 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
     ctx.wait_for_everyone()  # every process's rows are on disk now
     plain = asdict(settings)
     plain["digital_ppl"] = digital_ppl
+    if blocks_used:
+        plain["blocks_used"] = blocks_used
+        for option in ("eval_blocks", "calib_blocks"):
+            counts = {used[option] for used in blocks_used.values()}
+            if len(counts) == 1:
+                plain[option] = counts.pop()  # what was used, not what was asked
+    if notes:
+        plain["warnings"] = notes
     if digital_tasks:
         plain["digital_tasks"] = digital_tasks
     if hwa_records:
@@ -526,6 +535,7 @@ def _run_tasks(model: torch.nn.Module, tokenizer: Any, settings: CompareSettings
     from ..evaluation.tasks import evaluate_tasks
 
     return evaluate_tasks(model, tokenizer, settings.tasks, include_path=settings.task_include_path,
+                          trust_task_code=settings.trust_task_code,
                           limit=settings.task_limit, num_fewshot=settings.num_fewshot,
                           batch_size=max(16, settings.batch_size))
 
@@ -553,8 +563,17 @@ def _replaced(report: dict[str, Any]) -> int:
     return int(sum(cb.get("replaced_experts", 0) for cb in callbacks.values()))
 
 
-def _same_text(a: str, b: str) -> bool:
+def _same_source_key(name: str) -> str:
+    """A device name, or the resolved path of a device YAML file (two spellings of one file are one entry)."""
+    path = Path(name).expanduser()
     try:
-        return Path(a).resolve() == Path(b).resolve() and Path(a).exists()
+        return str(path.resolve()) if path.exists() else name
     except OSError:
-        return False
+        return name
+
+
+def _same_text(a: str, b: str) -> str | None:
+    """``"the same file"`` / ``"identical content"`` when the calibration text is the evaluation text."""
+    from ..data import same_text
+
+    return same_text(a, b, split_a="test", split_b="validation")

@@ -21,7 +21,8 @@ from .records import ComparisonResults, ResultRow, SummaryEntry
 Results = ComparisonResults | Mapping[str, Any]
 """What the report functions accept: typed results or the ``results.json`` dict."""
 
-__all__ = ["package_versions", "print_summary", "render_report", "write_report", "group_summary", "stress_suffix"]
+__all__ = ["control_cells", "edit_flag", "package_versions", "print_summary", "render_report", "write_report",
+           "group_summary", "stress_suffix"]
 
 REPORT_FILE = "report.md"
 
@@ -42,6 +43,22 @@ HOW_TO_READ = (
     "analog) of the same model, device and drift time. `replaced` is the mean number of experts "
     "ROMER replaced per chip instance (all layers)."
 )
+
+CONTROLS_HOW_TO_READ = (
+    "Noise-free controls: every method that edits the model (ROMER's normalization and expert "
+    "replacement, hetero, router ensembles, HWA, clipped weights) was also run on the noise-free "
+    "`ideal` device with the same calibration data and seed. `edit` is that run's perplexity minus "
+    "the digital one: what the method changes in the model itself, with no noise to recover from "
+    "(0 for methods that only change the chip). `recovered` is the share of `global`'s analog gap "
+    "(`global` − digital on the same chip instance) that the method removes *beyond* its edit, "
+    "`((ppl(global) − ppl) + edit) / (ppl(global) − digital)`, mean ± CI95 over chip instances "
+    "(paired: one value per chip): 0 means the edit alone explains the gain, 1 closes the gap. "
+    "`masked` is the largest share of a MoE layer's experts that calibration masked. "
+    "⚠ marks rows whose edit is at least as large as their recovery (|edit| ≥ |recovered × gap|): "
+    "most of what such a method changes is the model, not the noise."
+)
+CONTROLS_OFF = ("Noise-free controls were turned off (`--no-controls`): these results cannot separate a "
+                "method's noise recovery from what it changes in the model itself.")
 
 
 def package_versions() -> dict[str, str]:
@@ -123,10 +140,44 @@ def _delta_vs_none(entries: list[SummaryEntry], entry: SummaryEntry) -> str:
 
 TABLE_HEADER = ["method", "ppl ± CI95", "ppl std", "Δppl", "load_cv ± CI95", "max_load_ratio ± CI95",
                 "tile max load", "router_fidelity ± CI95", "replaced", "n"]
+CONTROL_HEADER = ["edit ± CI95", "recovered ± CI95", "masked"]
+"""Columns of the noise-free controls, before ``n`` (only for results that have them)."""
+
+
+def _has_controls(entries: Iterable[SummaryEntry]) -> bool:
+    return any("edit_ppl" in e.metrics for e in entries)
+
+
+def _max_masked(rows: Iterable[ResultRow], entry: SummaryEntry) -> float | None:
+    """Mean over chip instances of the largest share of a layer's experts that were masked."""
+    values = [max(r.masked_share) for r in rows if r.key[:4] == (*entry.group[:2], entry.method, entry.group[2])
+              and r.masked_share]
+    return sum(values) / len(values) if values else None
+
+
+def edit_flag(results: ComparisonResults, entries: list[SummaryEntry], entry: SummaryEntry) -> bool:
+    """The edit of ``entry`` is at least as large as its recovery (see :func:`~.stats.edit_dominates`)."""
+    from .stats import RECOVERY_BASELINE, edit_dominates
+
+    base = next((e for e in entries if e.method == RECOVERY_BASELINE), None)
+    digital = results.digital_ppl(entry.model)
+    base_ppl = None if base is None else base.mean("ppl")
+    gap = None if base_ppl is None or digital is None else base_ppl - digital
+    return edit_dominates(entry.mean("edit_ppl"), entry.mean("recovered"), gap)
+
+
+def control_cells(results: ComparisonResults, entries: list[SummaryEntry], entry: SummaryEntry) -> list[str]:
+    """``[edit ± CI95, recovered ± CI95 (⚠ if the edit dominates), masked]`` of one summary entry."""
+    masked = _max_masked(results.rows, entry)
+    recovered = _fmt_pm(entry.mean("recovered"), entry.ci95("recovered"), 2)
+    return [_fmt_pm(entry.mean("edit_ppl"), entry.ci95("edit_ppl"), 2),
+            recovered + (" ⚠" if edit_flag(results, entries, entry) else ""),
+            f"{100 * masked:.0f} %" if masked is not None else "–"]
 
 
 def _table_rows(results: ComparisonResults, entries: list[SummaryEntry]) -> list[list[str]]:
     out = []
+    controls = _has_controls(entries)
     for e in entries:
         replaced = _mean_replaced(results.rows, e)
         out.append([
@@ -139,6 +190,7 @@ def _table_rows(results: ComparisonResults, entries: list[SummaryEntry]) -> list
             _fmt(e.mean("tile_max_load_ratio")),
             _fmt_pm(e.mean("router_fidelity"), e.ci95("router_fidelity")),
             _fmt(replaced, 1) if replaced is not None and replaced > 0 else "–",
+            *(control_cells(results, entries, e) if controls else []),
             str(e.n),
         ])
     return out
@@ -207,6 +259,10 @@ def render_report(results: Results, plots: Iterable[str | os.PathLike] = (),
     lines.append(f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
                  f"{len(results.rows)} rows (method x chip instance x drift time).")
     lines += ["", "## How to read this", "", HOW_TO_READ, ""]
+    if _has_controls(results.summary):
+        lines += [CONTROLS_HOW_TO_READ, ""]
+    elif settings.get("controls") is False:
+        lines += [CONTROLS_OFF, ""]
 
     lines += ["## Results", ""]
     groups = results.groups()
@@ -221,8 +277,9 @@ def render_report(results: Results, plots: Iterable[str | os.PathLike] = (),
         lines.append(f"Digital perplexity: **{_fmt(digital, 2)}**. Chip instances (seeds): "
                      f"{', '.join(map(str, seeds)) or '–'}.")
         lines.append("")
-        lines.append("| " + " | ".join(TABLE_HEADER) + " |")
-        lines.append("|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEADER) - 1)) + "|")
+        header = TABLE_HEADER[:-1] + (CONTROL_HEADER if _has_controls(entries) else []) + TABLE_HEADER[-1:]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
         for row in _table_rows(results, entries):
             lines.append("| " + " | ".join(_md_escape(c) for c in row) + " |")
         lines.append("")
@@ -295,9 +352,11 @@ def print_summary(results: Results, console: Any = None) -> None:
                       pad_edge=False)
         replaced = {e.method: _mean_replaced(results.rows, e) for e in entries}
         show_replaced = any(replaced.values())
+        controls = _has_controls(entries)
         narrow = console.width < 100
         headers = ["method", "ppl", "±CI" if narrow else "±CI95", *(["std"] if wide else []), "Δppl", "load_cv",
                    "max_load", "fidelity", *([("repl." if narrow else "replaced")] if show_replaced else []),
+                   *(["edit", "recov." if narrow else "recovered"] if controls else []),
                    *(["n"] if len(counts) > 1 else [])]
         for i, header in enumerate(headers):
             if i == 0:
@@ -310,6 +369,7 @@ def print_summary(results: Results, console: Any = None) -> None:
                      *([_fmt(e.std("ppl"), 2)] if wide else []), _delta_vs_none(entries, e),
                      _fmt(e.mean("load_cv")), _fmt(e.mean("max_load_ratio")), _fmt(e.mean("router_fidelity")),
                      *([_fmt(replaced[e.method], 1) if replaced[e.method] else "–"] if show_replaced else []),
+                     *(_terminal_controls(results, entries, e) if controls else []),
                      *([str(e.n)] if len(counts) > 1 else [])]
             for col, cell in zip(table.columns[1:], cells[1:]):
                 col.min_width = max(col.min_width or 0, len(cell))
@@ -319,6 +379,17 @@ def print_summary(results: Results, console: Any = None) -> None:
     console.print("Means over chip instances; ±CI: half-width of the 95 % confidence interval of the mean ppl. "
                   "Lower ppl, load_cv, max_load (ratio) are better; higher (router) fidelity is better; best ppl "
                   "in green. repl.: experts ROMER replaced per chip instance.")
+    if _has_controls(results.summary):
+        console.print("edit: the method on the noise-free `ideal` device minus digital ppl (what it changes in the "
+                      "model itself); recovered: share of global's analog gap removed beyond the edit (± CI95, "
+                      "paired per chip); ! marks an edit at least as large as the recovery.")
+    elif results.settings.get("controls") is False:
+        console.print(CONTROLS_OFF)
+
+
+def _terminal_controls(results: ComparisonResults, entries: list[SummaryEntry], e: SummaryEntry) -> list[str]:
+    flag = " !" if edit_flag(results, entries, e) else ""
+    return [_fmt(e.mean("edit_ppl"), 2), _fmt_pm(e.mean("recovered"), e.ci95("recovered"), 2) + flag]
 
 
 def _print_tasks(console: Any, results: ComparisonResults, model: str, entries: list[SummaryEntry]) -> None:

@@ -277,3 +277,16 @@ def test_settings_validation():
         CompareSettings(models=["x"], seeds=[])
     with pytest.raises(ValueError, match="rram-wan2022"):
         CompareSettings(models=["x"], devices=["rram-wan2022"], t_inference=[3600.0])
+
+
+def test_results_do_not_depend_on_where_the_model_lives(tiny, tmp_path):
+    """Output noise is seeded from the model's content, not its folder: a copy elsewhere gives the same numbers."""
+    copy = tmp_path / "elsewhere" / "same-model"
+    shutil.copytree(tiny, copy)
+    rows = []
+    for i, folder in enumerate((tiny, str(copy))):
+        settings = CompareSettings(models=[folder], methods=["none"], seeds=[0], **SMALL)
+        rows.append(run_comparison(settings, tmp_path / f"out{i}")["rows"][0])
+    assert rows[0]["model"] != rows[1]["model"]
+    for metric in ("ppl", "load_cv", "router_fidelity"):
+        assert rows[0][metric] == rows[1][metric], metric

@@ -11,11 +11,11 @@ import torch
 
 from romer_aihwkit.evaluation import (
     RoutingAccumulator,
-    with_recovery,
     layer_metrics,
     load_rows,
     mean_std_ci,
     summarize_rows,
+    with_recovery,
 )
 from romer_aihwkit.experiments import CompareSettings, ResultsExistError, run_comparison
 from romer_aihwkit.experiments.runner import LOCK_FILE

@@ -21,7 +21,7 @@ from .records import ComparisonResults, ResultRow, SummaryEntry
 Results = ComparisonResults | Mapping[str, Any]
 """What the report functions accept: typed results or the ``results.json`` dict."""
 
-__all__ = ["control_cells", "edit_flag", "package_versions", "print_summary", "render_report", "write_report",
+__all__ = ["control_cells", "controls_table", "edit_flag", "package_versions", "print_summary", "render_report", "write_report",
            "group_summary", "stress_suffix"]
 
 REPORT_FILE = "report.md"
@@ -173,6 +173,44 @@ def control_cells(results: ComparisonResults, entries: list[SummaryEntry], entry
     return [_fmt_pm(entry.mean("edit_ppl"), entry.ci95("edit_ppl"), 2),
             recovered + (" ⚠" if edit_flag(results, entries, entry) else ""),
             f"{100 * masked:.0f} %" if masked is not None else "–"]
+
+
+def controls_table(results: Results, model: str, device: str, t_inference: float,
+                   methods: Iterable[str] | None = None) -> list[str]:
+    """Markdown lines of one chip group's noise-free controls: per method, its paired difference to
+    ``global`` (mean ± CI95 over chip instances), its edit, the share of the gap it recovers beyond
+    the edit, the largest masked share of a layer, and ⚠ where the edit is at least the recovery.
+
+    Empty when the results have no controls for this group.
+    """
+    from .stats import RECOVERY_BASELINE, mean_std_ci
+
+    results = ComparisonResults.coerce(results)
+    entries = results.groups().get((model, device, float(t_inference)), [])
+    if not _has_controls(entries):
+        return []
+    wanted = list(methods) if methods is not None else [e.method for e in entries]
+    by_method = {e.method: e for e in entries}
+
+    def ppl_by_seed(method: str) -> dict[int, float]:
+        return {r.seed: r.ppl for r in results.rows
+                if (r.model, r.device, r.method, float(r.t_inference)) == (model, device, method, float(t_inference))}
+
+    base = ppl_by_seed(RECOVERY_BASELINE)
+    lines = [f"| method | Δppl vs {RECOVERY_BASELINE} (paired) | edit (ideal − digital) | recovered | masked | n |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for method in wanted:
+        entry = by_method.get(method)
+        if entry is None:
+            continue
+        mine = ppl_by_seed(method)
+        diffs = [mine[s] - base[s] for s in sorted(mine.keys() & base.keys())]
+        delta = mean_std_ci(diffs)
+        edit, recovered, masked = control_cells(results, entries, entry)
+        delta_cell = (f"{delta['mean']:+.2f}" + (f" ± {delta['ci95']:.2f}" if _isnum(delta["ci95"]) else "")
+                      if diffs else "–")
+        lines.append(f"| {_md_escape(method)} | {delta_cell} | {edit} | {recovered} | {masked} | {entry.n} |")
+    return lines
 
 
 def _table_rows(results: ComparisonResults, entries: list[SummaryEntry]) -> list[list[str]]:

@@ -7,7 +7,15 @@ import json
 import pytest
 import torch
 
-from romer_aihwkit.evaluation import ComparisonResults, ResultRow, edit_dominates, mean_std_ci, summarize, with_recovery
+from romer_aihwkit.evaluation import (
+    ComparisonResults,
+    ResultRow,
+    edit_dominates,
+    mean_std_ci,
+    recovery_beyond_edit,
+    summarize,
+    with_recovery,
+)
 from romer_aihwkit.evaluation.report import render_report
 from romer_aihwkit.experiments.methods import METHODS, Method, get_method, register_method
 
@@ -38,7 +46,8 @@ def test_recovered_is_zero_when_the_edit_alone_explains_the_gain():
     rows = with_recovery([_row("global", 0, 14.0, 0.0), _row("romer", 0, 12.0, -2.0)])
     by = {r.method: r for r in rows}
     assert by["romer"].recovered == pytest.approx(0.0) and by["global"].recovered == 0.0
-    assert edit_dominates(-2.0, by["romer"].recovered, 4.0)
+    beyond = recovery_beyond_edit(rows)[("m", "pcm", "romer", 3600.0)]
+    assert beyond == pytest.approx([0.0]) and edit_dominates(-2.0, beyond[0])
 
 
 def test_recovered_counts_what_the_edit_does_not_explain():
@@ -47,7 +56,10 @@ def test_recovered_counts_what_the_edit_does_not_explain():
                           _row("c", 0, 10.5, -0.5)])
     by = {r.method: r.recovered for r in rows}
     assert by["a"] == pytest.approx(0.5) and by["b"] == pytest.approx(0.75) and by["c"] == pytest.approx(0.75)
-    assert not edit_dominates(-0.5, by["c"], 4.0) and not edit_dominates(0.0, by["a"], 4.0)
+    beyond = recovery_beyond_edit(rows)
+    assert beyond[("m", "pcm", "c", 3600.0)] == pytest.approx([3.0]) and beyond[("m", "pcm", "b", 3600.0)] == [3.0]
+    assert not edit_dominates(-0.5, 3.0) and not edit_dominates(0.0, 2.0)
+    assert edit_dominates(0.5, -0.1)  # a method that makes the noise worse beyond its edit: always flagged
 
 
 def test_recovered_is_paired_per_chip_and_summarised_over_chips():

@@ -21,7 +21,7 @@ from .records import ComparisonResults, ResultRow, SummaryEntry
 Results = ComparisonResults | Mapping[str, Any]
 """What the report functions accept: typed results or the ``results.json`` dict."""
 
-__all__ = ["control_cells", "controls_table", "edit_flag", "package_versions", "print_summary", "render_report", "write_report",
+__all__ = ["control_cells", "controls_table", "edit_flag", "recovery_ppl", "package_versions", "print_summary", "render_report", "write_report",
            "group_summary", "stress_suffix"]
 
 REPORT_FILE = "report.md"
@@ -54,8 +54,10 @@ CONTROLS_HOW_TO_READ = (
     "`((ppl(global) − ppl) + edit) / (ppl(global) − digital)`, mean ± CI95 over chip instances "
     "(paired: one value per chip): 0 means the edit alone explains the gain, 1 closes the gap. "
     "`masked` is the largest share of a MoE layer's experts that calibration masked. "
-    "⚠ marks rows whose edit is at least as large as their recovery (|edit| ≥ |recovered × gap|): "
-    "most of what such a method changes is the model, not the noise."
+    "⚠ marks rows whose edit is at least as large as their recovery: |edit| ≥ the mean over chips of "
+    "`(ppl(global) − ppl) + edit`, the perplexity recovered beyond the edit (a negative recovery always "
+    "counts): most of what such a method changes is the model, not the noise. On chips where `global` "
+    "is already close to digital the share is unstable; the recovery in perplexity is not."
 )
 CONTROLS_OFF = ("Noise-free controls were turned off (`--no-controls`): these results cannot separate a "
                 "method's noise recovery from what it changes in the model itself.")
@@ -155,15 +157,23 @@ def _max_masked(rows: Iterable[ResultRow], entry: SummaryEntry) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def recovery_ppl(results: ComparisonResults, entry: SummaryEntry) -> dict[str, Any]:
+    """Mean, std and CI95 over chip instances of the perplexity ``entry`` recovers beyond its edit
+    (paired with ``global`` on each chip; :func:`~.stats.recovery_beyond_edit`)."""
+    from .stats import mean_std_ci, recovery_beyond_edit
+
+    rows = [r for r in results.rows if (r.model, r.device, float(r.t_inference)) == entry.group
+            and r.method in (entry.method, "global")]
+    return mean_std_ci(recovery_beyond_edit(rows).get((entry.model, entry.device, entry.method,
+                                                        float(entry.t_inference)), []))
+
+
 def edit_flag(results: ComparisonResults, entries: list[SummaryEntry], entry: SummaryEntry) -> bool:
     """The edit of ``entry`` is at least as large as its recovery (see :func:`~.stats.edit_dominates`)."""
-    from .stats import RECOVERY_BASELINE, edit_dominates
+    from .stats import edit_dominates
 
-    base = next((e for e in entries if e.method == RECOVERY_BASELINE), None)
-    digital = results.digital_ppl(entry.model)
-    base_ppl = None if base is None else base.mean("ppl")
-    gap = None if base_ppl is None or digital is None else base_ppl - digital
-    return edit_dominates(entry.mean("edit_ppl"), entry.mean("recovered"), gap)
+    recovered = recovery_ppl(results, entry)
+    return recovered["n"] > 0 and edit_dominates(entry.mean("edit_ppl"), recovered["mean"])
 
 
 def control_cells(results: ComparisonResults, entries: list[SummaryEntry], entry: SummaryEntry) -> list[str]:
@@ -197,8 +207,9 @@ def controls_table(results: Results, model: str, device: str, t_inference: float
                 if (r.model, r.device, r.method, float(r.t_inference)) == (model, device, method, float(t_inference))}
 
     base = ppl_by_seed(RECOVERY_BASELINE)
-    lines = [f"| method | Δppl vs {RECOVERY_BASELINE} (paired) | edit (ideal − digital) | recovered | masked | n |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [f"| method | Δppl vs {RECOVERY_BASELINE} (paired) | edit (ideal − digital) | recovered beyond edit "
+             "(ppl, paired) | recovered share of gap | masked | n |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for method in wanted:
         entry = by_method.get(method)
         if entry is None:
@@ -209,7 +220,11 @@ def controls_table(results: Results, model: str, device: str, t_inference: float
         edit, recovered, masked = control_cells(results, entries, entry)
         delta_cell = (f"{delta['mean']:+.2f}" + (f" ± {delta['ci95']:.2f}" if _isnum(delta["ci95"]) else "")
                       if diffs else "–")
-        lines.append(f"| {_md_escape(method)} | {delta_cell} | {edit} | {recovered} | {masked} | {entry.n} |")
+        beyond = recovery_ppl(results, entry)
+        beyond_cell = (f"{beyond['mean']:+.2f}" + (f" ± {beyond['ci95']:.2f}" if _isnum(beyond["ci95"]) else "")
+                       if beyond["n"] else "–")
+        lines.append(f"| {_md_escape(method)} | {delta_cell} | {edit} | {beyond_cell} | {recovered} | {masked} "
+                     f"| {entry.n} |")
     return lines
 
 

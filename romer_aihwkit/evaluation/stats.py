@@ -10,6 +10,7 @@ from typing import Any
 from .records import CONTROL_METRICS, GROUP_KEYS, METRICS, TASK_METRICS, ResultRow, Stat, SummaryEntry
 
 __all__ = ["mean_std_ci", "summarize", "summarize_rows", "task_values", "with_recovery", "edit_dominates",
+           "recovery_beyond_edit",
            "METRICS", "GROUP_KEYS", "TASK_METRICS", "CONTROL_METRICS", "RECOVERY_BASELINE"]
 
 RECOVERY_BASELINE = "global"
@@ -109,18 +110,39 @@ def with_recovery(rows: Iterable[ResultRow | Mapping[str, Any]],
     return out
 
 
-def edit_dominates(edit_ppl: float | None, recovered: float | None, gap: float | None) -> bool:
+def recovery_beyond_edit(rows: Iterable[ResultRow | Mapping[str, Any]], baseline: str = RECOVERY_BASELINE
+                         ) -> dict[tuple[str, str, str, float], list[float]]:
+    """Per (model, device, method, t_inference): the perplexity each chip instance recovers beyond
+    the method's edit, ``(ppl(baseline) - ppl) + edit_ppl``, paired with the baseline row of the same
+    chip (rows without a control or a baseline row are skipped).
+
+    The numerator of ``recovered`` in perplexity units: unlike the share, it stays well behaved on
+    chips where the baseline's gap is close to zero, so its mean ± CI says whether any recovery
+    beyond the edit is resolved.
+    """
+    typed = [ResultRow.coerce(r) for r in rows]
+    base = {(r.model, r.device, float(r.t_inference), int(r.seed)): r.ppl for r in typed if r.method == baseline}
+    out: dict[tuple[str, str, str, float], list[float]] = {}
+    for r in typed:
+        g = base.get((r.model, r.device, float(r.t_inference), int(r.seed)))
+        if r.edit_ppl is not None and g is not None and math.isfinite(g) and math.isfinite(r.ppl):
+            out.setdefault((r.model, r.device, r.method, float(r.t_inference)), []).append((g - r.ppl) + r.edit_ppl)
+    return out
+
+
+def edit_dominates(edit_ppl: float | None, recovery_ppl: float | None) -> bool:
     """Whether a method's noise-free edit is at least as large as its noise recovery.
 
-    ``gap`` is the baseline's analog gap ``ppl(global) - digital``; the recovery in perplexity is
-    ``recovered * gap``. True when ``|edit_ppl| >= |recovered * gap|`` and the edit is not zero:
-    most of what the method changes is the model, not the noise (reports flag such rows).
+    ``recovery_ppl`` is the perplexity recovered beyond the edit (mean over chips of
+    ``(ppl(global) - ppl) + edit_ppl``, :func:`recovery_beyond_edit`). True when the edit is not
+    zero and ``|edit_ppl| >= recovery_ppl`` (a negative recovery is exceeded by any edit): most of
+    what the method changes is the model, not the noise. Reports flag such rows.
     """
-    if edit_ppl is None or recovered is None or gap is None:
+    if edit_ppl is None or recovery_ppl is None:
         return False
-    if not all(math.isfinite(x) for x in (edit_ppl, recovered, gap)) or edit_ppl == 0:
+    if not (math.isfinite(edit_ppl) and math.isfinite(recovery_ppl)) or edit_ppl == 0:
         return False
-    return abs(edit_ppl) >= abs(recovered * gap)
+    return abs(edit_ppl) >= recovery_ppl
 
 
 def _isnan(x: Any) -> bool:

@@ -99,7 +99,8 @@ def _controlled_results():
     rows += [_row("romer", s, 12.0 + s, -2.0) for s in (0, 1, 2)]  # the edit explains the gain
     rows += [_row("digital-router", s, 11.0 + s, 0.0) for s in (0, 1, 2)]  # a real recovery
     typed = with_recovery(rows)
-    return ComparisonResults({"methods": ["global", "romer", "digital-router"], "controls": True,
+    return ComparisonResults({"models": ["m"], "devices": ["pcm"], "seeds": [0, 1, 2],
+                              "methods": ["global", "romer", "digital-router"], "controls": True,
                               "digital_ppl": {"m": 10.0}}, tuple(typed), tuple(summarize(typed)))
 
 
@@ -193,3 +194,29 @@ def test_edit_of_a_model_is_what_the_runner_records_for_the_ideal_device_itself(
     row = next(r for r in results["rows"] if r["method"] == "test-mask")
     assert row["edit_ppl"] == pytest.approx(row["ppl"] - row["digital_ppl"])
     assert torch.isfinite(torch.tensor(row["ppl"]))
+
+
+def test_controls_table_and_results_table_script(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from romer_aihwkit.evaluation.report import controls_table
+    from romer_aihwkit.experiments.runner import write_results
+
+    results = _controlled_results()
+    lines = controls_table(results, "m", "pcm", 3600.0)
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:]}
+    # romer: -2 vs global on every chip, all of it its edit: nothing recovered beyond, flagged
+    assert cells["romer"][:3] == ["-2.00 ± 0.00", "-2.00 ± 0.00", "+0.00 ± 0.00"] and "⚠" in cells["romer"][3]
+    assert cells["digital-router"][:3] == ["-3.00 ± 0.00", "0.00 ± 0.00", "+3.00 ± 0.00"]
+    assert "⚠" not in cells["digital-router"][3]
+    write_results(tmp_path, results.settings, results.rows)
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "scripts" / "results_table.py"), str(tmp_path / "results.json"),
+                          "--controls"], capture_output=True, text=True, check=True, cwd=root)
+    assert "| romer | -2.00 ± 0.00 |" in out.stdout and "⚠" in out.stdout
+    out = subprocess.run([sys.executable, str(root / "scripts" / "results_table.py"), str(tmp_path / "results.json"),
+                          "--metric", "recovered"], capture_output=True, text=True, check=True, cwd=root)
+    shares = mean_std_ci([3 / 4, 3 / 5, 3 / 6])  # per chip: 3 ppl recovered of a gap of 4 + seed
+    assert f"| digital-router | {shares['mean']:.2f} ± {shares['ci95']:.2f} |" in out.stdout

@@ -164,6 +164,8 @@ def test_calibrate_writes_calibration_and_report(tiny, tmp_path):
     (["--percentiles", "5,50"], "three numbers"),
     (["--replacement", "sideways"], "replacement must be one of"),
     (["--replacement", "none", "--no-normalize"], "would do nothing"),
+    (["--max-masked-share", "2"], "max_masked_share"),
+    (["--max-masked-share", "lots"], "--max-masked-share must be"),
 ])
 def test_calibrate_bad_options(tiny, tmp_path, args, fragment):
     result = runner.invoke(app, ["calibrate", "--model", tiny, *args, "--out", str(tmp_path / "c")])

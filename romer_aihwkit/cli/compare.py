@@ -252,7 +252,11 @@ def evaluate(
     hwa_steps: HwaStepsOpt = None,
     controls: ControlsOpt = True,
 ) -> None:
-    """Evaluate one method over simulated chip instances (`compare` with a single method)."""
+    """Evaluate one method over simulated chip instances (`compare` with a single method).
+
+    A method that edits the model also runs on the noise-free `ideal` device, and `global` runs next
+    to it for `recovered` (see `compare`); --no-controls evaluates the method alone.
+    """
     methods = _split(method)
     if len(methods) != 1:
         raise UserError(f"evaluate takes one --method, got {method!r}; use `compare` for several")

@@ -78,7 +78,8 @@ def test_replacement_picks_exactly_the_cold_experts_and_replicas_match_under_ide
     shift = torch.zeros(8)
     shift[[3, 6]] = -30.0  # experts 3 and 6 are never selected by the noisy router
     distort(model, torch.ones(8), shift)
-    report = ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(normalize=False, tau=0.25)], progress=False)
+    report = ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(normalize=False, tau=0.25, max_masked_share=None)],
+                          progress=False)
     for layer in report["romer-replace"]["layers"]:
         load = torch.tensor(layer["normalized_load"])
         cold = {i for i in range(8) if load[i] < 0.25 / 8}
@@ -324,7 +325,7 @@ def test_replacement_threshold_is_tau_over_e(tau):
     weights = torch.arange(1, e - 4, dtype=torch.float64)
     load[5:] = threshold + (rest - (e - 5) * threshold) * weights / weights.sum()
     assert abs(float(load.sum()) - 1.0) < 1e-12 and all(float(load[i]) >= threshold for i in range(4, e))
-    pairs = Romer(tau=tau, normalize=False)._pairs(load, _Router(e), [True] * e)
+    pairs = Romer(tau=tau, normalize=False, max_masked_share=None)._pairs(load, _Router(e), [True] * e)
     assert [c for c, _ in pairs] == [0, 1, 2, 3]  # coldest first, the one at the threshold kept
     hottest = torch.argsort(load, descending=True).tolist()
     assert [h for _, h in pairs] == hottest[:4]

@@ -18,7 +18,7 @@ from .reservoir import RowReservoir
 
 __all__ = ["Romer", "routing_metrics", "DEFAULT_MAX_MASKED_SHARE"]
 
-DEFAULT_MAX_MASKED_SHARE: float | None = None
+DEFAULT_MAX_MASKED_SHARE: float | None = 0.125
 """Default replacement budget of :class:`Romer` (``max_masked_share``); see docs/romer.md."""
 
 

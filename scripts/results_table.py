@@ -2,6 +2,10 @@
 
 Run: python scripts/results_table.py docs/results/compare/results.json [--metric ppl]
 Prints one table per device: methods as rows, models as columns, `mean ± 95 % CI` over chip instances.
+`--metric edit_ppl` / `--metric recovered` tabulate the noise-free controls the same way;
+`--controls` prints, per model and device, each method's paired difference to `global`, its edit,
+the share of the gap recovered beyond the edit and the masked share, flagging (⚠) edits at least
+as large as the recovery.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from romer_aihwkit.evaluation.records import ComparisonResults, ResultRow, SummaryEntry
+from romer_aihwkit.evaluation.report import controls_table
 from romer_aihwkit.evaluation.stats import mean_std_ci
 
 
@@ -20,7 +25,7 @@ def fmt(entry: SummaryEntry, metric: str) -> str:
         mean, ci = (None, None) if stat is None else (stat.mean, stat.ci95)
     if mean is None:
         return "–"
-    digits = 2 if metric == "ppl" else 3
+    digits = 2 if metric in ("ppl", "edit_ppl", "recovered") else 3
     return f"{mean:.{digits}f} ± {ci:.{digits}f}" if ci == ci and ci is not None else f"{mean:.{digits}f}"
 
 
@@ -42,7 +47,7 @@ def paired(rows: tuple[ResultRow, ...], model: str, device: str, t: float, metho
     if not diffs:
         return "–"
     st = mean_std_ci(diffs)
-    digits = 2 if metric == "ppl" else 3
+    digits = 2 if metric in ("ppl", "edit_ppl", "recovered") else 3
     ci = f" ± {st['ci95']:.{digits}f}" if st["ci95"] == st["ci95"] else ""
     return f"{st['mean']:+.{digits}f}{ci}"
 
@@ -78,9 +83,14 @@ def main() -> None:
     ap.add_argument("--methods", default=None, help="comma-separated subset of methods (rows), in this order")
     ap.add_argument("--recovered", metavar="BASELINE:UPPER", default=None,
                     help="show the share of UPPER's paired gain over BASELINE that each method recovers")
+    ap.add_argument("--controls", action="store_true",
+                    help="noise-free controls per model and device: paired Δppl vs global, edit, recovered, masked")
     args = ap.parse_args()
     res = ComparisonResults.load(args.results)
     settings = res.settings
+    if args.controls:
+        print_controls(res, args.methods.split(",") if args.methods else None)
+        return
     for device in settings["devices"]:
         entries = [e for e in res.summary if e.device == device]
         models = [m for m in settings["models"] if any(e.model == m for e in entries)]
@@ -121,6 +131,23 @@ def main() -> None:
                     match = [e for e in entries if e.model == m and e.method == method and e.t_inference == t]
                     cells.append(fmt(match[0], args.metric) if match else "–")
                 print(f"| {method} | " + " | ".join(cells) + " |")
+
+
+def print_controls(res: ComparisonResults, methods: list[str] | None) -> None:
+    """One controls table per (model, device, drift time); a note when the results have none."""
+    settings = res.settings
+    printed = False
+    for (model, device, t) in res.groups():
+        lines = controls_table(res, model, device, t, methods)
+        if not lines:
+            continue
+        printed = True
+        n = len(settings.get("seeds") or [])
+        print(f"\n**{model}, {device}, t = {t:g} s**: noise-free controls, mean ± 95 % CI over {n} chip instances\n")
+        print("\n".join(lines))
+    if not printed:
+        state = "were turned off" if settings.get("controls") is False else "were not run (results predate them)"
+        print(f"\nNoise-free controls {state}: edit and recovery cannot be separated in these results.")
 
 
 if __name__ == "__main__":

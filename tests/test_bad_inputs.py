@@ -627,6 +627,30 @@ def test_remote_deepseek_gates_reproduce_digital_block_under_ideal(kind):
     assert rel < 1e-4, float(rel)
 
 
+@pytest.mark.parametrize("kind", sorted(REMOTE_GATES))
+def test_remote_deepseek_gates_route_as_the_remote_code_in_bf16_under_ideal(kind):
+    """The remote code computes the gate in float32 (hidden and weight cast up) even in a bf16 model: the
+    analog router must too, so that on a noise-free chip every token picks the digital gate's experts."""
+    from romer_aihwkit.analog import find_routers, trace_routing
+
+    digital = _remote_deepseek(kind).to(torch.bfloat16)
+    analog = ra.convert_to_analog_moe(_remote_deepseek(kind).to(torch.bfloat16), "ideal")
+    analog.program_analog_weights(seed=0)
+    assert all(r.spec.fp32_logits for r in find_routers(analog))
+    tokens = torch.randint(3, 90, (16, 64), generator=torch.Generator().manual_seed(2))
+    events = []
+    with trace_routing(analog, events.append), torch.no_grad():
+        analog(tokens)
+    gates = {id(r): layer.mlp.gate for r, layer in zip(find_routers(analog), digital.model.layers[1:])}
+    checked = 0
+    for event in events:
+        with torch.no_grad():
+            idx, _, _ = gates[id(event.router)](event.hidden)
+        assert torch.equal(event.selected.sort(-1).values, idx.sort(-1).values), kind
+        checked += idx.shape[0]
+    assert checked == len(gates) * 16 * 64 and gates
+
+
 def test_remote_gate_with_unknown_topk_method_is_refused():
     model = _remote_deepseek("v2_group_limited")
     model.model.layers[1].mlp.gate.topk_method = "sinkhorn"

@@ -46,19 +46,39 @@ def test_compare_writes_every_output(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"settings", "rows", "summary"}
-    assert len(results["rows"]) == 4 and {r["method"] for r in results["rows"]} == {"none", "romer"}
+    # romer edits the model: `global` joins (first) for its recovery, and every row carries the controls
+    assert len(results["rows"]) == 6 and {r["method"] for r in results["rows"]} == {"global", "none", "romer"}
+    assert results["settings"]["methods"] == ["global", "none", "romer"] and results["settings"]["controls"] is True
+    assert all("edit_ppl" in r and "recovered" in r for r in results["rows"])
     assert results["settings"]["t_inference"] == [3600.0] and results["settings"]["seeds"] == [0, 1]
-    assert {"ppl", "ppl_std", "ppl_ci95", "n"} <= set(results["summary"][0])
-    assert (out / "results.csv").read_text().count("\n") == 5
+    assert {"ppl", "ppl_std", "ppl_ci95", "n", "edit_ppl", "recovered_ci95"} <= set(results["summary"][0])
+    assert (out / "results.csv").read_text().count("\n") == 7
     report = (out / "report.md").read_text()
     assert "| method | ppl ± CI95 |" in report and "aihwkit" in report
-    names = {p.name for p in _assert_pngs(out, 2)}
+    assert "| edit ± CI95 | recovered ± CI95 | masked |" in report and "Noise-free controls" in report
+    names = {p.name for p in _assert_pngs(out, 3)}
     assert any(n.startswith("expert_load_") for n in names) and any(n.startswith("ppl_by_method_") for n in names)
+    assert any(n.startswith("recovery_") for n in names)
     assert "romer" in result.stdout and "digital ppl" in result.stdout  # the rich table
+    assert "recovered" in result.stdout and "edit" in result.stdout
     # another configuration in the same folder: refused unless --force
     other = runner.invoke(app, ["compare", "--model", tiny, "--methods", "none", "--seeds", "1",
                                 "--seq-len", "40", "--eval-blocks", "2", "--calib-blocks", "2", "--out", str(out)])
     _assert_one_line_error(other, "different configuration", "--force")
+
+
+def test_compare_without_controls_says_so(tiny, tmp_path):
+    out = tmp_path / "plain"
+    result = runner.invoke(app, ["compare", "--model", tiny, "--devices", "pcm", "--methods", "none,romer",
+                                 "--seeds", "1", *SMALL, "--no-controls", "--out", str(out)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["controls"] is False and results["settings"]["methods"] == ["none", "romer"]
+    assert len(results["rows"]) == 2 and not any("edit_ppl" in r or "recovered" in r for r in results["rows"])
+    assert "edit_ppl" not in (out / "results.csv").read_text()
+    assert "controls were turned off" in (out / "report.md").read_text()
+    assert "controls were turned off" in result.stdout.replace("\n", " ")
+    assert not list(out.glob("recovery_*.png"))
 
 
 def test_unknown_method_lists_valid_ones(tiny, tmp_path):
@@ -144,6 +164,8 @@ def test_calibrate_writes_calibration_and_report(tiny, tmp_path):
     (["--percentiles", "5,50"], "three numbers"),
     (["--replacement", "sideways"], "replacement must be one of"),
     (["--replacement", "none", "--no-normalize"], "would do nothing"),
+    (["--max-masked-share", "2"], "max_masked_share"),
+    (["--max-masked-share", "lots"], "--max-masked-share must be"),
 ])
 def test_calibrate_bad_options(tiny, tmp_path, args, fragment):
     result = runner.invoke(app, ["calibrate", "--model", tiny, *args, "--out", str(tmp_path / "c")])

@@ -72,6 +72,16 @@ def test_budget_rows_and_pairing(plain):
     off = rows[("off", "all", "programming")]
     diffs = [full["per_seed"][s] - off["per_seed"][s] for s in off["per_seed"]]
     assert off["removed"]["mean"] == pytest.approx(sum(diffs) / len(diffs))
+    # `removed` is paired: its interval is that of the per-chip differences, for every part, not an unpaired one
+    from romer_aihwkit.evaluation import mean_std_ci
+
+    for r in plain["budget"]:
+        if r["kind"] == "full":
+            continue
+        paired = [full["per_seed"][s] - r["per_seed"][s] for s in r["per_seed"]]
+        assert r["removed"]["ci95"] == pytest.approx(mean_std_ci(paired)["ci95"], rel=1e-9, abs=1e-12), r["kind"]
+        assert r["delta_ppl"]["ci95"] == pytest.approx(
+            mean_std_ci([p - plain["digital_ppl"] for p in r["per_seed"].values()])["ci95"], rel=1e-9, abs=1e-12)
     for r in plain["budget"]:
         assert r["delta_ppl"]["mean"] == pytest.approx(r["ppl"]["mean"] - plain["digital_ppl"])
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_runner import make_tiny_model_folder
 
-ARGS = ["--devices", "pcm", "--methods", "none,romer", "--seeds", "2", "--t-inference", "1h",
+ARGS = ["--devices", "pcm", "--methods", "global,none,romer", "--seeds", "2", "--t-inference", "1h",
         "--seq-len", "32", "--eval-blocks", "2", "--calib-blocks", "2", "--json"]
 
 
@@ -40,9 +40,9 @@ def test_two_process_compare_equals_single_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in sharded.glob("rows*.jsonl")) == ["rows.rank0.jsonl", "rows.rank1.jsonl"]
     for p in sharded.glob("rows*.jsonl"):
-        assert len(p.read_text().splitlines()) == 2  # one chip instance x two methods per process
+        assert len(p.read_text().splitlines()) == 3  # one chip instance x three methods per process
     a, b = _rows(single), _rows(sharded)
-    assert a.keys() == b.keys() and len(a) == 4
+    assert a.keys() == b.keys() and len(a) == 6
     for key in a:
         for metric in ("ppl", "load_cv", "max_load_ratio", "router_fidelity"):
             assert a[key][metric] == pytest.approx(b[key][metric], rel=1e-6, abs=1e-9), (key, metric)

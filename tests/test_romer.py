@@ -1,5 +1,7 @@
 """ROMER: percentile router normalization and expert replacement."""
 
+import json
+
 import pytest
 import torch
 from tiny_models import tiny_model
@@ -76,7 +78,8 @@ def test_replacement_picks_exactly_the_cold_experts_and_replicas_match_under_ide
     shift = torch.zeros(8)
     shift[[3, 6]] = -30.0  # experts 3 and 6 are never selected by the noisy router
     distort(model, torch.ones(8), shift)
-    report = ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(normalize=False, tau=0.25)], progress=False)
+    report = ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(normalize=False, tau=0.25, max_masked_share=None)],
+                          progress=False)
     for layer in report["romer-replace"]["layers"]:
         load = torch.tensor(layer["normalized_load"])
         cold = {i for i in range(8) if load[i] < 0.25 / 8}
@@ -248,3 +251,121 @@ def test_split_mode_halves_the_hottest_tile_load_in_routing_stats():
         assert layer["tile_load"][hot] == pytest.approx(layer["load"][hot] / 2)
         assert layer["tile_load"][cold] == pytest.approx(layer["load"][hot] / 2)
         assert layer["tile_max_load_ratio"] <= layer["max_load_ratio"] + 1e-12
+
+
+# ------------------------------------------------------------------ the definitions in docs/romer.md, one by one
+@pytest.mark.parametrize("percentiles", [(5.0, 50.0, 95.0), (10.0, 40.0, 90.0)])
+def test_percentile_scale_is_the_low_to_high_spread_ratio(percentiles):
+    """a_e = (P_hi(z) - P_lo(z)) / (P_hi(z~) - P_lo(z~)), b_e = P_mid(z) - a_e P_mid(z~), under a distortion
+    that is not affine (so a scale from any other pair of percentiles, e.g. P95 - P50, differs)."""
+    import numpy as np
+
+    from romer_aihwkit.calibration.romer import Romer
+
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(20000, 4, generator=g) * torch.tensor([1.0, 2.0, 0.5, 3.0]) + torch.tensor([0.0, 1.0, -2.0, 4.0])
+    # below the median one slope, above it another: the upper and lower spreads scale differently
+    med = reference.median(dim=0).values
+    noisy = torch.where(reference > med, 3.0 * (reference - med), 0.5 * (reference - med)) + 0.7
+    scale, bias = Romer(percentiles=percentiles)._affine(noisy, reference)
+    lo, mid, hi = (p / 100 for p in percentiles)
+    z, zn = reference.double().numpy(), noisy.double().numpy()
+    q = lambda x, p: np.quantile(x, p, axis=0)  # noqa: E731
+    expected = (q(z, hi) - q(z, lo)) / (q(zn, hi) - q(zn, lo))
+    assert np.allclose(scale.numpy(), expected, rtol=1e-5)
+    assert np.allclose(bias.numpy(), q(z, mid) - expected * q(zn, mid), atol=1e-4)
+    upper_only = (q(z, hi) - q(z, mid)) / (q(zn, hi) - q(zn, mid))
+    assert not np.allclose(scale.numpy(), upper_only, rtol=0.05)  # the class of bug this test exists for
+
+
+@pytest.mark.parametrize("family", ["softmax", "softmax_norm", "sigmoid"])
+def test_masked_expert_leaves_the_softmax_and_the_others_renormalise(family):
+    """docs/romer.md: without norm_topk_prob the others' weights grow by 1 / (1 - p_masked) per token;
+    renormalising or sigmoid families are unaffected (their weights of unmasked experts do not change)."""
+    from romer_aihwkit.adapters.routing import RoutingSpec, route
+
+    spec = {"softmax": RoutingSpec(8, 2, "softmax", False), "softmax_norm": RoutingSpec(8, 2, "softmax", True),
+            "sigmoid": RoutingSpec(8, 2, "sigmoid", False)}[family]
+    logits = torch.randn(500, 8, generator=torch.Generator().manual_seed(3))
+    masked = torch.zeros(8, dtype=torch.bool)
+    masked[[1, 5]] = True
+    weights, selected = route(spec, logits, masked=masked)
+    assert not torch.isin(selected, torch.tensor([1, 5])).any()
+    p = logits.softmax(-1)
+    if family == "softmax":
+        expected = p.gather(1, selected) / (1 - p[:, [1, 5]].sum(-1, keepdim=True))
+    elif family == "softmax_norm":
+        chosen = p.gather(1, selected)
+        expected = chosen / chosen.sum(-1, keepdim=True)
+    else:
+        expected = logits.sigmoid().gather(1, selected)
+    assert torch.allclose(weights, expected, atol=1e-6)
+    # the selection is the top-k of the unmasked experts
+    assert torch.equal(selected.sort(-1).values, logits.masked_fill(masked, float("-inf")).topk(2).indices.sort(-1).values)
+
+
+class _Router:
+    def __init__(self, e, top_k=2):
+        from romer_aihwkit.adapters.routing import RoutingSpec
+
+        self.spec = RoutingSpec(e, top_k)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.25, 0.5, 0.9])
+def test_replacement_threshold_is_tau_over_e(tau):
+    """Cold = load strictly below tau / E; cold experts paired coldest-with-hottest, while hot experts last."""
+    from romer_aihwkit.calibration.romer import Romer
+
+    e = 16
+    threshold = tau / e
+    # loads on both sides of the threshold, one exactly at it (not cold), then normalised to sum 1
+    cold_loads = [0.0, 0.2 * threshold, 0.5 * threshold, 0.99 * threshold]
+    load = torch.tensor(cold_loads + [threshold] + [0.0] * (e - 5), dtype=torch.float64)
+    rest = 1.0 - float(load.sum())
+    weights = torch.arange(1, e - 4, dtype=torch.float64)
+    load[5:] = threshold + (rest - (e - 5) * threshold) * weights / weights.sum()
+    assert abs(float(load.sum()) - 1.0) < 1e-12 and all(float(load[i]) >= threshold for i in range(4, e))
+    pairs = Romer(tau=tau, normalize=False, max_masked_share=None)._pairs(load, _Router(e), [True] * e)
+    assert [c for c, _ in pairs] == [0, 1, 2, 3]  # coldest first, the one at the threshold kept
+    hottest = torch.argsort(load, descending=True).tolist()
+    assert [h for _, h in pairs] == hottest[:4]
+
+
+@pytest.mark.parametrize("cap,expected", [(None, 6), (0.25, 4), (0.125, 2), (0.0, 0)])
+def test_replacement_budget_caps_the_masked_share_per_layer(cap, expected):
+    from romer_aihwkit.calibration.romer import Romer
+
+    e = 16
+    load = torch.tensor([0.0] * 6 + [0.1] * 10, dtype=torch.float64)
+    load = load / load.sum()
+    pairs = Romer(tau=0.5, normalize=False, max_masked_share=cap)._pairs(load, _Router(e), [True] * e)
+    assert len(pairs) == expected
+    assert [c for c, _ in pairs] == list(range(expected))  # the coldest ones
+
+
+def test_bad_replacement_budget():
+    with pytest.raises(ValueError, match="max_masked_share"):
+        ra.Romer(max_masked_share=1.5)
+
+
+def test_calibration_does_not_depend_on_the_global_random_state():
+    """The same chip and data give the same calibration, whatever the caller did to torch's generator."""
+    tokens = calib_tokens()
+
+    def run(before):
+        model = converted(device="pcm", seed=4)
+        torch.manual_seed(before)
+        state = torch.get_rng_state()
+        report = ra.calibrate(model, tokens, callbacks=[ra.Romer(tau=0.9)], progress=False)
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is left alone
+        routers = find_routers(model)
+        return report.to_dict(), [(r.logit_scale.clone(), r.logit_bias.clone(), r.expert_mask.clone()) for r in routers]
+
+    a, b = run(0), run(7)
+    assert json.dumps(a[0], sort_keys=True) == json.dumps(b[0], sort_keys=True)
+    for x, y in zip(a[1], b[1]):
+        assert all(torch.equal(u, v) for u, v in zip(x, y))
+    # an explicit seed is another, equally reproducible draw of the read noise
+    model = converted(device="pcm", seed=4)
+    other = ra.calibrate(model, tokens, callbacks=[ra.Romer(tau=0.9)], progress=False, seed=123).to_dict()
+    assert json.dumps(other, sort_keys=True) != json.dumps(a[0], sort_keys=True)

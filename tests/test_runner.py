@@ -15,6 +15,7 @@ from romer_aihwkit.evaluation import (
     load_rows,
     mean_std_ci,
     summarize_rows,
+    with_recovery,
 )
 from romer_aihwkit.experiments import CompareSettings, ResultsExistError, run_comparison
 from romer_aihwkit.experiments.runner import LOCK_FILE
@@ -22,7 +23,7 @@ from romer_aihwkit.outputs import MARKER_FILE
 
 ROW_FIELDS = {"model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
               "router_fidelity"}
-METHODS = ["none", "romer"]
+METHODS = ["global", "none", "romer"]
 SMALL = dict(devices=["pcm"], seq_len=32, eval_blocks=2, calib_blocks=2, batch_size=4)
 
 
@@ -62,10 +63,14 @@ class CallCounter:
         import romer_aihwkit.experiments.methods as methods
 
         self.calls = []
+        self.controls = []  # runs on the noise-free control device
         original = methods.apply_method
 
         def counting(model, method, seed, *args, **kwargs):
-            self.calls.append((getattr(method, "name", method), seed))
+            from romer_aihwkit.analog.convert import analog_state
+
+            control = analog_state(model).device_config.name == "ideal"
+            (self.controls if control else self.calls).append((getattr(method, "name", method), seed))
             return original(model, method, seed, *args, **kwargs)
 
         monkeypatch.setattr(methods, "apply_method", counting)
@@ -165,23 +170,40 @@ def test_comparison_writes_every_method_and_seed(finished, tiny):
     assert set(results) == {"settings", "rows", "summary"}
     rows = results["rows"]
     keys = {(r["method"], r["seed"]) for r in rows}
-    assert keys == {(m, s) for m in METHODS for s in [0, 1]} and len(rows) == 4
+    assert keys == {(m, s) for m in METHODS for s in [0, 1]} and len(rows) == 6
     for row in rows:
         assert ROW_FIELDS <= set(row)
         assert row["model"] == tiny and row["device"] == "pcm" and row["t_inference"] == 3600.0
         assert math.isfinite(row["ppl"]) and row["ppl"] > 1
         assert 0.0 <= row["router_fidelity"] <= 1.0 and row["max_load_ratio"] >= 1.0
         assert "layers" not in row  # per-layer loads stay in rows.jsonl
-    assert len(results["summary"]) == 2 and all(s["n"] == 2 for s in results["summary"])
+    assert len(results["summary"]) == 3 and all(s["n"] == 2 for s in results["summary"])
     assert results["settings"]["digital_ppl"][tiny] > 1
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["rows"] == json.loads(json.dumps(rows))
     csv = (out / "results.csv").read_text().splitlines()
-    assert csv[0].startswith("model,device,method,t_inference,seed,ppl") and len(csv) == 5
+    assert csv[0].startswith("model,device,method,t_inference,seed,ppl") and len(csv) == 7
+    assert csv[0].split(",")[13:16] == ["edit_ppl", "recovered", "max_masked_share"]
     jsonl = load_rows(out)
-    assert len(jsonl) == 4
+    assert len(jsonl) == 6
     assert all(len(r.layers) == 2 and len(r.layers[0]["load"]) == 8 for r in jsonl)
-    assert [r.to_dict(layers=False) for r in sorted(jsonl, key=lambda r: r.key)] == on_disk["rows"]
+    # rows.jsonl holds what was measured; results.json adds `recovered`, derived from the global row of each chip
+    assert all(r.recovered is None for r in jsonl)
+    assert [r.to_dict(layers=False) for r in with_recovery(sorted(jsonl, key=lambda r: r.key))] == on_disk["rows"]
+    # noise-free controls: settings of the chip alone have no edit; the model-editing method has a measured one
+    by = {(r["method"], r["seed"]): r for r in rows}
+    assert by[("none", 0)]["edit_ppl"] == 0.0 and by[("global", 1)]["edit_ppl"] == 0.0
+    assert by[("global", 0)]["recovered"] == 0.0
+    for seed in (0, 1):
+        romer, glob = by[("romer", seed)], by[("global", seed)]
+        digital = romer["digital_ppl"]
+        # measured (the random tiny model's routing masks nothing on a noise-free chip: the digital model again)
+        assert romer["edit_ppl"] == pytest.approx(0.0, abs=1e-3 * digital) and len(romer["masked_share"]) == 2
+        assert romer["recovered"] == pytest.approx(
+            ((glob["ppl"] - romer["ppl"]) + romer["edit_ppl"]) / (glob["ppl"] - digital))
+    # on a noise-free chip the calibration is the same for every seed: one edit
+    assert by[("romer", 0)]["edit_ppl"] == pytest.approx(by[("romer", 1)]["edit_ppl"], rel=1e-6)
+    assert results["settings"]["controls"] is True
     assert sorted(p.name for p in out.glob(".*")) == sorted([LOCK_FILE, MARKER_FILE])  # no temporary files left, only lock and marker
 
 
@@ -193,13 +215,14 @@ def test_resume_extends_seeds_without_recomputing(finished, tmp_path, monkeypatc
     seed0 = [line for line in (work / "rows.jsonl").read_text().splitlines() if json.loads(line)["seed"] == 0]
     (work / "rows.jsonl").write_text("\n".join(seed0) + "\n")
     before = {(r.method, r.seed): r.seconds for r in load_rows(work)}
-    assert sorted(before) == [("none", 0), ("romer", 0)]
+    assert sorted(before) == [("global", 0), ("none", 0), ("romer", 0)]
     counter = CallCounter(monkeypatch)
     computed = []
     results = run_comparison(settings, work, on_row=computed.append)  # seeds [0, 1]
-    assert sorted(counter.calls) == [("none", 1), ("romer", 1)]
-    assert sorted((r.method, r.seed) for r in computed) == [("none", 1), ("romer", 1)]
-    assert len(results["rows"]) == 4
+    assert sorted(counter.calls) == [("global", 1), ("none", 1), ("romer", 1)]
+    assert counter.controls == [("romer", 1)]  # the noise-free control of the one model-editing method
+    assert sorted((r.method, r.seed) for r in computed) == [("global", 1), ("none", 1), ("romer", 1)]
+    assert len(results["rows"]) == 6
     after = {(r["method"], r["seed"]): r["seconds"] for r in results["rows"]}
     assert all(after[k] == v for k, v in before.items())  # seed-0 rows kept as they were
     assert all(s["n"] == 2 for s in results["summary"])
@@ -213,11 +236,11 @@ def test_killed_run_resumes_from_torn_line(finished, tmp_path, monkeypatch):
     lines = rows_file.read_text().splitlines(keepends=True)
     last = json.loads(lines[-1])
     rows_file.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # killed mid-write
-    assert len(load_rows(work)) == 3  # the torn line is ignored
+    assert len(load_rows(work)) == 5  # the torn line is ignored
     counter = CallCounter(monkeypatch)
     results = run_comparison(settings, work)
     assert counter.calls == [(last["method"], last["seed"])]
-    assert len(results["rows"]) == 4 and len(load_rows(work)) == 4
+    assert len(results["rows"]) == 6 and len(load_rows(work)) == 6
     assert {(r["method"], r["seed"]) for r in results["rows"]} == {(m, s) for m in METHODS for s in [0, 1]}
 
 
@@ -228,7 +251,7 @@ def test_different_configuration_is_refused_unless_forced(finished, tmp_path, mo
     other = CompareSettings(models=settings.models, methods=["none"], seeds=[0], **{**SMALL, "seq_len": 48})
     with pytest.raises(ResultsExistError, match="--force"):
         run_comparison(other, work)
-    assert len(load_rows(work)) == 4  # nothing lost
+    assert len(load_rows(work)) == 6  # nothing lost
     counter = CallCounter(monkeypatch)
     results = run_comparison(other, work, force=True)
     assert counter.calls == [("none", 0)]
@@ -255,3 +278,16 @@ def test_settings_validation():
         CompareSettings(models=["x"], seeds=[])
     with pytest.raises(ValueError, match="rram-wan2022"):
         CompareSettings(models=["x"], devices=["rram-wan2022"], t_inference=[3600.0])
+
+
+def test_results_do_not_depend_on_where_the_model_lives(tiny, tmp_path):
+    """Output noise is seeded from the model's content, not its folder: a copy elsewhere gives the same numbers."""
+    copy = tmp_path / "elsewhere" / "same-model"
+    shutil.copytree(tiny, copy)
+    rows = []
+    for i, folder in enumerate((tiny, str(copy))):
+        settings = CompareSettings(models=[folder], methods=["none"], seeds=[0], **SMALL)
+        rows.append(run_comparison(settings, tmp_path / f"out{i}")["rows"][0])
+    assert rows[0]["model"] != rows[1]["model"]
+    for metric in ("ppl", "load_cv", "router_fidelity"):
+        assert rows[0][metric] == rows[1][metric], metric

@@ -11,7 +11,8 @@ has no such flag, always renormalises). DeepSeek-V2/V3 remote-code gates (``MoEG
 ``topk_method``) are mapped exactly as their code routes: ``greedy``, ``group_limited_greedy``
 (group score = its best expert) or ``noaux_tc`` (sigmoid scores, ``e_score_correction_bias`` for
 selection, group score = sum of its two best), ``routed_scaling_factor`` applied as the code
-applies it (V2: only when the weights are not renormalised; V3: always). Anything else that
+applies it (V2: only when the weights are not renormalised; V3: always), with the gate's logits
+computed in float32 as that code computes them, whatever the model's dtype. Anything else that
 changes routing is refused with :class:`UnsupportedLayoutError` rather than converted wrongly.
 Whether the block returns ``(hidden, router_logits)`` is probed once on a zero input at
 conversion time.
@@ -115,6 +116,7 @@ class LegacyModuleListAdapter(MoEAdapter):
             # V3 (noaux_tc) always scales; V2 scales only weights it does not renormalise
             routed_scaling_factor=scaling if method == "noaux_tc" or not norm else 1.0,
             uses_correction_bias=method == "noaux_tc",
+            fp32_logits=True,  # the remote code computes the gate in float32 (hidden and weight cast up)
         )
 
     def num_experts(self, block: Any) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analog.seeds import matrix_seed
 from ..analog.trace import RouterEvent, find_routers, trace_routing
 
 __all__ = ["CalibrationCallback", "CalibrationReport", "calibrate", "merge_reports", "split_holdout"]
@@ -105,6 +106,7 @@ def calibrate(
     batch_size: int = 8,
     progress: bool = True,
     sequential: bool = False,
+    seed: int | None = None,
 ) -> CalibrationReport:
     """Calibrate a converted, programmed model on ``calib_batches`` with ``callbacks`` (in order).
 
@@ -121,6 +123,10 @@ def calibrate(
             that layer's router; the default takes every layer's statistics in one pass on the
             uncorrected model). Each callback is started with one router at a time; the per-layer
             reports are merged (:func:`merge_reports`) and marked ``"sequential": True``.
+        seed: seed of every random draw of the calibration passes (the tiles' read noise); ``None``:
+            derived from the programmed chip instance's seed. The global random state is left as
+            it was, so the same chip and calibration data give the same calibration whatever
+            ran before, and the caller's own random stream is not consumed.
 
     Returns:
         A :class:`CalibrationReport`.
@@ -146,7 +152,16 @@ def calibrate(
             f"the calibration set has {n_tokens} tokens, fewer than the {most_experts} experts per layer: "
             "router statistics would be meaningless; give it more text"
         )
-    report = CalibrationReport(tokens=n_tokens)
+    draws = matrix_seed(state.programmed_seed() if seed is None else int(seed), "calibrate", "forward")
+    device = _input_device(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(draws)
+        return _calibrate(model, calib_batches, callbacks, batch_size, progress, sequential, routers,
+                          CalibrationReport(tokens=n_tokens))
+
+
+def _calibrate(model: nn.Module, calib_batches, callbacks: list[CalibrationCallback], batch_size: int,
+               progress: bool, sequential: bool, routers: list, report: CalibrationReport) -> CalibrationReport:
     names = [cb.name for cb in callbacks]
     for cb in callbacks:
         key = cb.name if names.count(cb.name) == 1 else f"{cb.name}#{len(report.callbacks)}"

@@ -16,7 +16,10 @@ from ..measures import layer_metrics
 from .base import CalibrationCallback
 from .reservoir import RowReservoir
 
-__all__ = ["Romer", "routing_metrics"]
+__all__ = ["Romer", "routing_metrics", "DEFAULT_MAX_MASKED_SHARE"]
+
+DEFAULT_MAX_MASKED_SHARE: float | None = 0.125
+"""Default replacement budget of :class:`Romer` (``max_masked_share``); see docs/romer.md."""
 
 
 def routing_metrics(selected: torch.Tensor, reference: torch.Tensor, num_experts: int) -> dict[str, Any]:
@@ -48,6 +51,11 @@ class Romer(CalibrationCallback):
             median expert is a "super expert" (it creates massive activations, Su et al. 2025,
             arXiv 2507.23279) and is never replaced, however cold. ``None`` turns the guard off.
         guard_tokens: hidden-state rows per layer sampled for the guard.
+        max_masked_share: replacement budget: the largest share of a layer's routed experts that
+            may be masked (``floor(max_masked_share * E)`` experts per layer; the coldest first).
+            Masking an expert edits the model (it leaves routing even on a noise-free chip), so
+            the cap bounds how much of ROMER's effect can be an edit rather than noise recovery.
+            ``None``: no cap (only ``tau`` decides).
     """
 
     name = "romer"
@@ -62,6 +70,7 @@ class Romer(CalibrationCallback):
         seed: int = 0,
         super_expert_ratio: float | None = 10.0,
         guard_tokens: int = 1024,
+        max_masked_share: float | None = DEFAULT_MAX_MASKED_SHARE,
     ) -> None:
         from ..errors import InputError
         from ..validate import check_seed
@@ -74,6 +83,8 @@ class Romer(CalibrationCallback):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"Romer {label} must be a positive integer, got {value!r}")
         seed = check_seed(seed, "Romer seed")
+        if max_masked_share is not None and not 0.0 <= float(max_masked_share) <= 1.0:
+            raise ValueError(f"max_masked_share must be in [0, 1] (or None for no cap), got {max_masked_share!r}")
         if super_expert_ratio is not None and not float(super_expert_ratio) > 1.0:
             raise ValueError(f"super_expert_ratio must be > 1 (or None to turn the guard off), got {super_expert_ratio!r}")
         if int(guard_tokens) < 1:
@@ -97,6 +108,7 @@ class Romer(CalibrationCallback):
         self.seed = int(seed)
         self.super_expert_ratio = None if super_expert_ratio is None else float(super_expert_ratio)
         self.guard_tokens = int(guard_tokens)
+        self.max_masked_share = None if max_masked_share is None else float(max_masked_share)
         if not normalize:
             self.name = "romer-replace"
         elif replacement == "none":
@@ -158,9 +170,10 @@ class Romer(CalibrationCallback):
             # score is -inf and that expert could never be selected
             min_left = max(min_left, min(2, group_size))
         unmasked = [group_size] * spec.n_group
+        budget = e if self.max_masked_share is None else math.floor(self.max_masked_share * e + 1e-9)
         pairs: list[tuple[int, int]] = []
         for c in cold:
-            if len(pairs) == len(hot):
+            if len(pairs) == len(hot) or len(pairs) >= budget:
                 break
             g = c // group_size
             if unmasked[g] - 1 < (min_left if spec.n_group > 1 else 0) or sum(unmasked) - 1 < spec.top_k:
@@ -253,6 +266,7 @@ class Romer(CalibrationCallback):
                     "normalized_load": normalized_load.tolist(),
                     "threshold": self.tau / e,
                     "replaced": [{"cold": c, "hot": h} for c, h in pairs],
+                    "masked_share": len(pairs) / e,
                     "expert_max_output": max_output,
                     "super_experts": supers,
                     "before": before,
@@ -273,8 +287,10 @@ class Romer(CalibrationCallback):
                 "normalize": self.normalize,
                 "capacity": self.capacity,
                 "super_expert_ratio": self.super_expert_ratio,
+                "max_masked_share": self.max_masked_share,
             },
             "replaced_experts": sum(len(layer["replaced"]) for layer in layers),
+            "masked_share": [layer["masked_share"] for layer in layers],
             "super_experts": [{"layer": layer["layer"], **s} for layer in layers for s in layer["super_experts"]],
             "summary": summary,
             "layers": layers,

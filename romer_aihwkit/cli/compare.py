@@ -20,6 +20,7 @@ from .options import (
     BatchOpt,
     CalibBlocksOpt,
     CalibTextOpt,
+    ControlsOpt,
     EvalBlocksOpt,
     EvalTextOpt,
     FewshotOpt,
@@ -141,7 +142,8 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
 
 def _compare_settings(*, models: list[str], devices: list[str], methods: list[str], seeds: int, first_seed: int,
                       t_inference: list[str] | None, eval_text: str, calib_text: str, seq_len: int,
-                      eval_blocks: int, calib_blocks: int, batch_size: int, stress: str | None = None) -> Any:
+                      eval_blocks: int, calib_blocks: int, batch_size: int, stress: str | None = None,
+                      controls: bool = True) -> Any:
     from romer_aihwkit.experiments.runner import MAX_SEEDS, CompareSettings
 
     _check_positive(seeds=seeds, seq_len=seq_len, eval_blocks=eval_blocks, calib_blocks=calib_blocks,
@@ -161,7 +163,7 @@ def _compare_settings(*, models: list[str], devices: list[str], methods: list[st
         models=models, devices=devices, methods=methods,
         seeds=list(range(first_seed, first_seed + seeds)), t_inference=_parse_t_list(t_inference),
         eval_text=eval_text, calib_text=calib_text, seq_len=seq_len, eval_blocks=eval_blocks,
-        calib_blocks=calib_blocks, batch_size=batch_size, stress=stress,
+        calib_blocks=calib_blocks, batch_size=batch_size, stress=stress, controls=controls,
     )
 
 
@@ -170,6 +172,10 @@ _COMPARE_HELP = (
     "Compare methods over simulated chip instances: results.json/.csv, report.md, PNG plots.\n\n"
     "Every method runs on the same chip instances (one per seed): program, drift to each --t-inference, "
     "calibrate on --calib-text when the method calibrates, evaluate perplexity and routing on --eval-text. "
+    "Every method that edits the model (ROMER, hetero, router ensembles, HWA, ...) also runs on the noise-free "
+    "`ideal` device with the same calibration data and seed: each row carries edit_ppl (that run minus the "
+    "digital perplexity) and recovered (the share of `global`'s analog gap the method removes beyond its edit; "
+    "`global` is added when missing); --no-controls turns this off. "
     "Finished rows are appended to DIR/rows.jsonl as they finish, so an interrupted run resumes where it "
     "stopped. Under `accelerate launch` / torchrun (WORLD_SIZE > 1) chip instances are sharded over "
     "processes and rank 0 writes the report."
@@ -208,12 +214,13 @@ def compare(
     hwa_steps: HwaStepsOpt = None,
     max_text_size: MaxTextSizeOpt = None,
     trust_task_code: TrustTaskCodeOpt = False,
+    controls: ControlsOpt = True,
 ) -> None:
     """Compare methods over simulated chip instances: results.json/.csv, report.md, PNG plots."""
     settings = _compare_settings(models=_split(model), devices=_split(devices), methods=_split(methods), seeds=seeds,
                                  first_seed=first_seed, t_inference=t_inference, eval_text=eval_text,
                                  calib_text=calib_text, seq_len=seq_len, eval_blocks=eval_blocks,
-                                 calib_blocks=calib_blocks, batch_size=batch_size, stress=stress)
+                                 calib_blocks=calib_blocks, batch_size=batch_size, stress=stress, controls=controls)
     settings = _with_tasks_and_hwa(settings, tasks, include_path, limit, num_fewshot, train_text, hwa_steps,
                                    trust_task_code)
     _run_compare(settings, out, resume, force, json_output, "compare", _parse_size(max_text_size))
@@ -248,15 +255,20 @@ def evaluate(
     hwa_steps: HwaStepsOpt = None,
     max_text_size: MaxTextSizeOpt = None,
     trust_task_code: TrustTaskCodeOpt = False,
+    controls: ControlsOpt = True,
 ) -> None:
-    """Evaluate one method over simulated chip instances (`compare` with a single method)."""
+    """Evaluate one method over simulated chip instances (`compare` with a single method).
+
+    A method that edits the model also runs on the noise-free `ideal` device, and `global` runs next
+    to it for `recovered` (see `compare`); --no-controls evaluates the method alone.
+    """
     methods = _split(method)
     if len(methods) != 1:
         raise UserError(f"evaluate takes one --method, got {method!r}; use `compare` for several")
     settings = _compare_settings(models=_split(model), devices=[device], methods=methods, seeds=seeds,
                                  first_seed=first_seed, t_inference=t_inference, eval_text=eval_text,
                                  calib_text=calib_text, seq_len=seq_len, eval_blocks=eval_blocks,
-                                 calib_blocks=calib_blocks, batch_size=batch_size)
+                                 calib_blocks=calib_blocks, batch_size=batch_size, controls=controls)
     settings = _with_tasks_and_hwa(settings, tasks, include_path, limit, num_fewshot, train_text, hwa_steps,
                                    trust_task_code)
     _run_compare(settings, out, resume, force, json_output, "evaluate", _parse_size(max_text_size))

@@ -112,6 +112,10 @@ TrainTextOpt = Annotated[str, typer.Option(
          "plays, disjoint from calibration and evaluation plays) or a file/folder.")]
 HwaStepsOpt = Annotated[int | None, typer.Option(
     "--hwa-steps", metavar="N", help="Optimizer steps of hardware-aware training (default 100).")]
+ControlsOpt = Annotated[bool, typer.Option(
+    "--controls/--no-controls",
+    help="Run every model-editing method also on the noise-free `ideal` device (same calibration data and seed) "
+         "and report edit_ppl and recovered (default on; the results' settings record `controls`).")]
 
 
 def _with_tasks_and_hwa(settings: Any, tasks: list[str] | None, include_path: str | None, limit: int | None,

@@ -147,6 +147,10 @@ def calibrate_command(
     = "average",
     no_normalize: Annotated[bool, typer.Option("--no-normalize",
                                                help="Skip the percentile router normalization.")] = False,
+    max_masked_share: Annotated[str, typer.Option(
+        "--max-masked-share", metavar="SHARE|none",
+        help="Replacement budget: the largest share of a layer's experts that may be masked ('none': no cap).")]
+    = "default",
     analog_attention: Annotated[bool, typer.Option("--analog-attention",
                                                    help="Put attention projections on tiles too.")] = False,
     json_output: JsonOpt = False,
@@ -167,10 +171,22 @@ def calibrate_command(
         raise UserError(f"--percentiles must be three numbers like 5,50,95, got {percentiles!r}") from None
     if len(pcts) != 3:
         raise UserError(f"--percentiles must be three numbers like 5,50,95, got {percentiles!r}")
+    from romer_aihwkit.calibration.romer import DEFAULT_MAX_MASKED_SHARE
+
+    cap: float | None = DEFAULT_MAX_MASKED_SHARE
+    if max_masked_share.strip().lower() in ("none", "off"):
+        cap = None
+    elif max_masked_share != "default":
+        try:
+            cap = float(max_masked_share)
+        except ValueError:
+            raise UserError(f"--max-masked-share must be a share in [0, 1] or 'none', got {max_masked_share!r}") from None
     try:
-        romer = Romer(percentiles=pcts, tau=tau, replacement=replacement, normalize=not no_normalize)  # validates
+        romer = Romer(percentiles=pcts, tau=tau, replacement=replacement, normalize=not no_normalize,
+                      max_masked_share=cap)  # validates
     except ValueError as exc:
-        raise UserError(f"invalid ROMER option: {exc} (--percentiles, --tau, --replacement, --no-normalize)") from None
+        raise UserError(f"invalid ROMER option: {exc} (--percentiles, --tau, --replacement, --no-normalize, "
+                        "--max-masked-share)") from None
     config = load_device_config(device)
     t = _parse_t(t_inference)
     config.check_t_inference(config.t_inference if t is None else t)

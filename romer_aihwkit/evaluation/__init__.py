@@ -7,7 +7,7 @@ The comparison protocol that produces result rows is :mod:`romer_aihwkit.experim
 from .perplexity import perplexity, token_nll
 from .records import ComparisonResults, ResultRow, Stat, SummaryEntry, load_rows
 from .routing import RoutingAccumulator, layer_metrics, perplexity_and_routing, routing_stats
-from .stats import mean_std_ci, summarize, summarize_rows
+from .stats import edit_dominates, mean_std_ci, recovery_beyond_edit, summarize, summarize_rows, with_recovery
 from .tasks import evaluate_tasks
 
 __all__ = [
@@ -16,14 +16,17 @@ __all__ = [
     "RoutingAccumulator",
     "Stat",
     "SummaryEntry",
+    "edit_dominates",
     "evaluate_tasks",
     "layer_metrics",
     "load_rows",
     "mean_std_ci",
     "perplexity",
     "perplexity_and_routing",
+    "recovery_beyond_edit",
     "routing_stats",
     "summarize",
     "summarize_rows",
     "token_nll",
+    "with_recovery",
 ]

@@ -6,6 +6,9 @@
 * :func:`plot_ppl_by_method` — perplexity by method with 95 % CI error bars and the digital
   perplexity as a dashed line.
 * :func:`plot_ppl_vs_drift` — perplexity against drift time (log axis) per method.
+* :func:`plot_recovery` — the noise-free controls: each method's edit (its perplexity on the
+  ``ideal`` device minus digital) next to the share of ``global``'s analog gap it recovers beyond
+  that edit, with 95 % CIs; methods whose edit is at least as large as their recovery in red.
 * :func:`plot_task_accuracy` — downstream-task accuracy by method with 95 % CI error bars, one panel
   per task metric, the digital model's accuracy as a dashed line.
 
@@ -23,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from .records import ComparisonResults, ResultRow, SummaryEntry, load_rows, rows_of
-from .report import Results, fmt_seconds, stress_suffix
+from .report import Results, edit_flag, fmt_seconds, stress_suffix
 
-__all__ = ["plot_layer_loads", "plot_ppl_by_method", "plot_ppl_vs_drift", "plot_task_accuracy", "write_plots",
-           "model_slugs"]
+__all__ = ["plot_layer_loads", "plot_ppl_by_method", "plot_ppl_vs_drift", "plot_recovery", "plot_task_accuracy",
+           "write_plots", "model_slugs"]
 
 
 def _pyplot():
@@ -232,6 +235,44 @@ def plot_ppl_vs_drift(results: Results, model: str, device: str,
     return _save(fig, Path(path))
 
 
+def plot_recovery(results: Results, model: str, device: str, path: str | os.PathLike) -> Path | None:
+    """Edit vs recovery of every method (noise-free controls); ``None`` for results without controls.
+
+    Left: ``edit_ppl`` (the method on the ``ideal`` device minus digital perplexity). Right:
+    ``recovered`` (share of ``global``'s analog gap removed beyond the edit), both mean ± 95 % CI
+    over chip instances. Bars of methods whose edit is at least as large as their recovery are red.
+    With several drift times, the first one is plotted (the report has every table).
+    """
+    results = ComparisonResults.coerce(results)
+    entries = [e for e in _summary_of(results, model, device) if "edit_ppl" in e.metrics]
+    if not entries:
+        return None
+    t0 = min(float(e.t_inference) for e in entries)
+    group = results.groups().get((model, device, t0), [])
+    entries = [e for e in entries if float(e.t_inference) == t0]
+    methods = [e.method for e in entries]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.1 * len(methods) + 3.0), 3.8))
+    colors = ["#c44e52" if edit_flag(results, group, e) else "#4c72b0" for e in entries]
+    for ax, metric, label in ((axes[0], "edit_ppl", "edit: ppl on ideal − digital"),
+                              (axes[1], "recovered", "recovered share of global's gap (beyond edit)")):
+        ys = [e.mean(metric) for e in entries]
+        ys = [float(y) if y is not None and _isnum(y) else math.nan for y in ys]
+        errs = [float(c) if (c := e.ci95(metric)) is not None and _isnum(c) else 0.0 for e in entries]
+        ax.bar(range(len(methods)), ys, yerr=errs, capsize=3, color=colors)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        if metric == "recovered":
+            ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8, label="whole gap (1.0)")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(f"{label}\n(mean ± 95 % CI)", fontsize=8)
+    fig.suptitle(f"Noise-free controls — {Path(model).name or model}, {device}, t = {fmt_seconds(t0)}"
+                 f"{stress_suffix(results)} (red: edit ≥ recovery)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
 def plot_task_accuracy(results: Results, model: str, device: str,
                        path: str | os.PathLike) -> Path | None:
     """Task accuracy by method (mean ± 95 % CI), one panel per ``task/metric``; ``None`` without tasks.
@@ -305,7 +346,7 @@ def write_plots(results: Results, out_dir: str | os.PathLike,
             if p is not None:
                 written.append(p)
         for fn, name in ((plot_ppl_by_method, "ppl_by_method"), (plot_ppl_vs_drift, "ppl_vs_drift"),
-                         (plot_task_accuracy, "task_accuracy")):
+                         (plot_recovery, "recovery"), (plot_task_accuracy, "task_accuracy")):
             p = fn(results, model, device, out_dir / f"{name}_{stem}.png")
             if p is not None:
                 written.append(p)

@@ -26,6 +26,7 @@ __all__ = [
     "GROUP_KEYS",
     "ROW_KEYS",
     "TASK_METRICS",
+    "CONTROL_METRICS",
     "load_rows",
 ]
 
@@ -37,9 +38,18 @@ ROW_KEYS = ("model", "device", "method", "t_inference", "seed", "ppl")
 """Keys every result row has."""
 TASK_METRICS = ("acc", "acc_norm")
 """Downstream-task metrics summarised over chip instances (rows keep lm-eval's stderr too)."""
+CONTROL_METRICS = ("edit_ppl", "recovered")
+"""Metrics of the noise-free controls, summarised like :data:`METRICS` where rows carry them.
+
+``edit_ppl``: the method's perplexity on the noise-free ``ideal`` device (same calibration data and
+seed) minus the digital perplexity, i.e. what the method changes in the model itself (0 for methods
+that only change the chip). ``recovered``: the share of the analog gap ``ppl(global) - digital``
+(``global`` on the same chip instance) that the method removes beyond its edit,
+``((ppl(global) - ppl) + edit_ppl) / (ppl(global) - digital)``."""
 
 _OPTIONAL_ROW_KEYS = ("load_cv", "max_load_ratio", "tile_max_load_ratio", "router_fidelity", "load_entropy",
-                      "replaced_experts", "digital_ppl", "stress", "seconds", "layers", "tasks")
+                      "replaced_experts", "digital_ppl", "stress", "seconds", "layers", "tasks",
+                      "edit_ppl", "recovered", "masked_share")
 _FIX = "remove that line, or pass --force to discard the folder's rows and start again"
 
 
@@ -78,6 +88,14 @@ class ResultRow:
     """Per MoE layer: ``{"load": [...], "reference_load": [...]}`` (``rows*.jsonl`` only, not results.json)."""
     tasks: dict[str, dict[str, Any]] | None = None
     """Downstream tasks: ``{task: {metric: value}}`` (lm-eval's ``acc``, ``acc_stderr``, ...)."""
+    edit_ppl: float | None = None
+    """The noise-free control: this method on the ``ideal`` device minus the digital perplexity
+    (see :data:`CONTROL_METRICS`); ``None`` without controls."""
+    recovered: float | None = None
+    """Share of the analog gap (``global`` - digital on this chip instance) the method removes
+    beyond its edit (see :data:`CONTROL_METRICS`); ``None`` without controls or a ``global`` row."""
+    masked_share: list[float] | None = None
+    """Per MoE layer: the share of its routed experts that calibration masked (ROMER's expert replacement)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this package does not know, kept as they are."""
 
@@ -88,7 +106,7 @@ class ResultRow:
 
     def metric(self, name: str) -> Any:
         """The value of metric ``name`` (``None`` when absent)."""
-        return getattr(self, name, None) if name in METRICS else self.extra.get(name)
+        return getattr(self, name, None) if name in METRICS or name in CONTROL_METRICS else self.extra.get(name)
 
     def task_values(self) -> dict[str, float]:
         """``{"task/metric": value}`` of the downstream tasks (``acc``, ``acc_norm``), empty without tasks."""
@@ -169,7 +187,8 @@ class SummaryEntry:
     seeds: tuple[int, ...]
     n: int
     metrics: dict[str, Stat] = field(default_factory=dict)
-    """Per metric of :data:`METRICS` (in that order); ``metrics[m].n`` counts its finite values."""
+    """Per metric of :data:`METRICS` (in that order), then of :data:`CONTROL_METRICS` where the rows
+    carry them; ``metrics[m].n`` counts its finite values."""
     tasks: dict[str, Stat] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -217,7 +236,7 @@ class SummaryEntry:
             raise ResultsFolderError(f"{where}: not a summary entry (missing {', '.join(missing)})")
         seeds = tuple(data.get("seeds") or ())
         metrics = {m: Stat(0, data[m], data.get(f"{m}_std", float("nan")), data.get(f"{m}_ci95", float("nan")))
-                   for m in METRICS if m in data}
+                   for m in (*METRICS, *CONTROL_METRICS) if m in data}
         taken = {*GROUP_KEYS, "seeds", "n", "tasks", *(f"{m}{s}" for m in metrics for s in ("", "_std", "_ci95"))}
         return cls(data["model"], data["device"], data["method"], data["t_inference"], seeds,
                    int(data.get("n", len(seeds))), metrics,

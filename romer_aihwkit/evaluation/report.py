@@ -21,7 +21,8 @@ from .records import ComparisonResults, ResultRow, SummaryEntry
 Results = ComparisonResults | Mapping[str, Any]
 """What the report functions accept: typed results or the ``results.json`` dict."""
 
-__all__ = ["package_versions", "print_summary", "render_report", "write_report", "group_summary", "stress_suffix"]
+__all__ = ["control_cells", "controls_table", "edit_flag", "recovery_ppl", "package_versions", "print_summary", "render_report", "write_report",
+           "group_summary", "stress_suffix"]
 
 REPORT_FILE = "report.md"
 
@@ -42,6 +43,24 @@ HOW_TO_READ = (
     "analog) of the same model, device and drift time. `replaced` is the mean number of experts "
     "ROMER replaced per chip instance (all layers)."
 )
+
+CONTROLS_HOW_TO_READ = (
+    "Noise-free controls: every method that edits the model (ROMER's normalization and expert "
+    "replacement, hetero, router ensembles, HWA, clipped weights) was also run on the noise-free "
+    "`ideal` device with the same calibration data and seed. `edit` is that run's perplexity minus "
+    "the digital one: what the method changes in the model itself, with no noise to recover from "
+    "(0 for methods that only change the chip). `recovered` is the share of `global`'s analog gap "
+    "(`global` − digital on the same chip instance) that the method removes *beyond* its edit, "
+    "`((ppl(global) − ppl) + edit) / (ppl(global) − digital)`, mean ± CI95 over chip instances "
+    "(paired: one value per chip): 0 means the edit alone explains the gain, 1 closes the gap. "
+    "`masked` is the largest share of a MoE layer's experts that calibration masked. "
+    "⚠ marks rows whose edit is at least as large as their recovery: |edit| ≥ the mean over chips of "
+    "`(ppl(global) − ppl) + edit`, the perplexity recovered beyond the edit (a negative recovery always "
+    "counts): most of what such a method changes is the model, not the noise. On chips where `global` "
+    "is already close to digital the share is unstable; the recovery in perplexity is not."
+)
+CONTROLS_OFF = ("Noise-free controls were turned off (`--no-controls`): these results cannot separate a "
+                "method's noise recovery from what it changes in the model itself.")
 
 
 def package_versions() -> dict[str, str]:
@@ -123,10 +142,95 @@ def _delta_vs_none(entries: list[SummaryEntry], entry: SummaryEntry) -> str:
 
 TABLE_HEADER = ["method", "ppl ± CI95", "ppl std", "Δppl", "load_cv ± CI95", "max_load_ratio ± CI95",
                 "tile max load", "router_fidelity ± CI95", "replaced", "n"]
+CONTROL_HEADER = ["edit ± CI95", "recovered ± CI95", "masked"]
+"""Columns of the noise-free controls, before ``n`` (only for results that have them)."""
+
+
+def _has_controls(entries: Iterable[SummaryEntry]) -> bool:
+    return any("edit_ppl" in e.metrics for e in entries)
+
+
+def _max_masked(rows: Iterable[ResultRow], entry: SummaryEntry) -> float | None:
+    """Mean over chip instances of the largest share of a layer's experts that were masked."""
+    values = [max(r.masked_share) for r in rows if r.key[:4] == (*entry.group[:2], entry.method, entry.group[2])
+              and r.masked_share]
+    return sum(values) / len(values) if values else None
+
+
+def recovery_ppl(results: ComparisonResults, entry: SummaryEntry) -> dict[str, Any]:
+    """Mean, std and CI95 over chip instances of the perplexity ``entry`` recovers beyond its edit
+    (paired with ``global`` on each chip; :func:`~.stats.recovery_beyond_edit`)."""
+    from .stats import mean_std_ci, recovery_beyond_edit
+
+    rows = [r for r in results.rows if (r.model, r.device, float(r.t_inference)) == entry.group
+            and r.method in (entry.method, "global")]
+    return mean_std_ci(recovery_beyond_edit(rows).get((entry.model, entry.device, entry.method,
+                                                        float(entry.t_inference)), []))
+
+
+def edit_flag(results: ComparisonResults, entries: list[SummaryEntry], entry: SummaryEntry) -> bool:
+    """The edit of ``entry`` is at least as large as its recovery (see :func:`~.stats.edit_dominates`)."""
+    from .stats import edit_dominates
+
+    recovered = recovery_ppl(results, entry)
+    return recovered["n"] > 0 and edit_dominates(entry.mean("edit_ppl"), recovered["mean"])
+
+
+def control_cells(results: ComparisonResults, entries: list[SummaryEntry], entry: SummaryEntry) -> list[str]:
+    """``[edit ± CI95, recovered ± CI95 (⚠ if the edit dominates), masked]`` of one summary entry."""
+    masked = _max_masked(results.rows, entry)
+    recovered = _fmt_pm(entry.mean("recovered"), entry.ci95("recovered"), 2)
+    return [_fmt_pm(entry.mean("edit_ppl"), entry.ci95("edit_ppl"), 2),
+            recovered + (" ⚠" if edit_flag(results, entries, entry) else ""),
+            f"{100 * masked:.0f} %" if masked is not None else "–"]
+
+
+def controls_table(results: Results, model: str, device: str, t_inference: float,
+                   methods: Iterable[str] | None = None) -> list[str]:
+    """Markdown lines of one chip group's noise-free controls: per method, its paired difference to
+    ``global`` (mean ± CI95 over chip instances), its edit, the share of the gap it recovers beyond
+    the edit, the largest masked share of a layer, and ⚠ where the edit is at least the recovery.
+
+    Empty when the results have no controls for this group.
+    """
+    from .stats import RECOVERY_BASELINE, mean_std_ci
+
+    results = ComparisonResults.coerce(results)
+    entries = results.groups().get((model, device, float(t_inference)), [])
+    if not _has_controls(entries):
+        return []
+    wanted = list(methods) if methods is not None else [e.method for e in entries]
+    by_method = {e.method: e for e in entries}
+
+    def ppl_by_seed(method: str) -> dict[int, float]:
+        return {r.seed: r.ppl for r in results.rows
+                if (r.model, r.device, r.method, float(r.t_inference)) == (model, device, method, float(t_inference))}
+
+    base = ppl_by_seed(RECOVERY_BASELINE)
+    lines = [f"| method | Δppl vs {RECOVERY_BASELINE} (paired) | edit (ideal − digital) | recovered beyond edit "
+             "(ppl, paired) | recovered share of gap | masked | n |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for method in wanted:
+        entry = by_method.get(method)
+        if entry is None:
+            continue
+        mine = ppl_by_seed(method)
+        diffs = [mine[s] - base[s] for s in sorted(mine.keys() & base.keys())]
+        delta = mean_std_ci(diffs)
+        edit, recovered, masked = control_cells(results, entries, entry)
+        delta_cell = (f"{delta['mean']:+.2f}" + (f" ± {delta['ci95']:.2f}" if _isnum(delta["ci95"]) else "")
+                      if diffs else "–")
+        beyond = recovery_ppl(results, entry)
+        beyond_cell = (f"{beyond['mean']:+.2f}" + (f" ± {beyond['ci95']:.2f}" if _isnum(beyond["ci95"]) else "")
+                       if beyond["n"] else "–")
+        lines.append(f"| {_md_escape(method)} | {delta_cell} | {edit} | {beyond_cell} | {recovered} | {masked} "
+                     f"| {entry.n} |")
+    return lines
 
 
 def _table_rows(results: ComparisonResults, entries: list[SummaryEntry]) -> list[list[str]]:
     out = []
+    controls = _has_controls(entries)
     for e in entries:
         replaced = _mean_replaced(results.rows, e)
         out.append([
@@ -139,6 +243,7 @@ def _table_rows(results: ComparisonResults, entries: list[SummaryEntry]) -> list
             _fmt(e.mean("tile_max_load_ratio")),
             _fmt_pm(e.mean("router_fidelity"), e.ci95("router_fidelity")),
             _fmt(replaced, 1) if replaced is not None and replaced > 0 else "–",
+            *(control_cells(results, entries, e) if controls else []),
             str(e.n),
         ])
     return out
@@ -207,6 +312,10 @@ def render_report(results: Results, plots: Iterable[str | os.PathLike] = (),
     lines.append(f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
                  f"{len(results.rows)} rows (method x chip instance x drift time).")
     lines += ["", "## How to read this", "", HOW_TO_READ, ""]
+    if _has_controls(results.summary):
+        lines += [CONTROLS_HOW_TO_READ, ""]
+    elif settings.get("controls") is False:
+        lines += [CONTROLS_OFF, ""]
 
     lines += ["## Results", ""]
     groups = results.groups()
@@ -221,8 +330,9 @@ def render_report(results: Results, plots: Iterable[str | os.PathLike] = (),
         lines.append(f"Digital perplexity: **{_fmt(digital, 2)}**. Chip instances (seeds): "
                      f"{', '.join(map(str, seeds)) or '–'}.")
         lines.append("")
-        lines.append("| " + " | ".join(TABLE_HEADER) + " |")
-        lines.append("|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEADER) - 1)) + "|")
+        header = TABLE_HEADER[:-1] + (CONTROL_HEADER if _has_controls(entries) else []) + TABLE_HEADER[-1:]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
         for row in _table_rows(results, entries):
             lines.append("| " + " | ".join(_md_escape(c) for c in row) + " |")
         lines.append("")
@@ -295,9 +405,11 @@ def print_summary(results: Results, console: Any = None) -> None:
                       pad_edge=False)
         replaced = {e.method: _mean_replaced(results.rows, e) for e in entries}
         show_replaced = any(replaced.values())
+        controls = _has_controls(entries)
         narrow = console.width < 100
         headers = ["method", "ppl", "±CI" if narrow else "±CI95", *(["std"] if wide else []), "Δppl", "load_cv",
                    "max_load", "fidelity", *([("repl." if narrow else "replaced")] if show_replaced else []),
+                   *(["edit", "recov." if narrow else "recovered"] if controls else []),
                    *(["n"] if len(counts) > 1 else [])]
         for i, header in enumerate(headers):
             if i == 0:
@@ -310,6 +422,7 @@ def print_summary(results: Results, console: Any = None) -> None:
                      *([_fmt(e.std("ppl"), 2)] if wide else []), _delta_vs_none(entries, e),
                      _fmt(e.mean("load_cv")), _fmt(e.mean("max_load_ratio")), _fmt(e.mean("router_fidelity")),
                      *([_fmt(replaced[e.method], 1) if replaced[e.method] else "–"] if show_replaced else []),
+                     *(_terminal_controls(results, entries, e) if controls else []),
                      *([str(e.n)] if len(counts) > 1 else [])]
             for col, cell in zip(table.columns[1:], cells[1:]):
                 col.min_width = max(col.min_width or 0, len(cell))
@@ -319,6 +432,17 @@ def print_summary(results: Results, console: Any = None) -> None:
     console.print("Means over chip instances; ±CI: half-width of the 95 % confidence interval of the mean ppl. "
                   "Lower ppl, load_cv, max_load (ratio) are better; higher (router) fidelity is better; best ppl "
                   "in green. repl.: experts ROMER replaced per chip instance.")
+    if _has_controls(results.summary):
+        console.print("edit: the method on the noise-free `ideal` device minus digital ppl (what it changes in the "
+                      "model itself); recovered: share of global's analog gap removed beyond the edit (± CI95, "
+                      "paired per chip); ! marks an edit at least as large as the recovery.")
+    elif results.settings.get("controls") is False:
+        console.print(CONTROLS_OFF)
+
+
+def _terminal_controls(results: ComparisonResults, entries: list[SummaryEntry], e: SummaryEntry) -> list[str]:
+    flag = " !" if edit_flag(results, entries, e) else ""
+    return [_fmt(e.mean("edit_ppl"), 2), _fmt_pm(e.mean("recovered"), e.ci95("recovered"), 2) + flag]
 
 
 def _print_tasks(console: Any, results: ComparisonResults, model: str, entries: list[SummaryEntry]) -> None:

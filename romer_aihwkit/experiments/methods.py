@@ -77,6 +77,24 @@ class Method:
     def needs_calibration_data(self) -> bool:
         return self.static_input_ranges or bool(self.callbacks())
 
+    @property
+    def edits_model(self) -> bool:
+        """Whether the method changes the model itself, not only the chip it runs on.
+
+        True for anything that edits weights, routing or masks (calibration callbacks such as
+        ROMER's normalization and expert replacement, hardware-aware training, weights clipped
+        before programming), and for the methods that change which parts are analog or how often
+        they are programmed (hetero, router ensembles): on a noise-free chip those must reproduce
+        the digital model, and the comparison's noise-free control checks that they do. False for
+        settings of the chip alone (drift compensation, remapping, input ranges, a digital router),
+        which on a noise-free chip are the digital model by construction.
+
+        ``compare`` runs every such method also on the ``ideal`` device (same calibration data and
+        seed): its perplexity there minus the digital one is the method's edit (``edit_ppl``).
+        """
+        clip = str(self.device_overrides.get("weight_clip", "none")).lower() not in ("none", "")
+        return bool(self.callbacks()) or self.hwa or self.hetero_fraction > 0 or self.router_copies > 1 or clip
+
     def conversion_key(self) -> tuple:
         """Methods with equal keys can share one converted model."""
         return (tuple(sorted(self.device_overrides.items(), key=str)), self.analog_router, self.hetero_fraction,

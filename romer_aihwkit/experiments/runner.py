@@ -25,7 +25,7 @@ import torch
 from ..atomic import atomic_write_text
 from ..errors import ArtifactError, InputError, ResultsFolderError
 from ..evaluation.records import ComparisonResults, ResultRow, SummaryEntry, load_rows
-from ..evaluation.stats import summarize
+from ..evaluation.stats import summarize, with_recovery
 from ..outputs import LOCK_FILE, ResultsLockedError, discard_outputs, output_folder, results_folder_lock
 
 __all__ = [
@@ -48,8 +48,12 @@ MAX_SEEDS = 1000
 
 
 _OPTIONAL_DEFAULTS: dict[str, Any] = {"tasks": [], "task_include_path": None, "task_limit": None,
-                                      "num_fewshot": None, "train_text": "bundled", "hwa_steps": None}
+                                      "num_fewshot": None, "train_text": "bundled", "hwa_steps": None,
+                                      "controls": False}
 """Settings added after results were first written: at these values they leave the fingerprint alone."""
+
+CONTROL_DEVICE = "ideal"
+"""The noise-free device every model-editing method is also run on (its ``edit_ppl``)."""
 
 
 class ResultsExistError(ResultsFolderError):
@@ -89,6 +93,13 @@ class CompareSettings:
     trust_task_code: bool = False
     """Allow ``task_include_path`` YAMLs that run Python code (``!function``; ``--trust-task-code``).
     A permission, not part of the numbers' identity (left out of the fingerprint)."""
+    controls: bool = True
+    """Noise-free controls (``--no-controls`` turns them off): every method that edits the model
+    (:attr:`Method.edits_model <romer_aihwkit.experiments.methods.Method.edits_model>`) also runs on
+    the ``ideal`` device with the same calibration data and seed, and every row carries ``edit_ppl``
+    and ``recovered`` (:data:`~romer_aihwkit.evaluation.records.CONTROL_METRICS`). ``recovered`` is
+    measured against ``global`` on the same chip instance, so ``global`` is added to the methods
+    (first) when a model-editing method is compared without it."""
 
     def __post_init__(self) -> None:
         from ..devices import load_device_config
@@ -113,6 +124,8 @@ class CompareSettings:
         check_distinct(self.t_inference, "--t-inference")
         for method in self.methods:
             get_method(method)
+        if self.controls and "global" not in self.methods and any(get_method(m).edits_model for m in self.methods):
+            self.methods = ["global", *self.methods]
         for device in self.devices:
             cfg = load_device_config(device)
             for t in self.t_inference:
@@ -173,25 +186,35 @@ def _drop_torn_tail(path: Path) -> None:
 
 CSV_COLUMNS = ("model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
                "tile_max_load_ratio", "router_fidelity", "load_entropy", "replaced_experts", "seconds")
-"""Columns of ``results.csv`` before the downstream-task columns (``task/metric``)."""
+"""Columns of ``results.csv`` before the control and downstream-task columns."""
+CONTROL_COLUMNS = ("edit_ppl", "recovered", "max_masked_share")
+"""Columns of ``results.csv`` after :data:`CSV_COLUMNS` when a row carries noise-free controls
+(``max_masked_share``: the largest share of a MoE layer's experts that calibration masked)."""
 
 
 def write_results(out_dir: Path, settings: dict[str, Any],
                   rows: Iterable[ResultRow | Mapping[str, Any]]) -> dict[str, Any]:
     """Write ``results.json`` and ``results.csv`` atomically from the rows; returns the results dict.
 
-    Rows are deduplicated by their key (the last one wins) and sorted by it; the summary follows
-    the settings' order of models, devices and methods.
+    Rows are deduplicated by their key (the last one wins) and sorted by it; rows with a noise-free
+    control get ``recovered`` from the ``global`` row of their chip instance
+    (:func:`~romer_aihwkit.evaluation.stats.with_recovery`); the summary follows the settings' order
+    of models, devices and methods.
     """
-    typed = sorted({r.key: r for r in map(ResultRow.coerce, rows)}.values(), key=lambda r: r.key)
+    unique: dict[tuple, ResultRow] = {r.key: r for r in map(ResultRow.coerce, rows)}
+    ordered = [unique[key] for key in sorted(unique)]
+    typed = with_recovery(ordered)
     results = ComparisonResults(settings, tuple(typed), tuple(_in_settings_order(summarize(typed), settings)))
     data = results.to_dict()
     atomic_write_text(out_dir / "results.json", json.dumps(data, indent=2, default=str))
     task_columns = list(dict.fromkeys(name for r in typed for name in r.task_values()))
-    lines = [",".join(CSV_COLUMNS + tuple(task_columns))]
+    controls = CONTROL_COLUMNS if any(r.edit_ppl is not None for r in typed) else ()
+    lines = [",".join(CSV_COLUMNS + controls + tuple(task_columns))]
     for row in typed:
         plain, tasks = row.to_dict(layers=False), row.task_values()
-        lines.append(",".join([_csv(plain.get(c)) for c in CSV_COLUMNS] + [_csv(tasks.get(c)) for c in task_columns]))
+        plain["max_masked_share"] = max(row.masked_share) if row.masked_share else None
+        lines.append(",".join([_csv(plain.get(c)) for c in CSV_COLUMNS + controls]
+                              + [_csv(tasks.get(c)) for c in task_columns]))
     atomic_write_text(out_dir / "results.csv", "\n".join(lines) + "\n")
     return data
 
@@ -370,7 +393,10 @@ def planned_rows(settings: CompareSettings, rank: int = 0, world_size: int = 1) 
 
 
 def _seed_everything(seed: int, *parts: object) -> None:
-    """Per-forward noise (output noise) reproducible per (chip instance, method), in any process."""
+    """Per-forward noise (output noise) reproducible per (chip instance, method), in any process.
+
+    ``parts`` name the model by its content fingerprint (never by the folder it lives in), the
+    device, the method and the drift time."""
     from ..analog.matrix import matrix_seed
 
     torch.manual_seed(matrix_seed(int(seed), "|".join(map(str, parts)), "forward"))
@@ -450,6 +476,7 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
     hwa_records: dict[str, dict[str, Any]] = {}
     for model_name in settings.models:
         mine = [key for key in todo if key[0] == model_name]
+        model_id = _model_digest(model_name)  # seeds follow the model's content, not its folder
         digital, tokenizer = load_model(model_name, require_tokenizer=True)
         if settings.stress:
             from ..stress import apply_stress
@@ -470,35 +497,38 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
         digital_ppl[model_name] = perplexity(digital, eval_blocks, batch_size=settings.batch_size, progress=False)
         if settings.tasks and ctx.is_main:
             digital_tasks[model_name] = _run_tasks(digital, tokenizer, settings)
-        converted: dict[tuple, torch.nn.Module] = {}
-        hwa_models: dict[str, torch.nn.Module] = {}
+        convert = _Conversions(digital, tokenizer, model_name, settings, out_dir, hwa_records)
+        edits: dict[tuple, float] = {}
         for key in mine:
             _, device, method_name, t_value, seed = key
             method = methods[method_name]
-            conv_key = (device, method.conversion_key())
-            if conv_key not in converted:
-                source = digital
-                if method.hwa:
-                    if device not in hwa_models:
-                        hwa_models[device], record = _hwa_model(digital, tokenizer, model_name, device, settings, out_dir)
-                        hwa_records[f"{model_name} on {device}"] = record
-                    source = hwa_models[device]
-                converted[conv_key] = protocol.prepare_model(source, device, method)
-            model = converted[conv_key]
+            model = convert(device, method, device)
             start = time.perf_counter()
-            _seed_everything(seed, model_name, device, method_name, t_value)
+            _seed_everything(seed, model_id, device, method_name, t_value)
             report = protocol.apply_method(model, method, seed, t_value, calib_blocks, batch_size=settings.batch_size)
             ppl, stats = perplexity_and_routing(model, eval_blocks, settings.batch_size, progress=False)
             layers = tuple({"load": layer["load"], "reference_load": layer["reference_load"]}
                            for layer in stats["layers"])
             tasks = _run_tasks(model, tokenizer, settings) if settings.tasks else None
+            edit = None
+            if settings.controls:
+                edit = 0.0  # a setting of the chip alone: on a noise-free chip it is the digital model
+                if method.edits_model:
+                    control = (method_name, seed, device if method.hwa else None)
+                    if device == CONTROL_DEVICE:  # this row is its own control
+                        edits[control] = ppl - digital_ppl[model_name]
+                    if control not in edits:
+                        edits[control] = _control_ppl(convert(CONTROL_DEVICE, method, device), method, seed, model_id,
+                                                      calib_blocks, eval_blocks, settings) - digital_ppl[model_name]
+                    edit = edits[control]
             row = ResultRow(
                 model=model_name, device=device, method=method_name, t_inference=t_value, seed=seed, ppl=ppl,
                 load_cv=stats["load_cv"], max_load_ratio=stats["max_load_ratio"],
                 tile_max_load_ratio=stats["tile_max_load_ratio"], router_fidelity=stats["router_fidelity"],
                 load_entropy=stats["load_entropy"], replaced_experts=_replaced(report),
                 digital_ppl=digital_ppl[model_name], stress=settings.stress or "none",
-                seconds=time.perf_counter() - start, layers=layers, tasks=tasks)
+                seconds=time.perf_counter() - start, layers=layers, tasks=tasks, edit_ppl=edit,
+                masked_share=_masked_share(report))
             if not math.isfinite(ppl):
                 warnings.warn(f"non-finite perplexity for {key}", stacklevel=2)
             with open(row_path, "a") as f:
@@ -526,9 +556,37 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
     if ctx.is_main:
         results = write_results(out_dir, plain, rows)
     else:
-        results = ComparisonResults(plain, tuple(rows), tuple(summarize(rows))).to_dict()
+        typed = with_recovery(rows)
+        results = ComparisonResults(plain, tuple(typed), tuple(summarize(typed))).to_dict()
     ctx.wait_for_everyone()
     return results
+
+
+class _Conversions:
+    """Converted models of one digital model, cached per device and conversion (HWA: per training device)."""
+
+    def __init__(self, digital: torch.nn.Module, tokenizer: Any, model_name: str, settings: CompareSettings,
+                 out_dir: Path, hwa_records: dict[str, dict[str, Any]]) -> None:
+        self.digital, self.tokenizer, self.model_name = digital, tokenizer, model_name
+        self.settings, self.out_dir, self.hwa_records = settings, out_dir, hwa_records
+        self.converted: dict[tuple, torch.nn.Module] = {}
+        self.hwa_models: dict[str, torch.nn.Module] = {}
+
+    def __call__(self, device: str, method: Any, hwa_device: str) -> torch.nn.Module:
+        """``method`` converted for ``device``; an HWA method converts the model trained for ``hwa_device``."""
+        from . import methods as protocol
+
+        key = (device, hwa_device if method.hwa else None, method.conversion_key())
+        if key not in self.converted:
+            source = self.digital
+            if method.hwa:
+                if hwa_device not in self.hwa_models:
+                    self.hwa_models[hwa_device], record = _hwa_model(
+                        self.digital, self.tokenizer, self.model_name, hwa_device, self.settings, self.out_dir)
+                    self.hwa_records[f"{self.model_name} on {hwa_device}"] = record
+                source = self.hwa_models[hwa_device]
+            self.converted[key] = protocol.prepare_model(source, device, method)
+        return self.converted[key]
 
 
 def _run_tasks(model: torch.nn.Module, tokenizer: Any, settings: CompareSettings) -> dict[str, dict[str, float]]:
@@ -556,6 +614,31 @@ def _blocks(option: str, text_blocks: Any, source: str, tokenizer: Any, **kwargs
         return text_blocks(source, tokenizer, **kwargs)
     except InputError as exc:
         raise InputError(f"{option}: {exc}") from None
+
+
+def _control_ppl(model: torch.nn.Module, method: Any, seed: int, model_id: str, calib_blocks: torch.Tensor,
+                 eval_blocks: torch.Tensor, settings: CompareSettings) -> float:
+    """``method`` on the noise-free control device: the same calibration data and chip seed."""
+    from ..devices import load_device_config
+    from ..evaluation.perplexity import perplexity
+    from . import methods as protocol
+
+    t = load_device_config(CONTROL_DEVICE).t_inference
+    _seed_everything(seed, model_id, CONTROL_DEVICE, method.name, t)
+    protocol.apply_method(model, method, seed, t, calib_blocks, batch_size=settings.batch_size)
+    return perplexity(model, eval_blocks, batch_size=settings.batch_size, progress=False)
+
+
+def _masked_share(report: dict[str, Any]) -> list[float] | None:
+    """Per MoE layer, the share of its experts that calibration masked (``None``: nothing calibrated routing)."""
+    shares: list[float] | None = None
+    for cb in report.get("callbacks", {}).values():
+        layers = cb.get("layers") if isinstance(cb, dict) else None
+        if not layers or not all(isinstance(layer, dict) and "masked_share" in layer for layer in layers):
+            continue
+        values = [float(layer["masked_share"]) for layer in layers]
+        shares = values if shares is None else [max(a, b) for a, b in zip(shares, values)]
+    return shares
 
 
 def _replaced(report: dict[str, Any]) -> int:

@@ -76,7 +76,7 @@ def _errors(preset, engine):
     mapping = _mapping(w, split_sizes(SHAPE[0], 16), split_sizes(SHAPE[1], 16), cfg)
     for seed in SEEDS:
         if engine == "aihwkit":
-            matrix = AnalogMatrix(w, None, cfg.rpu_config(), "expert", "m")
+            matrix = AnalogMatrix(w, None, cfg.rpu_config(), "expert", "m", aihwkit_programming=True)
             matrix.program(seed, cfg.t_inference)
             eff, alpha = _aihwkit_effective(matrix)
             with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __all__ = ["progress_bar"]
@@ -18,5 +19,7 @@ def progress_bar(total: int, desc: str, unit: str, progress: bool = True) -> Any
     """
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress, delay=DELAY_S, leave=False,
-                dynamic_ncols=True)
+    # tqdm reads TQDM_DISABLE once, when it is imported; read it here at each call
+    quiet = os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
+    return tqdm(total=total, desc=desc, unit=unit, delay=DELAY_S, leave=False, dynamic_ncols=True,
+                disable=quiet or not progress)

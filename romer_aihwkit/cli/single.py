@@ -66,15 +66,15 @@ def convert(
         config.check_t_inference(config.t_inference if t is None else t)
     digital, tokenizer = _load_model(model)
     amodel = convert_to_analog_moe(digital, config, analog_router=not digital_router,
-                                   analog_attention=analog_attention)
+                                   analog_attention=analog_attention, progress=not json_output)
     summary = analog_summary(amodel)
     info: dict[str, Any] = {"model": model, "device": config.name, "analog_router": not digital_router,
                             "analog_attention": analog_attention, "analog_summary": summary,
                             "moe_blocks": [{"name": n, "family": f} for n, f in amodel.analog_state.blocks],
                             "seed": seed, "t_inference": None, "files": []}
     if seed is not None:
-        amodel.program_analog_weights(seed=seed)
-        amodel.drift_analog_weights(t)
+        amodel.program_analog_weights(seed=seed, progress=not json_output)
+        amodel.drift_analog_weights(t, progress=not json_output)
         info["t_inference"] = amodel.analog_state.t_inference
     if out is not None:
         from romer_aihwkit.atomic import atomic_write_text
@@ -178,9 +178,9 @@ def calibrate_command(
             blocks = text_blocks(calib_text, tokenizer, seq_len=seq_len, split="validation", max_blocks=calib_blocks)
         except UserError as exc:
             raise UserError(f"--calib-text: {exc}") from None
-    amodel = convert_to_analog_moe(digital, config, analog_attention=analog_attention)
-    amodel.program_analog_weights(seed=seed)
-    amodel.drift_analog_weights(t)
+    amodel = convert_to_analog_moe(digital, config, analog_attention=analog_attention, progress=not json_output)
+    amodel.program_analog_weights(seed=seed, progress=not json_output)
+    amodel.drift_analog_weights(t, progress=not json_output)
     report = calibrate(amodel, blocks, [romer], batch_size=batch_size, progress=not json_output)
     with _OSErrorsAsUserErrors():
         tensor_path, meta_path = save_calibration(amodel, out_dir / "calibration")

@@ -28,6 +28,7 @@ N = 2**17  # weights per sample
 PCM_VARIANTS = [
     {},  # the pcm preset as shipped
     {"g_max": 15.0, "prog_noise_scale": 1.5, "read_noise_scale": 0.7, "drift_scale": 1.3},
+    {"read_noise_scale": 0.0, "drift_scale": 0.0},
 ]
 
 

@@ -103,14 +103,17 @@ class PcmPhysics:
         )
 
     def sigma(self, g: torch.Tensor) -> torch.Tensor:
-        """Programming-noise std (uS) at target conductances ``g`` (uS): AIHWKit's polynomial."""
-        rel = g / self.g_max
-        out = torch.full_like(g, self.prog_coeff[0])
-        power = None
-        for coeff in self.prog_coeff[1:]:
-            power = rel.clone() if power is None else power.mul_(rel)
-            out.add_(power, alpha=coeff)
-        return out.mul_(self.g_max / self.prog_coeff_g_max_reference * self.prog_noise_scale)
+        """Programming-noise std (uS) at target conductances ``g`` (uS): AIHWKit's polynomial
+        ``sum_i c_i (g / g_max)^i`` times ``g_max / prog_coeff_g_max_reference x prog_noise_scale``,
+        evaluated in Horner form with the constants folded into the coefficients."""
+        unit = self.g_max / self.prog_coeff_g_max_reference * self.prog_noise_scale
+        coeffs = [c * unit / self.g_max**i for i, c in enumerate(self.prog_coeff)]
+        if len(coeffs) == 1:
+            return torch.full_like(g, coeffs[0])
+        out = g * coeffs[-1]
+        for c in reversed(coeffs[1:-1]):
+            out.add_(c).mul_(g)
+        return out.add_(coeffs[0])
 
 
 _ZERO_CLIP = 1e-7
@@ -125,48 +128,56 @@ def pcm_program(w: torch.Tensor, pcm: PcmPhysics, with_nu: bool) -> tuple[torch.
     other ``0``; each gets ``N(0, sigma(g)^2)`` programming noise, clipped at 0 S (two draws). Drift
     (:func:`pcm_drift`) re-converts the programmed weight, which leaves only the device of the
     programmed weight's sign non-zero, so only that device's drift exponent ``nu`` is drawn (one
-    draw, one log): AIHWKit draws both, and the other multiplies 0 S.
+    draw, one log): AIHWKit draws both, and the other multiplies 0 S. (Elementwise arithmetic
+    only: boolean masks and ``torch.where`` cost as much as a normal draw on CPU.)
     """
-    w_abs = w.abs()
-    absmax = float(w_abs.amax())
-    scale = pcm.g_max / max(absmax, _ZERO_CLIP)  # uS per weight unit
-    g = w_abs.mul_(scale).clamp_(max=pcm.g_max)  # target of the device of w's sign (uS)
+    g = w.abs()
+    scale = pcm.g_max / max(float(g.amax()), _ZERO_CLIP)  # uS per weight unit
+    g.mul_(scale).clamp_(max=pcm.g_max)  # target of the device of w's sign (uS)
     noise = torch.randn((2, *w.shape), dtype=w.dtype, device=w.device)
     sig0 = float(pcm.sigma(torch.zeros(1, dtype=w.dtype))[0])  # std of a device targeted at 0 S
     other = noise[1].mul_(sig0).clamp_(min=0.0)  # the device of the other sign
-    main = noise[0].mul_(pcm.sigma(g)).add_(g).clamp_(min=0.0)
-    prog = main.sub_(other)  # (g_sign - g_other), in the sign of w (w == 0: either sign, symmetric)
+    prog = torch.addcmul(g, noise[0], pcm.sigma(g), out=noise[0]).clamp_(min=0.0).sub_(other)  # own - other
     nu = None
     if with_nu:
         # the surviving device after re-conversion has the programmed weight's sign: its target was
-        # g when that sign is w's own (w != 0), else 0 S (relative conductance clipped to 1e-7)
-        g_rel = torch.where(prog > 0, g, 0.0).div_(pcm.g_max).clamp_(min=_ZERO_CLIP).log_()
-        mu = (g_rel * -0.0155).add_(0.0244).clamp_(min=0.049, max=0.1)
-        sig = g_rel.mul_(-0.0125).sub_(0.0059).clamp_(min=0.008, max=0.045)
-        nu = torch.randn_like(sig).mul_(sig).add_(mu).abs_().mul_(pcm.drift_scale)
-    sign = torch.where(w < 0, -1.0 / scale, 1.0 / scale)
-    return prog.mul_(sign), nu
+        # g when that sign is w's own (prog > 0), else 0 S. AIHWKit clips the relative conductance
+        # at 1e-7 before the log; every log below -4.88 saturates both clamps below, so the log is
+        # taken unclipped and a flipped sign is sent to -inf by min(log, prog * 1e38) (prog == 0:
+        # a weight that stays 0 S whatever its nu; |prog| < 5e-38 uS but != 0 cannot occur).
+        log_g = torch.log(g * (1.0 / pcm.g_max))
+        log_g = torch.minimum(log_g, prog * 1e38, out=log_g)
+        ds = pcm.drift_scale  # > 0: folded into the clamped mean and std
+        mu = (log_g * (-0.0155 * ds)).add_(0.0244 * ds).clamp_(min=0.049 * ds, max=0.1 * ds)
+        sig = log_g.mul_(-0.0125 * ds).sub_(0.0059 * ds).clamp_(min=0.008 * ds, max=0.045 * ds)
+        nu = mu.addcmul_(torch.randn_like(sig), sig).abs_()
+    # back to weights in w's sign (w == 0: the + device is "own", which is symmetric in distribution)
+    return prog.mul_(torch.copysign(g.fill_(1.0 / scale), w)), nu
 
 
 @torch.no_grad()
 def pcm_drift(prog: torch.Tensor, nu: torch.Tensor, pcm: PcmPhysics, t_inference: float) -> torch.Tensor:
     """Drift and accumulated 1/f read noise of ``PCMLikeNoiseModel`` to ``t_inference`` s, in
     distribution exactly AIHWKit's ``apply_drift_noise`` (one draw, two exps, one log per weight;
-    modifies ``prog``)."""
-    absmax = float(prog.abs().amax())
-    scale = pcm.g_max / max(absmax, _ZERO_CLIP)
-    negative = prog < 0
-    g = prog.abs_().mul_(scale).clamp_(max=pcm.g_max)  # the one non-zero device of each pair (uS)
+    consumes ``nu``)."""
+    g = prog.abs()
+    scale = pcm.g_max / max(float(g.amax()), _ZERO_CLIP)
+    g.mul_(scale).clamp_(max=pcm.g_max)  # the one non-zero device of each pair (uS)
     t = t_inference + pcm.t_0
-    # 1/f read noise std: 0.0088 / max((g / g_max)^0.65, 1e-3), at most 0.2, times the time factor
-    q = (g / pcm.g_max).log_().mul_(0.65).exp_().clamp_(min=1e-3).reciprocal_().mul_(0.0088).clamp_(max=0.2)
+    # 1/f read noise std: min(0.0088 / max((g / g_max)^0.65, 1e-3), 0.2) = min(0.0088 (g / g_max)^-0.65, 0.2)
+    # (the inner bound gives 8.8 > 0.2), times the time factor; g = 0 gives 0.2 (and 0 S stays 0 S)
+    factor = pcm.read_noise_scale * math.sqrt(math.log((t + pcm.t_read) / (2 * pcm.t_read)))
     if t > pcm.t_0:  # drift: g (t / t0)^-nu
-        g.mul_(nu.mul_(-math.log(t / pcm.t_0)).exp_())
-    if t > 0:
-        factor = pcm.read_noise_scale * math.sqrt(math.log((t + pcm.t_read) / (2 * pcm.t_read)))
-        q.mul_(torch.randn_like(q)).mul_(factor).add_(1.0)  # g + |g| q n  (g >= 0)
-        g.mul_(q).clamp_(min=0.0)
-    return g.mul_(torch.where(negative, -1.0 / scale, 1.0 / scale))
+        nu = nu.mul_(-math.log(t / pcm.t_0)).exp_()
+    if factor > 0.0:
+        q = torch.log(g).mul_(-0.65).add_(math.log(0.0088 * factor) + 0.65 * math.log(pcm.g_max)).exp_()
+        q.clamp_(max=0.2 * factor).mul_(torch.randn_like(q))  # q n
+        if t > pcm.t_0:
+            g.mul_(nu)
+        g.addcmul_(g, q).clamp_(min=0.0)  # g + |g| q n  (g >= 0; t > 0 always)
+    elif t > pcm.t_0:
+        g.mul_(nu)
+    return torch.copysign(g, prog, out=g).mul_(1.0 / scale)
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -326,13 +337,26 @@ def _readout(w: torch.Tensor, r: ProgramRecipe, exact: bool = False) -> torch.Te
     return value.clamp_(min=1e-4)
 
 
+def _seed(device: torch.device, seed: int) -> None:
+    """Seed the generator ``device``'s draws come from (what ``torch.manual_seed`` does for it,
+    without also queueing a lazy seed of every CUDA device, which formats a stack trace per call)."""
+    if device.type == "cpu":
+        torch.default_generator.manual_seed(seed)
+    elif device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()
+                                      ].manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
 @torch.no_grad()
 def _program_tile(w: torch.Tensor, r: ProgramRecipe, program_seed: int, drift_seed: int | None,
                   t_inference: float | None) -> TileChip:
     """Program (and drift) one tile ``w`` (a float32 copy of its clean weights, consumed)."""
     mapping = _map(w, r)
     drifting = t_inference is not None
-    torch.manual_seed(program_seed)
+    device = w.device
+    _seed(device, program_seed)
     nu: torch.Tensor | None = None
     nus: Any = None
     baseline = _readout(w, r, exact=True) if r.compensation == "global-exact" else None
@@ -346,7 +370,7 @@ def _program_tile(w: torch.Tensor, r: ProgramRecipe, program_seed: int, drift_se
     if not drifting:
         return TileChip(programmed, mapping, None, baseline)
     assert t_inference is not None and drift_seed is not None
-    torch.manual_seed(drift_seed)
+    _seed(device, drift_seed)
     if r.pcm is not None:
         assert nu is not None
         drifted = pcm_drift(programmed, nu, r.pcm, float(t_inference))

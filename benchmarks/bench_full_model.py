@@ -67,11 +67,8 @@ def build_model(layers: int, experts: int, dtype: torch.dtype):
                     chunk.copy_(torch.randn(chunk.shape, generator=g).mul_(0.02))
             else:
                 p.fill_(1.0 if "norm" in name else 0.0)
-    for buffer_name, buffer in model.named_buffers():
-        if "inv_freq" in buffer_name:  # rotary frequencies: recompute what to_empty left uninitialised
-            rope = model.model.rotary_emb
-            inv_freq, _ = rope.rope_init_fn(rope.config, "cpu")
-            buffer.copy_(inv_freq)
+    # the rotary frequencies are buffers that to_empty left uninitialised: build that module again
+    model.model.rotary_emb = type(model.model.rotary_emb)(model.config)
     return model.eval()
 
 

@@ -91,6 +91,8 @@ class PcmPhysics:
             return None
         if float(converter.g_min) != 0.0 or float(converter.g_max) != float(noise_model.g_max):
             return None
+        if not hasattr(noise_model, "prog_coeff_g_max_reference"):  # AIHWKit leaves it unset when given
+            return None
         return cls(
             g_max=float(noise_model.g_max),
             prog_coeff=tuple(float(c) for c in noise_model.prog_coeff),
@@ -147,7 +149,7 @@ def pcm_program(w: torch.Tensor, pcm: PcmPhysics, with_nu: bool) -> tuple[torch.
         # a weight that stays 0 S whatever its nu; |prog| < 5e-38 uS but != 0 cannot occur).
         log_g = torch.log(g * (1.0 / pcm.g_max))
         log_g = torch.minimum(log_g, prog * 1e38, out=log_g)
-        ds = pcm.drift_scale  # > 0: folded into the clamped mean and std
+        ds = pcm.drift_scale  # >= 0: folded into the clamped mean and std
         mu = (log_g * (-0.0155 * ds)).add_(0.0244 * ds).clamp_(min=0.049 * ds, max=0.1 * ds)
         sig = log_g.mul_(-0.0125 * ds).sub_(0.0059 * ds).clamp_(min=0.008 * ds, max=0.045 * ds)
         nu = mu.addcmul_(torch.randn_like(sig), sig).abs_()

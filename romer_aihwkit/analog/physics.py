@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -146,7 +147,8 @@ def pcm_program(w: torch.Tensor, pcm: PcmPhysics, with_nu: bool) -> tuple[torch.
         # g when that sign is w's own (prog > 0), else 0 S. AIHWKit clips the relative conductance
         # at 1e-7 before the log; every log below -4.88 saturates both clamps below, so the log is
         # taken unclipped and a flipped sign is sent to -inf by min(log, prog * 1e38) (prog == 0:
-        # a weight that stays 0 S whatever its nu; |prog| < 5e-38 uS but != 0 cannot occur).
+        # a weight that stays 0 S whatever its nu; 0 < -prog < 5e-38 uS, where this would not
+        # saturate, needs a normal draw within 1e-37 of a clamp: probability < 1e-36 per weight).
         log_g = torch.log(g * (1.0 / pcm.g_max))
         log_g = torch.minimum(log_g, prog * 1e38, out=log_g)
         ds = pcm.drift_scale  # >= 0: folded into the clamped mean and std
@@ -210,11 +212,11 @@ class TileGrid:
     out_sizes: tuple[int, ...]
     in_sizes: tuple[int, ...]
 
-    @property
+    @cached_property
     def in_bounds(self) -> list[tuple[int, int]]:
         return _bounds(self.in_sizes)
 
-    @property
+    @cached_property
     def out_bounds(self) -> list[tuple[int, int]]:
         return _bounds(self.out_sizes)
 

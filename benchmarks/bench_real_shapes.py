@@ -7,12 +7,20 @@ Plain script (not a test):
 For each shape the script builds the transformers MoE block class of that family from a config with
 the checkpoint's sizes (random weights), then measures, in one run:
 
-* ``floor``: the random-number floor -- the time of the normal draws the device's noise model needs
-  per converted weight (``pcm``: programming noise, drift exponent, read noise = 3 draws), drawn
-  with ``torch.Tensor.normal_`` over a buffer of that many weights;
+* ``floor``: the exact-physics floor -- per converted weight, the 4 normal draws, 2 logs and 2 exps
+  that exact PCM programming + drift needs (2 programming draws for the device pair, 1 drift
+  exponent with its log, 1 read-noise draw with the log and exp of ``g^0.65``, the exp of the
+  drift), run with ``normal_`` / ``log_`` / ``exp_`` over 1M-element chunks of that many weights
+  (best of 3); the same floor for every device;
 * ``setup``: ``convert_to_analog_moe`` + ``program_analog_weights(seed, t_inference)`` (programming
   and drift in one pass), in seconds, in floor multiples and in digital-forward equivalents at
-  ``--tokens`` and ``--long-tokens`` tokens;
+  ``--tokens`` and ``--long-tokens`` tokens; ``program + drift / floor`` is the programming step
+  alone (drift-compensation read-outs included: 2 more normal draws per weight on ``pcm``);
+* the same ratios by this thread's CPU time (``*_cpu``): on a shared machine they leave out the
+  time other jobs hold the cores (torch runs with ``--threads`` threads, 1 by default);
+* ``two-call``: the documented flow ``program_analog_weights(seed)`` then
+  ``drift_analog_weights(t_inference)`` on the same converted layer (the same chip, bit for bit),
+  in seconds and over the one-call programming time;
 * ``physics``: the time of AIHWKit's own noise-model calls (``apply_programming_noise`` +
   ``apply_drift_noise``) on the same weights, without any tile bookkeeping: what reusing AIHWKit's
   physics costs at least;
@@ -51,7 +59,7 @@ SHAPES = {
                                              n_group=8, topk_group=3)),
     "mixtral-8x7b": ("mixtral", dict(hidden_size=4096, intermediate_size=14336, num_local_experts=8, num_experts_per_tok=2)),
 }
-DRAWS = {"pcm": 3, "hermes-pcm": 3, "rram-cmo": 3, "rram-wan2022": 2, "gaussian": 1, "none": 0}
+FLOOR_OPS = "4 normal draws + 2 logs + 2 exps per converted weight"
 
 
 def build_block(shape: str, dtype: torch.dtype) -> nn.Module:
@@ -139,20 +147,29 @@ def release_free_memory() -> None:
         pass
 
 
-def floor_seconds(n_weights: int, draws: int, on: torch.device | None = None) -> float:
-    """Time of ``draws`` standard-normal draws per weight (chunks of 16M into one buffer)."""
+def floor_seconds(n_weights: int, on: torch.device | None = None, repeat: int = 3,
+                  clock=time.perf_counter) -> float:
+    """The exact-physics floor: 4 normal draws, 2 logs and 2 exps per weight (1M-element chunks; best of
+    ``repeat``), by ``clock`` (wall time by default)."""
     on = on or torch.device("cpu")
-    chunk = torch.empty(min(n_weights, 16 * 2**20), device=on)
-    t0 = time.perf_counter()
-    for _ in range(draws):
+    size = min(n_weights, 2**20)
+    normal = torch.empty(size, device=on)
+    positive = torch.rand(size, device=on).add_(0.5)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = clock()
         left = n_weights
         while left > 0:
-            n = min(left, chunk.numel())
-            chunk[:n].normal_()
+            n = min(left, size)
+            for _ in range(4):
+                normal[:n].normal_()
+            part = positive[:n]
+            part.log_().exp_().log_().exp_()
             left -= n
-    if on.type == "cuda":
-        torch.cuda.synchronize(on)
-    return time.perf_counter() - t0
+        if on.type == "cuda":
+            torch.cuda.synchronize(on)
+        best = min(best, clock() - t0)
+    return best
 
 
 def physics_seconds(holder: nn.Module, t_inference: float, sample: int = 4) -> float:
@@ -185,7 +202,7 @@ def _sync(fn, on):
 
 
 def measure(shape: str, dtype: torch.dtype, device: str, engine: str, tokens: int, long_tokens: int, repeat: int,
-            on: torch.device | None = None) -> dict:
+            on: torch.device | None = None, setup_only: bool = False) -> dict:
     import romer_aihwkit as ra
 
     cfg = ra.load_device_config(device)
@@ -202,11 +219,12 @@ def measure(shape: str, dtype: torch.dtype, device: str, engine: str, tokens: in
     x = torch.randn(1, tokens, hidden, generator=torch.Generator().manual_seed(1)).to(on, dtype)
     x_long = torch.randn(1, long_tokens, hidden, generator=torch.Generator().manual_seed(2)).to(on, dtype)
 
-    impl_times = {}
+    impl_times: dict = {}
+    fastest, digital_long = "eager", float("nan")
     with torch.no_grad():
         per_pair = sum(p[0].numel() for n, p in holder.mlp.named_parameters() if n.endswith(("gate_up_proj", "down_proj")))
         gather_bytes = tokens * getattr(holder.config, "num_experts_per_tok", 8) * per_pair * x.element_size()
-        for impl in ("eager", "batched_mm", "grouped_mm"):
+        for impl in () if setup_only else ("eager", "batched_mm", "grouped_mm"):
             if impl == "batched_mm" and gather_bytes > 4 * 2**30:  # it gathers every selected expert's weights
                 impl_times[impl] = f"skipped: would gather {gather_bytes / 2**30:.0f} GiB of expert weights"
                 continue
@@ -215,14 +233,17 @@ def measure(shape: str, dtype: torch.dtype, device: str, engine: str, tokens: in
                 impl_times[impl] = _common.median_times({impl: _sync(lambda: holder.mlp(x), on)}, repeat=2, warmup=1)[impl]
             except Exception as exc:  # an implementation unavailable on this machine
                 impl_times[impl] = f"unavailable: {type(exc).__name__}"
-        fastest = min((k for k, v in impl_times.items() if isinstance(v, float)), key=lambda k: impl_times[k])
-        set_experts_implementation(holder, fastest)
-        t0 = time.perf_counter()
-        _sync(lambda: holder.mlp(x_long), on)()
-        digital_long = time.perf_counter() - t0
+        if not setup_only:
+            fastest = min((k for k, v in impl_times.items() if isinstance(v, float)), key=lambda k: impl_times[k])
+            set_experts_implementation(holder, fastest)
+            t0 = time.perf_counter()
+            _sync(lambda: holder.mlp(x_long), on)()
+            digital_long = time.perf_counter() - t0
         digital_ref = holder.mlp(x).float()
-    draws = DRAWS.get(cfg.noise_model, 3)
-    floor = floor_seconds(n_conv, draws, on)
+    floor = floor_seconds(n_conv, on)
+    # CPU time of this thread too (torch runs single-threaded here): on a shared machine it does not
+    # count the time other jobs hold the cores, so the ratios below are also given by CPU time
+    floor_cpu = floor_seconds(n_conv, on, clock=time.thread_time) if on.type == "cpu" else None
     if cuda:
         torch.cuda.reset_peak_memory_stats(on)
     release_free_memory()
@@ -230,28 +251,39 @@ def measure(shape: str, dtype: torch.dtype, device: str, engine: str, tokens: in
 
     with PeakRSS() as peak:
         t0 = time.perf_counter()
-        ra.convert_to_analog_moe(holder, cfg, engine=engine)
+        ra.convert_to_analog_moe(holder, cfg, engine=engine, progress=False)
         t_convert = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        holder.program_analog_weights(seed=0, t_inference=cfg.t_inference)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        holder.program_analog_weights(seed=0, t_inference=cfg.t_inference, progress=False)
         if cuda:
             torch.cuda.synchronize(on)
-        t_program = time.perf_counter() - t0
+        t_program, c_program = time.perf_counter() - t0, time.thread_time() - c0
     if cuda:
         peak.peak = torch.cuda.max_memory_allocated(on)
     gc.collect()
+    # the documented two-call flow on the same layer: program (recorded), then drift (one pass)
+    t0, c0 = time.perf_counter(), time.thread_time()
+    holder.program_analog_weights(seed=0, progress=False)
+    t_two_program = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    holder.drift_analog_weights(cfg.t_inference, progress=False)
+    if cuda:
+        torch.cuda.synchronize(on)
+    t_two_drift, c_two = time.perf_counter() - t0, time.thread_time() - c0
     physics = physics_seconds(holder, cfg.t_inference) if engine == "stacked" else None
     held = held_bytes(holder)
     release_free_memory()
     rss_held = (torch.cuda.memory_allocated(on) if cuda else rss()) - before + digital_bytes
     with torch.no_grad():
         analog_out = holder.mlp(x).float()
-    # the digital forward again, interleaved with the analog one: same load for both
-    digital = build_block(shape, dtype).to(on)
-    set_experts_implementation(digital, fastest)
-    with torch.no_grad():
-        both = _common.median_times({"analog": _sync(lambda: holder.mlp(x), on),
-                                     "digital": _sync(lambda: digital.mlp(x), on)}, repeat=repeat, warmup=1)
+    if setup_only:
+        both = {"analog": float("nan"), "digital": float("nan")}
+    else:  # the digital forward again, interleaved with the analog one: same load for both
+        digital = build_block(shape, dtype).to(on)
+        set_experts_implementation(digital, fastest)
+        with torch.no_grad():
+            both = _common.median_times({"analog": _sync(lambda: holder.mlp(x), on),
+                                         "digital": _sync(lambda: digital.mlp(x), on)}, repeat=repeat, warmup=1)
     rel_err = float((analog_out - digital_ref).norm() / digital_ref.norm())
     setup = t_convert + t_program
     result = {
@@ -260,9 +292,15 @@ def measure(shape: str, dtype: torch.dtype, device: str, engine: str, tokens: in
         "digital_impl_seconds": impl_times, "digital_impl": fastest,
         "digital_forward_s": both["digital"], "digital_forward_long_s": digital_long,
         "analog_forward_s": both["analog"], "forward_ratio": both["analog"] / both["digital"],
-        "floor_draws": draws, "floor_s": floor,
+        "floor_ops": FLOOR_OPS, "floor_s": floor,
         "convert_s": t_convert, "program_drift_s": t_program, "setup_s": setup,
         "setup_over_floor": setup / floor if floor > 0 else None,
+        "program_drift_over_floor": t_program / floor if floor > 0 else None,
+        "two_call_program_s": t_two_program, "two_call_drift_s": t_two_drift,
+        "two_call_over_one_call": (t_two_program + t_two_drift) / t_program,
+        "floor_cpu_s": floor_cpu, "program_drift_cpu_s": c_program, "two_call_cpu_s": c_two,
+        "program_drift_over_floor_cpu": c_program / floor_cpu if floor_cpu else None,
+        "two_call_over_one_call_cpu": c_two / c_program if c_program > 0 else None,
         "aihwkit_physics_s": physics,
         "setup_over_physics": setup / physics if physics else None,
         "setup_forward_equivalents": setup / both["digital"],
@@ -272,6 +310,10 @@ def measure(shape: str, dtype: torch.dtype, device: str, engine: str, tokens: in
         "relative_output_error": rel_err,
     }
     return result
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main() -> None:
@@ -288,6 +330,8 @@ def main() -> None:
                              "small elementwise ops become many times slower, for the digital and analog forward alike")
     parser.add_argument("--torch-device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--out", default="bench_real_shapes")
+    parser.add_argument("--setup-only", action="store_true",
+                        help="measure the floor, conversion and programming only (no forward timings)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results, rows = [], []
@@ -295,17 +339,20 @@ def main() -> None:
         for dtype_name in args.dtypes:
             for engine in args.engines:
                 r = measure(shape, getattr(torch, dtype_name), args.device, engine, args.tokens, args.long_tokens,
-                            args.repeat, torch.device(args.torch_device))
+                            args.repeat, torch.device(args.torch_device), setup_only=args.setup_only)
                 r["torch_device"] = args.torch_device
                 results.append(r)
                 print({k: v for k, v in r.items() if k != "digital_impl_seconds"}, flush=True)
                 rows.append([shape, r["dtype"], engine, f"{r['setup_s']:.1f}", f"{r['setup_over_floor']:.2f}",
+                             f"{r['program_drift_over_floor']:.2f} ({_fmt(r['program_drift_over_floor_cpu'])} cpu)",
+                             f"{r['two_call_over_one_call']:.2f} ({_fmt(r['two_call_over_one_call_cpu'])} cpu)",
                              f"{r['setup_over_physics']:.2f}" if r["setup_over_physics"] else "-",
                              f"{r['setup_forward_equivalents']:.1f} / {r['setup_forward_equivalents_long']:.2f}",
                              f"{r['forward_ratio']:.2f}", f"{r['held_ratio']:.2f}", f"{r['peak_rss_ratio']:.2f}"])
                 _common.write_json(args.out, {"settings": vars(args), "machine": _common.machine(), "results": results})
     _common.table(f"One MoE layer in real shapes ({args.device}), random weights",
-                  ["shape", "dtype", "engine", "setup s", "setup / floor", "setup / AIHWKit physics", f"setup in fwd eq ({args.tokens} / {args.long_tokens} tok)",
+                  ["shape", "dtype", "engine", "setup s", "setup / floor", "program+drift / floor",
+                   "two-call / one-call", "setup / AIHWKit physics", f"setup in fwd eq ({args.tokens} / {args.long_tokens} tok)",
                    "fwd ratio", "held / digital", "peak RSS / digital"], rows)
 
 

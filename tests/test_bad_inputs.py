@@ -684,8 +684,13 @@ def test_romer_keeps_every_unmasked_deepseek_v3_expert_reachable():
 
 
 # ------------------------------------------------------------------ chip-state files (analog state)
-def _chip(family="olmoe", device="pcm", engine="stacked", seed=0, romer=False):
-    model = ra.convert_to_analog_moe(tiny_model(family), device, engine=engine)
+def _chip(family="olmoe", device="pcm", engine="stacked", seed=0, romer=False, model_seed=0, scale_experts=1.0):
+    digital = tiny_model(family, seed=model_seed)
+    if scale_experts != 1.0:  # the same architecture and routers, other expert weights
+        with torch.no_grad():
+            for layer in digital.model.layers:
+                layer.mlp.experts.down_proj.mul_(scale_experts)
+    model = ra.convert_to_analog_moe(digital, device, engine=engine)
     model.program_analog_weights(seed=seed, t_inference=3600.0)
     if romer:
         ra.calibrate(model, torch.randint(3, 90, (4, 16), generator=torch.Generator().manual_seed(0)),
@@ -708,10 +713,14 @@ def chip_file(tmp_path_factory):
 
 @pytest.mark.parametrize("target, field", [
     (dict(family="qwen2_moe"), "architecture"),
+    (dict(model_seed=1), "weights"),
+    (dict(scale_experts=1.01), "weights"),
     (dict(device="gaussian-5"), "device"),
     (dict(engine="aihwkit"), "engine"),
 ])
 def test_chip_state_of_another_model_device_or_engine_is_refused_untouched(chip_file, target, field):
+    """Every field that makes a chip state belong to its model, including the digital weights: a
+    chip programmed from other weights (another checkpoint, or only the experts changed) is refused."""
     from romer_aihwkit.analog import load_analog_state
 
     model = _chip(**target)

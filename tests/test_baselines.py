@@ -52,6 +52,29 @@ def test_digital_router_method_has_perfect_fidelity():
     assert all(not r.matrix.is_analog for r in find_routers(model))
 
 
+def test_user_method_with_static_input_ranges_does_not_share_a_stacked_conversion():
+    """What picks the engine is part of the conversion key: a registered method with static input
+    ranges and no device overrides must not reuse (say) ``romer``'s stacked model and calibrate nothing."""
+    import warnings
+
+    from romer_aihwkit.experiments.methods import METHODS, Method, register_method
+
+    mine = register_method(Method("test-my-ranges", "static input ranges, no overrides", static_input_ranges=True))
+    try:
+        plain = get_method("romer")
+        assert mine.device_overrides == plain.device_overrides and mine.analog_router == plain.analog_router
+        assert mine.conversion_key() != plain.conversion_key()
+        assert mine.engine == "aihwkit" and plain.engine == "stacked"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the announced fallback to the AIHWKit engine
+            model = prepare_model(tiny_model("olmoe"), "pcm", "test-my-ranges")
+        assert model.analog_state.engine == mine.engine
+        calib = torch.randint(3, 90, (2, 16), generator=torch.Generator().manual_seed(1))
+        assert apply_method(model, mine, seed=0, t_inference=3600.0, calib_batches=calib)["input_range_tiles"] > 0
+    finally:
+        METHODS.pop("test-my-ranges")
+
+
 def test_static_input_ranges_are_set_from_data():
     model = prepare_model(tiny_model("olmoe"), "pcm", "input-range")
     calib = torch.randint(3, 90, (4, 16), generator=torch.Generator().manual_seed(1))

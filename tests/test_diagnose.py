@@ -107,7 +107,11 @@ def test_outputs(plain, tmp_path):
     data = json.loads((tmp_path / "diagnosis.json").read_text())
     assert {"component", "nonideality", "ppl", "delta_ppl"} <= set(data["budget"][0]) and len(data["layers"]) == 2
     report = (tmp_path / "report.md").read_text()
-    assert "stress none" in report and "## Error budget" in report and "Dominant" in report
+    assert "stress none" in report and "## Error budget" in report
+    # the reading names a dominant effect exactly when there is a cost to attribute (on this tiny
+    # random model the pcm cost is ~0.001 ppl, of either sign depending on the chip instances)
+    cost = next(r for r in plain["budget"] if r["kind"] == "full")["delta_ppl"]["mean"]
+    assert ("Dominant" in report) == (cost > 0) and ("No measurable cost" in report) == (not cost > 0)
     assert (tmp_path / "layers_heatmap.png").read_bytes().startswith(b"\x89PNG")
 
 

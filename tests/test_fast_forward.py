@@ -22,10 +22,11 @@ CASES = [
 ]
 
 
-def _matrix(name, overrides, seed=0, shape=(40, 24)):
+def _matrix(name, overrides, seed=0, shape=(40, 24), aihwkit_programming=False):
     cfg = ra.load_device_config(name).replace(**overrides)
     g = torch.Generator().manual_seed(seed)
-    m = AnalogMatrix(0.3 * torch.randn(*shape, generator=g), None, cfg.rpu_config(), "expert", f"m{seed}")
+    m = AnalogMatrix(0.3 * torch.randn(*shape, generator=g), None, cfg.rpu_config(), "expert", f"m{seed}",
+                     aihwkit_programming=aihwkit_programming)
     m.program(seed)
     m.drift(cfg.t_inference, seed)
     return m
@@ -138,11 +139,12 @@ def test_switch_and_hooks_use_aihwkit_forward():
 
 
 def test_redrift_after_released_programming_state_is_exact():
-    a = _matrix("pcm", {"out_noise": 0.0})
+    """AIHWKit's own programming (the shared physics keeps no programming state at all)."""
+    a = _matrix("pcm", {"out_noise": 0.0}, aihwkit_programming=True)
     tile = next(a.analog.analog_tiles())
     assert tile.programmed_weights is None and tile.reference_combined_weights is None
     a.drift(86400.0, 0)
-    b = _matrix("pcm", {"out_noise": 0.0})
+    b = _matrix("pcm", {"out_noise": 0.0}, aihwkit_programming=True)
     old = ra.analog.matrix.set_keep_programming_state(True)
     try:
         b.program(0)

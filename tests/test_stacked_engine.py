@@ -76,7 +76,7 @@ def _errors(preset, engine):
     mapping = _mapping(w, split_sizes(SHAPE[0], 16), split_sizes(SHAPE[1], 16), cfg)
     for seed in SEEDS:
         if engine == "aihwkit":
-            matrix = AnalogMatrix(w, None, cfg.rpu_config(), "expert", "m")
+            matrix = AnalogMatrix(w, None, cfg.rpu_config(), "expert", "m", aihwkit_programming=True)
             matrix.program(seed, cfg.t_inference)
             eff, alpha = _aihwkit_effective(matrix)
             with torch.no_grad():
@@ -188,6 +188,27 @@ def test_reference_store_keeps_clean_weights(mode, tmp_path):
         files = list(tmp_path.glob("*.safetensors"))
         with safe_open(str(files[0]), framework="pt") as f:  # a standard safetensors file
             assert torch.equal(f.get_tensor("weight")[0], w[0])
+
+
+@pytest.mark.parametrize("mode", ["memory", "spill"])
+def test_deep_copies_of_a_converted_model_do_not_share_clean_weights(mode):
+    import copy
+
+    model = ra.convert_to_analog_moe(tiny_model("olmoe"), "pcm", reference=mode)
+    twin = copy.deepcopy(model)
+    store, twin_store = model.analog_state.reference, twin.analog_state.reference
+    assert twin_store is not store
+    stack = next(m for m in model.modules() if isinstance(m, AnalogStack) and m.role == "expert")
+    twin_stack = next(m for m in twin.modules() if isinstance(m, AnalogStack) and m.role == "expert")
+    assert twin_stack.store is twin_store  # one store per copy, shared by its stacks and its state
+    before = stack.reference(1).clone()
+    assert torch.equal(twin_stack.reference(1), before)
+    twin_stack.set_reference(1, torch.zeros_like(before))
+    assert torch.equal(stack.reference(1), before)
+    assert torch.equal(twin_stack.reference(1), torch.zeros_like(before))
+    model.program_analog_weights(seed=0, t_inference=60.0)
+    twin.program_analog_weights(seed=0, t_inference=60.0)
+    assert not torch.equal(stack.tiles[1], twin_stack.tiles[1]) and torch.equal(stack.tiles[0], twin_stack.tiles[0])
 
 
 def test_spill_takes_over_the_weight_storage_and_frees_no_copy():

@@ -15,6 +15,7 @@ from .build import AnalogConversionContext
 from .matrix import ENGINES
 from .model import AnalogMoEModel, mark_converted
 from .programming import drift_analog_weights, program_analog_weights
+from .progress import progress_bar
 from .router import AnalogRouter
 from .state import AnalogState, analog_state
 from .summary import analog_summary
@@ -116,6 +117,7 @@ def convert_to_analog_moe(
     reference: str = "auto",
     reference_dir: str | None = None,
     tile_dtype: torch.dtype | None = None,
+    progress: bool = True,
 ) -> AnalogMoEModel:
     """Map the router and every expert of each MoE block of ``model`` onto AIHWKit analog tiles.
 
@@ -142,6 +144,7 @@ def convert_to_analog_moe(
             ``torch.float32`` for a bf16 model keeps the tile matmul's output unrounded (twice the
             tile memory); the default bf16 tiles add a rounding error of about 1 % of the
             programming noise (``benchmarks/bench_bf16_tiles.py``).
+        progress: Show a progress bar over the MoE blocks (only once conversion takes a few seconds).
 
     Returns:
         The same model object, converted: its class is now a subclass of :class:`AnalogMoEModel`
@@ -191,6 +194,7 @@ def convert_to_analog_moe(
         engine=engine,
         reference=store,
     )
+    bar = progress_bar(len(blocks), "converting", "layer", progress)
     for index, (name, block, adapter) in enumerate(blocks):
         device = _module_device(block)
         ctx = AnalogConversionContext(
@@ -208,6 +212,8 @@ def convert_to_analog_moe(
         if new is not block:
             model.set_submodule(name, new)
         state.blocks.append((name, adapter.family))
+        bar.update(1)
+    bar.close()
 
     if analog_attention:
         converted = 0

@@ -2,20 +2,24 @@
 
 Every matrix that conversion touches becomes a :class:`WeightMatrix` with a *role* (router,
 expert, shared_expert, attention). The analog kind wraps AIHWKit's own ``AnalogLinear`` built from
-a ``TorchInferenceRPUConfig``: tile splitting, DAC/ADC, output noise, programming noise, drift and
-drift compensation are AIHWKit's. What this class adds is chip-instance bookkeeping: programming
-always starts from the digital reference weights, and every random draw is seeded per matrix, so a
-chip instance is reproducible from ``(seed, matrix name)`` and independent of module order.
+a ``TorchInferenceRPUConfig``: tile splitting, DAC/ADC and output noise are AIHWKit's tiles'.
+Programming, drift and drift compensation are the per-tile physics both engines share
+(:func:`~romer_aihwkit.analog.physics.program_tiles`), written into AIHWKit's tiles: a chip
+instance is reproducible from ``(seed, matrix name, tile position)``, independent of module order,
+and the same chip as the stacked engine's for the same seed.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from . import fast as _fast
+from .physics import ProgramRecipe, program_recipe, program_tiles
 from .seeds import matrix_seed
 
 __all__ = [
@@ -51,11 +55,23 @@ class WeightMatrix(nn.Module):
     def in_features(self) -> int:
         return int(self.weight.shape[1])
 
-    def program(self, seed: int, t_inference: float | None = None) -> None:  # noqa: B027 - nothing to program
-        """Program the matrix onto its tiles (one chip instance), and drift it when ``t_inference`` is given."""
+    def program(self, seed: int, t_inference: float | None = None, lazy: bool = False) -> None:  # noqa: B027
+        """Program the matrix onto its tiles (one chip instance), and drift it when ``t_inference`` is given.
+
+        With ``lazy``, an analog matrix may only record the chip and compute it at its next forward,
+        drift or :meth:`materialise` (the same chip, bit for bit). Digital matrices: nothing to program.
+        """
 
     def drift(self, t_inference: float, seed: int) -> None:  # noqa: B027
         """Let the programmed conductances drift to ``t_inference`` seconds."""
+
+    @property
+    def pending(self) -> int:
+        """How many lazily recorded matrices are not computed yet."""
+        return 0
+
+    def materialise(self, done: Callable[[int], object] | None = None) -> None:  # noqa: B027
+        """Compute what a lazy :meth:`program` recorded (``done(1)`` per matrix computed)."""
 
     def forward_fp32(self, x: torch.Tensor) -> torch.Tensor:
         """The forward with a float32 output (router logits), without rounding to ``x``'s dtype."""
@@ -91,19 +107,25 @@ class AnalogMatrix(WeightMatrix):
     globally with :func:`romer_aihwkit.analog.fast.set_fast_forward` (or
     ``ROMER_AIHWKIT_FAST_FORWARD=0``), or per matrix with ``matrix.fast_forward = False``.
 
-    Memory (see :func:`set_keep_programming_state`): what is held per matrix after programming is
-    the digital reference ``weight`` (in the model's dtype) and the tiles' current weights; AIHWKit's
-    ``reference_combined_weights``, ``programmed_weights``, ``drift_noise_parameters`` and the
-    drift read-out tensor are released, and rebuilt bit-exactly when needed (a second
-    ``drift`` re-programs from the same seed first; the read-out tensor of AIHWKit's global /
-    per-column drift compensation is an identity matrix that AIHWKit re-creates on demand).
+    Programming (:meth:`program`): the shared per-tile physics writes each tile's weights, mapping
+    scales, drift-compensation ``alpha`` and ``drift_baseline``; what is held per matrix is the
+    digital reference ``weight`` (in the model's dtype) and the tiles' current weights. A drift to
+    another time re-programs from the seed (bit-identical), and programming without a drift time
+    may be recorded lazily (computed at the first forward or drift, in one pass).
+
+    Settings the shared physics does not reproduce (:func:`~romer_aihwkit.analog.physics.program_recipe`
+    names them; the stacked engine does not run them either) are programmed by AIHWKit's own tile
+    methods, seeded per matrix (``native_reason`` says why); see :func:`set_keep_programming_state`
+    for that path's memory. ``aihwkit_programming=True`` forces that path (a different chip for the
+    same seed, with the same statistics: the reference the shared physics is tested against).
     """
 
     is_analog = True
     fast_forward: bool | None = None
     """``None``: follow :func:`~romer_aihwkit.analog.fast.fast_forward_enabled`; ``True``/``False``: force."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rpu_config, role: str, name: str = "") -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rpu_config, role: str, name: str = "",
+                 aihwkit_programming: bool = False) -> None:
         super().__init__(role, name)
         from aihwkit.nn import AnalogLinear
 
@@ -120,6 +142,31 @@ class AnalogMatrix(WeightMatrix):
         self.t_inference: float | None = None
         self._fast_plan: _fast.FastPlan | None = None
         self._seed: int | None = None
+        self._pending: tuple[int, float | None] | None = None
+        found = program_recipe(rpu_config)
+        if aihwkit_programming:  # AIHWKit's own tile methods (the statistical reference of the shared physics)
+            found = "aihwkit_programming=True"
+        self._recipe: ProgramRecipe | None = None
+        self._tile_grid: list[list[Any]] = []
+        if isinstance(found, str):
+            self.native_reason: str | None = found
+        else:
+            self._recipe = found
+            self.native_reason = self._check_grid(found)
+        """``None``: programmed by the shared physics; else the setting that needs AIHWKit's own programming."""
+
+    def _check_grid(self, recipe: ProgramRecipe) -> str | None:
+        """Keep AIHWKit's tiles by input slice when they are the grid the shared physics programs."""
+        found = _fast._grid(getattr(self.analog, "analog_module", self.analog))
+        if isinstance(found, str):
+            return found
+        grid, in_sizes, out_sizes, _ = found
+        mine = recipe.grid(self.out_features, self.in_features)
+        if tuple(in_sizes) != mine.in_sizes or tuple(out_sizes) != mine.out_sizes:
+            raise RuntimeError(f"AIHWKit split {self.matrix_name!r} into tiles {out_sizes} x {in_sizes}, expected "
+                               f"{mine.out_sizes} x {mine.in_sizes} (AIHWKit's TileModuleArray split changed?)")
+        self._tile_grid = grid
+        return None
 
     def _tiles(self):
         return list(self.analog.analog_tiles())
@@ -128,6 +175,18 @@ class AnalogMatrix(WeightMatrix):
         super().train(mode)
         self.analog.eval()  # AIHWKit tiles here are inference-only; programming requires eval mode
         return self
+
+    def __getattr__(self, name: str) -> Any:
+        # ``analog`` (AIHWKit's layer and tiles) never shows a chip that a lazy program only recorded
+        if name == "analog" and self.__dict__.get("_pending") is not None:
+            self.materialise()
+        return super().__getattr__(name)
+
+    def loaded(self) -> None:
+        """The tiles were just written from a chip-state file: programmed, nothing pending."""
+        self.programmed = True
+        self._pending = None
+        self._fast_plan = None
 
     def invalidate_cache(self) -> None:
         """Forget the fast forward's layout (it is also rebuilt automatically when tiles change)."""
@@ -147,15 +206,54 @@ class AnalogMatrix(WeightMatrix):
                 tile.drift_readout_tensor = None  # eye(in_size), re-created by AIHWKit when needed
 
     @torch.no_grad()
-    def program(self, seed: int, t_inference: float | None = None) -> None:
+    def program(self, seed: int, t_inference: float | None = None, lazy: bool = False) -> None:
         """Program this matrix (chip instance ``seed``); with ``t_inference``, also drift it.
 
-        Programming and drifting in one call keeps AIHWKit's programming state only while this
-        one matrix needs it (low peak memory, no re-programming at drift time).
+        With ``lazy`` (shared physics only), only record the chip: it is computed at the next
+        forward, drift or :meth:`materialise`, bit-identical to an eager call.
         """
-        self._program(seed, keep_programmed=True if t_inference is not None else _KEEP_PROGRAMMED)
-        if t_inference is not None:
-            self.drift(t_inference, seed)
+        if self.native_reason is not None:
+            self._program(seed, keep_programmed=True if t_inference is not None else _KEEP_PROGRAMMED)
+            if t_inference is not None:
+                self.drift(t_inference, seed)
+            return
+        self._pending = (int(seed), None if t_inference is None else float(t_inference))
+        self.programmed = True
+        self._seed = int(seed)
+        self.t_inference = 0.0 if t_inference is None else float(t_inference)
+        if not lazy:
+            self.materialise()
+
+    @property
+    def pending(self) -> int:
+        """1 while a lazily recorded chip is not computed yet, else 0."""
+        return int(self._pending is not None)
+
+    @torch.no_grad()
+    def materialise(self, done: Callable[[int], object] | None = None) -> None:
+        """Compute the chip recorded by a lazy :meth:`program` into AIHWKit's tiles (``done(1)`` after)."""
+        if self._pending is None or self._recipe is None:
+            return
+        seed, t_inference = self._pending
+        recipe = self._recipe
+        for c, row, _, _, _, _, chip in program_tiles(self.weight.detach(), recipe.grid(*self.weight.shape), recipe,
+                                                      seed, self.matrix_name, t_inference):
+            tile = self._tile_grid[c][row]
+            tile.tile.weight.data.copy_(chip.weight)
+            if recipe.omega > 0:
+                tile.set_mapping_scales(chip.mapping)
+            if recipe.compensation is not None:
+                tile.drift_baseline = chip.baseline
+                tile.__dict__.pop("alpha", None)  # as AIHWKit's drift_weights (legacy attribute)
+                tile.alpha = chip.alpha if chip.alpha is not None else torch.ones(1, device=chip.weight.device)
+            tile.reference_combined_weights = None
+            tile.programmed_weights = None
+            tile.drift_noise_parameters = None
+            tile.drift_readout_tensor = None
+        self._pending = None
+        self._fast_plan = None
+        if done is not None:
+            done(1)
 
     def _program(self, seed: int, keep_programmed: bool) -> None:
         self.analog.set_weights(self.weight.data.float())
@@ -190,6 +288,9 @@ class AnalogMatrix(WeightMatrix):
                 f"matrix {self.matrix_name or self.role!r} is not programmed: call "
                 "program_analog_weights(seed=...) before drift_analog_weights(...)"
             )
+        if self.native_reason is None:
+            self.program(seed, t_inference)  # the same chip from its seed, drifted: one pass
+            return
         if any(t.programmed_weights is None for t in self._tiles()):
             # the programming state was released (or loaded without it): re-program this chip
             # instance from its seed -- bit-identical programming noise and drift coefficients
@@ -209,6 +310,7 @@ class AnalogMatrix(WeightMatrix):
             tile.reference_combined_weights = None
             tile.programmed_weights = None
         self.programmed = False
+        self._pending = None
         self._fast_plan = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,6 +335,9 @@ _KEEP_PROGRAMMED = os.environ.get("ROMER_AIHWKIT_KEEP_PROGRAMMED", "0").strip().
 
 def set_keep_programming_state(keep: bool) -> bool:
     """Keep AIHWKit's per-tile programming state in memory (``True``) or release it (default).
+
+    Only for matrices AIHWKit programs itself (``AnalogMatrix.native_reason`` set); the shared
+    physics keeps no programming state (a drift re-programs from the seed in one pass).
 
     Released (default): after ``program``/``drift`` each tile keeps only its current weights, so a
     programmed matrix costs the digital reference plus one tile copy; a later ``drift`` to another
@@ -285,11 +390,18 @@ class StackedMatrix(WeightMatrix):
     def programmed(self) -> bool:
         return self.stack.programmed[0]
 
-    def program(self, seed: int, t_inference: float | None = None) -> None:
-        self.stack.program(seed, t_inference)
+    def program(self, seed: int, t_inference: float | None = None, lazy: bool = False) -> None:
+        self.stack.program(seed, t_inference, lazy=lazy)
 
     def drift(self, t_inference: float, seed: int) -> None:
         self.stack.program(seed, t_inference)  # re-programs from the seed: the same chip, drifted
+
+    @property
+    def pending(self) -> int:
+        return self.stack.pending
+
+    def materialise(self, done: Callable[[int], object] | None = None) -> None:
+        self.stack.materialise(done)
 
     def set_reference(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         self.stack.set_reference(0, weight)

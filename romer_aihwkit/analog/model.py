@@ -39,22 +39,24 @@ class AnalogMoEModel(nn.Module):
         """The chip-instance bookkeeping: device config, converted blocks, seed, drift time, engine."""
         return self.__dict__["_romer_analog_state"]
 
-    def program_analog_weights(self, seed: int = 0, t_inference: float | None = None) -> None:
+    def program_analog_weights(self, seed: int = 0, t_inference: float | None = None, progress: bool = True) -> None:
         """Program one chip instance (see :func:`~romer_aihwkit.analog.programming.program_analog_weights`).
 
         Args:
-            seed: The chip instance; every matrix draws its noise from ``(seed, matrix name)``.
+            seed: The chip instance; every tile draws its noise from ``(seed, matrix name, tile position)``.
             t_inference: Drift each matrix to this many seconds right after programming (``None``: no drift).
+            progress: Show a progress bar (only once the work takes a few seconds).
         """
-        programming.program_analog_weights(self, seed=seed, t_inference=t_inference)
+        programming.program_analog_weights(self, seed=seed, t_inference=t_inference, progress=progress)
 
-    def drift_analog_weights(self, t_inference: float | None = None) -> None:
+    def drift_analog_weights(self, t_inference: float | None = None, progress: bool = True) -> None:
         """Drift the programmed chip instance (see :func:`~romer_aihwkit.analog.programming.drift_analog_weights`).
 
         Args:
             t_inference: Seconds after programming (``None``: the device config's).
+            progress: Show a progress bar (only once the work takes a few seconds).
         """
-        programming.drift_analog_weights(self, t_inference=t_inference)
+        programming.drift_analog_weights(self, t_inference=t_inference, progress=progress)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Write the *digital* weights in the original layout; the folder loads as the original class.

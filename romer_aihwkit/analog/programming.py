@@ -7,6 +7,7 @@ from torch import nn
 
 from .experts import AnalogExperts
 from .matrix import WeightMatrix
+from .progress import progress_bar
 from .stacked import AnalogStack
 from .state import analog_state
 from .trace import find_routers
@@ -37,20 +38,33 @@ def programmables(model: nn.Module) -> list[WeightMatrix | AnalogStack]:
     return found
 
 
+def _materialise(items: list[WeightMatrix | AnalogStack], desc: str, progress: bool) -> None:
+    """Compute every lazily recorded chip, with one bar over the matrices."""
+    total = sum(item.pending for item in items)
+    with progress_bar(total, desc, "matrix", progress) as bar:
+        for item in items:
+            item.materialise(bar.update)
+
+
 @torch.no_grad()
-def program_analog_weights(model: nn.Module, seed: int = 0, t_inference: float | None = None) -> None:
+def program_analog_weights(model: nn.Module, seed: int = 0, t_inference: float | None = None,
+                           progress: bool = True) -> None:
     """Program every analog matrix with programming noise: one simulated chip instance.
 
-    Reproducible: matrix ``name`` draws its noise from ``(seed, name)``. Calibration installed in
-    the routers and expert replicas are reset, since they belonged to the previous chip instance.
-    With ``t_inference``, each matrix is also drifted right after programming: the same chip as
-    ``drift_analog_weights(t_inference)`` afterwards, with a lower peak memory (AIHWKit's
-    programming state is held for one matrix at a time) and no re-programming at drift time.
+    Reproducible: tile ``(r, c)`` of matrix ``name`` draws its noise from ``(seed, name, r, c)``, in
+    either engine. Calibration installed in the routers and expert replicas are reset, since they
+    belonged to the previous chip instance. With ``t_inference``, each tile is also drifted in the
+    same pass: the same chip as ``drift_analog_weights(t_inference)`` afterwards.
+
+    Without ``t_inference`` the chip is recorded and computed when first needed: by
+    :func:`drift_analog_weights` (so programming then drifting costs one pass, like one call with
+    ``t_inference``), or by the first forward through each matrix, or when the chip state is saved.
 
     Args:
         model: A converted model.
         seed: The chip instance.
         t_inference: Seconds of drift to apply right after programming (``None``: none).
+        progress: Show a progress bar over the matrices (only once the work takes a few seconds).
 
     Raises:
         ValueError: ``model`` is not converted, or ``t_inference`` is outside the device's range.
@@ -66,19 +80,28 @@ def program_analog_weights(model: nn.Module, seed: int = 0, t_inference: float |
         experts.clear_replicas()
     for router in find_routers(model):
         router.reset_calibration()
-    for item in programmables(model):
-        item.program(seed, None if t_inference is None else float(t_inference))
+    items = programmables(model)
+    t = None if t_inference is None else float(t_inference)
+    for item in items:
+        item.program(seed, t, lazy=True)
+    if t is not None:
+        _materialise(items, "programming + drift", progress)
     state.seed = int(seed)
-    state.t_inference = None if t_inference is None else float(t_inference)
+    state.t_inference = t
 
 
 @torch.no_grad()
-def drift_analog_weights(model: nn.Module, t_inference: float | None = None) -> None:
+def drift_analog_weights(model: nn.Module, t_inference: float | None = None, progress: bool = True) -> None:
     """Drift every programmed matrix to ``t_inference`` seconds after programming.
+
+    The drifted chip is the programmed one (every tile's programming noise comes from its seed);
+    it is computed from the clean weights in one pass per tile, whether the programmed chip was
+    computed before or only recorded.
 
     Args:
         model: A converted, programmed model.
         t_inference: Seconds after programming (``None``: the device config's ``t_inference``).
+        progress: Show a progress bar over the matrices (only once the work takes a few seconds).
 
     Raises:
         RuntimeError: the model has not been programmed.
@@ -90,9 +113,8 @@ def drift_analog_weights(model: nn.Module, t_inference: float | None = None) -> 
     seed = state.programmed_seed()
     t = float(state.device_config.t_inference if t_inference is None else t_inference)
     state.device_config.check_t_inference(t)
-    for item in programmables(model):
-        if isinstance(item, AnalogStack):
-            item.program(seed, t)  # re-programs from the seed (bit-identical) and drifts
-        else:
-            item.drift(t, seed)
+    items = programmables(model)
+    for item in items:
+        item.program(seed, t, lazy=True)  # the programmed chip, drifted (AIHWKit-programmed matrices: eager)
+    _materialise(items, "drift", progress)
     state.t_inference = t

@@ -59,7 +59,20 @@ class ReferenceStore:
         self._finalizer: weakref.finalize | None = None
 
     def __deepcopy__(self, memo) -> ReferenceStore:
-        return self  # clean weights are shared by copies of a converted model (written only through put())
+        """A store of its own: copies of a converted model never share clean weights (``put`` on one
+        must not change the other). Spill files are copied into a new temporary folder."""
+        new = ReferenceStore.__new__(ReferenceStore)
+        memo[id(self)] = new
+        new.mode = self.mode
+        new._directory = None
+        new._finalizer = None
+        new._memory = {key: value.detach().clone() for key, value in self._memory.items()}
+        new._files = {}
+        for key, (path, header, dtype, shape) in self._files.items():
+            target = new._folder() / path.name
+            shutil.copyfile(path, target)
+            new._files[key] = (target, header, dtype, shape)
+        return new
 
     def placement(self, key: str, weights: torch.Tensor) -> str:
         """Where ``add(key, weights)`` keeps the weights."""

@@ -6,26 +6,18 @@ several weight copies per tile; at real scale that is minutes of setup and 3-5x 
 an :class:`AnalogStack` holds ``M`` matrices as one tensor ``[M, out, in]`` (tiles are views of it)
 and reproduces what AIHWKit does to each tile:
 
-* **mapping** (``rpu_config.mapping``): per tile, weights divided by their per-row
-  (``weight_scaling_columnwise``) or whole-tile abs-max over ``weight_scaling_omega``; the scales
-  are applied digitally at the output (AIHWKit ``apply_weight_scaling`` / ``post_forward``);
-* **clipping** (``rpu_config.clip``): ``FIXED_VALUE`` / ``LAYER_GAUSSIAN`` on each tile;
-* **programming noise, drift, read noise**: AIHWKit's own noise-model object is called on the
-  weights (``apply_programming_noise`` / ``apply_drift_noise``). Its conductance converter maps a
-  whole tensor with one statistic (abs-max, or min/max for single-device converters); AIHWKit
-  calls it once per tile, so each tile is first normalised to the same statistic and scaled back
-  afterwards -- the converter then sees per tile exactly what it sees in AIHWKit;
-* **drift compensation** (``rpu_config.drift_compensation``, global / per-column): AIHWKit reads
-  each tile with one-hot inputs (an identity matrix) through the noisy periphery right after
-  programming and after drift, and divides the mean absolute outputs. With one-hot inputs the MVM
-  is elementwise, so the read-out is computed elementwise -- the same output noise, ADC rounding and
-  bounds -- without the ``in x in x out`` matmul;
+* **programming, drift and drift compensation**: :func:`romer_aihwkit.analog.physics.program_tiles`,
+  the per-tile physics the AIHWKit engine (:class:`~romer_aihwkit.analog.matrix.AnalogMatrix`)
+  calls too, so the same seed gives both engines the same chip (tile weights, mapping scales,
+  drift compensation), bit for bit;
 * **the forward**: AIHWKit's eval-mode periphery per tile input slice (noise management, DAC,
   output noise, ADC, bounds) from :func:`romer_aihwkit.analog.fast.periphery_mvm`.
 
-Programming and drift happen in one pass per matrix (nothing but the drifted tile is kept): a
-later drift to another time re-programs from the seed, which is bit-identical. Every matrix draws
-its noise from ``(seed, matrix name)``. The clean weights live in a
+Programming and drift happen in one pass per tile (nothing but the drifted tile is kept): a
+later drift to another time re-programs from the seed, which is bit-identical, and programming
+without a drift time can be recorded lazily (:meth:`AnalogStack.program`), so the documented
+``program`` then ``drift`` flow costs one pass. Every tile draws its noise from
+``(seed, matrix name, tile position)``. The clean weights live in a
 :class:`~romer_aihwkit.analog.reference.ReferenceStore`, not in a second in-memory copy unless asked.
 
 Settings this engine does not reproduce are reported by :func:`unsupported_reason`; conversion then
@@ -34,307 +26,39 @@ uses AIHWKit's per-matrix path with a warning naming the setting.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from . import fast as _fast
+from .physics import ProgramRecipe, TileGrid, program_recipe, program_tiles, split_sizes
 from .reference import ReferenceStore
-from .seeds import matrix_seed
 
 __all__ = ["AnalogStack", "TileGrid", "TileRecipe", "recipe", "unsupported_reason", "split_sizes"]
 
 
-def split_sizes(size: int, max_size: int) -> tuple[int, ...]:
-    """AIHWKit's ``TileModuleArray.get_split_sizes``: near-equal pieces of at most ``max_size``."""
-    if max_size <= 0:
-        return (size,)
-    n = (size + max_size - 1) // max_size
-    base, extra = divmod(size, n)
-    return tuple(base + (i < extra) for i in range(n))
-
-
-@dataclass(frozen=True)
-class TileGrid:
-    """How one ``[out, in]`` matrix is cut into tiles."""
-
-    out_sizes: tuple[int, ...]
-    in_sizes: tuple[int, ...]
-
-    @cached_property
-    def in_bounds(self) -> list[tuple[int, int]]:
-        return _bounds(self.in_sizes)
-
-    @cached_property
-    def out_bounds(self) -> list[tuple[int, int]]:
-        return _bounds(self.out_sizes)
-
-    @property
-    def count(self) -> int:
-        return len(self.out_sizes) * len(self.in_sizes)
-
-    def blocks(self) -> list[tuple[int, int, int, int, int]]:
-        """``(input slice index, o0, o1, i0, i1)`` of every tile."""
-        return [(s, o0, o1, i0, i1) for s, (i0, i1) in enumerate(self.in_bounds) for o0, o1 in self.out_bounds]
-
-
-def _bounds(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
-    out, start = [], 0
-    for n in sizes:
-        out.append((start, start + n))
-        start += n
-    return out
-
-
-@dataclass(frozen=True)
-class TileRecipe:
-    """What AIHWKit does to a tile, read from a ``TorchInferenceRPUConfig``."""
-
-    io: _fast._IO
-    omega: float
-    columnwise: bool
-    clip: tuple[str, float, float] | None  # (kind, fixed_value, sigma)
-    noise_model: Any
-    converter_stat: str  # "absmax" or "minmax"
-    compensation: str | None  # None, "global", "global-exact", "per-column"
-    max_in: int
-    max_out: int
-
-    def grid(self, out_features: int, in_features: int) -> TileGrid:
-        return TileGrid(split_sizes(out_features, self.max_out), split_sizes(in_features, self.max_in))
+TileRecipe = ProgramRecipe
+"""What AIHWKit does to a tile (programming, drift, the periphery): see :class:`~romer_aihwkit.analog.physics.ProgramRecipe`."""
 
 
 def recipe(rpu_config) -> TileRecipe | str:
     """The :class:`TileRecipe` of ``rpu_config``, or a string naming the setting this engine does not reproduce."""
-    from aihwkit.inference.compensation.drift import (
-        GlobalDriftCompensation,
-        GlobalDriftCompensationWithExactReference,
-        PerColumnDriftCompensation,
-    )
-    from aihwkit.inference.converter.conductance import (
-        NPairConductanceConverter,
-        SingleDeviceConductanceConverter,
-        SinglePairConductanceConverter,
-    )
-    from aihwkit.simulator.parameters.enums import WeightClipType
-    from aihwkit.simulator.tiles.inference_torch import TorchInferenceTile
-
-    io = _fast._parse(rpu_config)
-    if isinstance(io, str):
-        return io
-    if getattr(rpu_config, "tile_class", TorchInferenceTile) is not TorchInferenceTile:
-        return f"tile class {rpu_config.tile_class.__name__}"
-    if getattr(rpu_config.forward, "out_noise_std", 0.0) > 0:
-        return "forward.out_noise_std > 0 (per-column output noise levels)"
+    found = program_recipe(rpu_config)
+    if isinstance(found, str):
+        return found
     pre_post = getattr(rpu_config, "pre_post", None)
     if pre_post is not None and pre_post.input_range.enable:
         return "static input ranges (pre_post.input_range.enable)"
-    mapping = rpu_config.mapping
-    if mapping.learn_out_scaling:
+    if rpu_config.mapping.learn_out_scaling:
         return "mapping.learn_out_scaling"
-    if not mapping.digital_bias:
-        return "analog bias (mapping.digital_bias=False)"
-    clip = None
-    kind = rpu_config.clip.type
-    if kind == WeightClipType.FIXED_VALUE:
-        clip = ("fixed", float(rpu_config.clip.fixed_value), 0.0)
-    elif kind == WeightClipType.LAYER_GAUSSIAN:
-        clip = ("gaussian", float(rpu_config.clip.fixed_value), float(rpu_config.clip.sigma))
-    elif kind != WeightClipType.NONE:
-        return f"clip.type={kind}"
-    noise_model = rpu_config.noise_model
-    converter = getattr(noise_model, "g_converter", None)
-    if type(converter) in (SinglePairConductanceConverter,) or isinstance(converter, NPairConductanceConverter):
-        stat = "absmax"
-    elif type(converter) is SingleDeviceConductanceConverter:
-        stat = "minmax"
-    else:
-        return f"conductance converter {type(converter).__name__}"
-    comp_obj = rpu_config.drift_compensation
-    comp = {
-        type(None): None,
-        GlobalDriftCompensation: "global",
-        GlobalDriftCompensationWithExactReference: "global-exact",
-        PerColumnDriftCompensation: "per-column",
-    }.get(type(comp_obj), "unsupported")
-    if comp == "unsupported":
-        return f"drift compensation {type(comp_obj).__name__}"
-    return TileRecipe(
-        io=io,
-        omega=float(mapping.weight_scaling_omega or 0.0),
-        columnwise=bool(mapping.weight_scaling_columnwise),
-        clip=clip,
-        noise_model=noise_model,
-        converter_stat=stat,
-        compensation=comp,
-        max_in=int(mapping.max_input_size),
-        max_out=int(mapping.max_output_size),
-    )
+    return found
 
 
 def unsupported_reason(rpu_config) -> str | None:
     """``None`` when the stacked engine reproduces ``rpu_config``, else the setting it does not."""
     found = recipe(rpu_config)
     return found if isinstance(found, str) else None
-
-
-# --------------------------------------------------------------------------- one matrix's physics
-class _TileNorm:
-    """Per-tile normalisation so that a converter's whole-tensor statistic equals its per-tile one."""
-
-    def __init__(self, w: torch.Tensor, grid: TileGrid, stat: str) -> None:
-        self.grid, self.stat = grid, stat
-        self.params: list[tuple[torch.Tensor | None, torch.Tensor]] = []
-        for _, o0, o1, i0, i1 in grid.blocks():
-            blk = w[o0:o1, i0:i1]
-            if stat == "absmax":
-                self.params.append((None, blk.abs().amax().clamp(min=1e-7)))
-            else:
-                lo, hi = blk.amin(), blk.amax()
-                self.params.append((lo, (hi - lo).clamp(min=1e-7)))
-        self.identity = all(lo is None and float(span) == 1.0 for lo, span in self.params)
-        """Every tile already has the converter's statistic (e.g. abs-max 1 after column remapping)."""
-
-    def apply(self, w: torch.Tensor) -> torch.Tensor:
-        if self.identity:
-            return w
-        for (_, o0, o1, i0, i1), (lo, span) in zip(self.grid.blocks(), self.params):
-            blk = w[o0:o1, i0:i1]
-            if lo is not None:
-                blk.sub_(lo)
-            blk.div_(span)
-        return w
-
-    def undo(self, w: torch.Tensor) -> torch.Tensor:
-        if self.identity:
-            return w
-        for (_, o0, o1, i0, i1), (lo, span) in zip(self.grid.blocks(), self.params):
-            blk = w[o0:o1, i0:i1]
-            blk.mul_(span)
-            if lo is not None:
-                blk.add_(lo)
-        return w
-
-
-def _map_to_tiles(w: torch.Tensor, grid: TileGrid, r: TileRecipe) -> torch.Tensor:
-    """AIHWKit's weight scaling + clipping, in place on ``w`` (float32); returns scales ``[S_in, out]``."""
-    scales = torch.ones(len(grid.in_sizes), w.shape[0], dtype=torch.float32, device=w.device)
-    for s, o0, o1, i0, i1 in grid.blocks():
-        blk = w[o0:o1, i0:i1]
-        if r.omega > 0:
-            if r.columnwise:
-                alpha = blk.abs().amax(dim=1, keepdim=True) / r.omega
-            else:
-                alpha = (blk.abs().amax() / r.omega).reshape(1, 1)
-            alpha = alpha.masked_fill(alpha == 0.0, 1.0)
-            blk.div_(alpha)
-            scales[s, o0:o1] = alpha.reshape(-1)
-        if r.clip is not None:
-            kind, fixed, sigma = r.clip
-            if kind == "fixed":
-                bound = fixed
-            else:
-                bound = float(blk.std()) * sigma
-                if fixed > 0:
-                    bound = min(fixed, bound)
-            blk.clamp_(-bound, bound)
-    return scales
-
-
-def _readout(w: torch.Tensor, grid: TileGrid, r: TileRecipe, exact: bool = False) -> torch.Tensor:
-    """AIHWKit's drift-compensation read-out of each tile: ``[S_in, out]`` (global: one value per tile).
-
-    AIHWKit sends the identity matrix through the tile's noisy forward (``tile.forward`` with
-    ``is_test=True``) and takes ``mean |out|`` over the tile (global) or per output column. With a
-    one-hot input row, the MVM output is one weight times the DAC level of a 1: elementwise.
-    ``exact``: the ideal read-out (``GlobalDriftCompensationWithExactReference``'s baseline).
-    """
-    out = torch.ones(len(grid.in_sizes), w.shape[0], dtype=torch.float32, device=w.device)
-    one = torch.ones(1, 1, dtype=torch.float32, device=w.device)
-    noisy = not (r.io.perfect or exact)
-    if noisy:
-        levels, in_scale, restore, step_out = _fast.input_levels(one, r.io)
-        xs = float(levels) * in_scale
-    else:
-        xs, restore, step_out = 1.0, 1.0, 1.0
-    for s, o0, o1, i0, i1 in grid.blocks():
-        y = w[o0:o1, i0:i1] * xs  # [out_t, in_t]: output column o of input row i, in ADC steps
-        if noisy:
-            y = _fast.output_stage(y, r.io, restore, step_out)
-        y = y.abs()
-        if r.compensation == "per-column":
-            value = y.mean(dim=1).clamp(min=1e-4)
-        else:
-            value = y.mean().clamp(min=1e-4)
-        out[s, o0:o1] = value
-    return out
-
-
-def _block_seed(seed: int, row: int) -> int:
-    """The seed of the tile row starting at output row ``row`` of a matrix seeded ``seed``."""
-    digest = hashlib.sha256(f"{int(seed)}|rows@{int(row)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-@torch.no_grad()
-def program_matrix(
-    reference: torch.Tensor,
-    grid: TileGrid,
-    r: TileRecipe,
-    program_seed: int,
-    drift_seed: int | None,
-    t_inference: float | None,
-    out: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Program (and drift) one matrix like AIHWKit does to its tiles.
-
-    Everything AIHWKit does is per tile, so the matrix is processed one row of tiles at a time
-    (float32 temporaries of one tile row, not of the whole matrix), each row with its own seeds
-    derived from ``program_seed`` / ``drift_seed``: the chip does not depend on whether it is
-    drifted in the same call.
-
-    Args:
-        out: where to write the tile weights (any float dtype; default: a new float32 tensor).
-
-    Returns:
-        ``(tile weights [out, in], column scales [S_in, out])``: the forward computes
-        ``sum_s periphery(x_s, W_s) * scales[s]``.
-    """
-    device = reference.device
-    if out is None:
-        out = torch.empty(reference.shape, dtype=torch.float32, device=device)
-    scales = torch.ones(len(grid.in_sizes), reference.shape[0], dtype=torch.float32, device=device)
-    nm = r.noise_model
-    gen_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=gen_devices):
-        for o0, o1 in grid.out_bounds:
-            rows = TileGrid((o1 - o0,), grid.in_sizes)
-            w = reference[o0:o1].to(torch.float32, copy=True)
-            scales[:, o0:o1] = _map_to_tiles(w, rows, r)
-            torch.manual_seed(_block_seed(program_seed, o0))
-            baseline = _readout(w, rows, r, exact=True) if r.compensation == "global-exact" else None
-            norm = _TileNorm(w, rows, r.converter_stat)
-            programmed, nu = nm.apply_programming_noise(norm.apply(w))
-            del w
-            norm.undo(programmed)
-            if r.compensation in ("global", "per-column"):
-                baseline = _readout(programmed, rows, r)
-            if t_inference is None:
-                out[o0:o1] = programmed
-                continue
-            torch.manual_seed(_block_seed(program_seed if drift_seed is None else drift_seed, o0))
-            norm = _TileNorm(programmed, rows, r.converter_stat)
-            drifted = nm.apply_drift_noise(norm.apply(programmed), nu, float(t_inference))
-            del programmed, nu
-            norm.undo(drifted)
-            if baseline is not None:
-                scales[:, o0:o1] *= baseline / _readout(drifted, rows, r)
-            out[o0:o1] = drifted
-    return out, scales
 
 
 # --------------------------------------------------------------------------- the stack
@@ -354,10 +78,8 @@ class AnalogStack(nn.Module):
         tile_dtype: dtype the programmed tiles are held in (default: the weights' dtype).
     """
 
-    tiles: torch.Tensor
-    """``[M, out, in]`` programmed (or digital) weights."""
-    scales: torch.Tensor
-    """``[M, input tiles, out]`` digital output scales per tile (drift compensation, remapping)."""
+    _tiles: torch.Tensor
+    _scales: torch.Tensor
     source: torch.Tensor
     """``[M]`` which matrix's clean weights each slot is programmed from (replicas)."""
     bias: torch.Tensor | None
@@ -393,24 +115,40 @@ class AnalogStack(nn.Module):
         tiles = weights.detach()
         if tiles.dtype != dtype or not tiles.is_contiguous():
             tiles = tiles.to(dtype).contiguous()
-        self.register_buffer("tiles", tiles, persistent=False)
-        self.register_buffer("scales", torch.ones(m, len(self.grid.in_sizes), out_f), persistent=False)
+        self.register_buffer("_tiles", tiles, persistent=False)
+        self.register_buffer("_scales", torch.ones(m, len(self.grid.in_sizes), out_f), persistent=False)
         self.register_buffer("source", torch.arange(m), persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.programmed = [not a for a in self.analog]
-        """Per matrix: its tiles hold a chip instance (digital matrices: always)."""
+        """Per matrix: its tiles hold (or, while pending, will hold) a chip instance (digital matrices: always)."""
+        self._pending: dict[int, tuple[int, float | None]] = {}
+        """Matrices recorded by a lazy :meth:`program`: ``m -> (seed, t_inference)``."""
 
     # ------------------------------------------------------------------ shape and weights
+    @property
+    def tiles(self) -> torch.Tensor:
+        """``[M, out, in]`` programmed (or digital) weights (computes what a lazy :meth:`program` recorded)."""
+        if self._pending:
+            self.materialise()
+        return self._tiles
+
+    @property
+    def scales(self) -> torch.Tensor:
+        """``[M, input tiles, out]`` digital output scales per tile (drift compensation, remapping)."""
+        if self._pending:
+            self.materialise()
+        return self._scales
+
     def __len__(self) -> int:
-        return int(self.tiles.shape[0])
+        return int(self._tiles.shape[0])
 
     @property
     def out_features(self) -> int:
-        return int(self.tiles.shape[1])
+        return int(self._tiles.shape[1])
 
     @property
     def in_features(self) -> int:
-        return int(self.tiles.shape[2])
+        return int(self._tiles.shape[2])
 
     def reference(self, m: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Matrix ``m``'s own clean weights (also while its tiles hold a replica)."""
@@ -419,35 +157,59 @@ class AnalogStack(nn.Module):
     def set_source(self, m: int, source: int) -> None:
         """Program matrix ``m``'s tiles from matrix ``source``'s clean weights (a replica); needs re-programming."""
         self.source[m] = int(source)
+        self._pending.pop(m, None)
         if self.analog[m]:
             self.programmed[m] = False
         else:
-            self.tiles[m].copy_(self.reference(source, self.tiles.device))
+            self._tiles[m].copy_(self.reference(source, self._tiles.device))
 
     def set_reference(self, m: int, weight: torch.Tensor) -> None:
         """Replace matrix ``m``'s clean weights (it must then be re-programmed)."""
         self.store.put(self.key, m, weight.reshape(self.out_features, self.in_features))
+        self._pending.pop(m, None)
         if self.analog[m]:
             self.programmed[m] = False
         else:
-            self.tiles[m].copy_(weight.reshape(self.tiles[m].shape))
+            self._tiles[m].copy_(weight.reshape(self._tiles[m].shape))
 
     # ------------------------------------------------------------------ programming
-    @torch.no_grad()
-    def program(self, seed: int, t_inference: float | None = None, which: list[int] | None = None) -> None:
+    def program(self, seed: int, t_inference: float | None = None, which: list[int] | None = None,
+                lazy: bool = False) -> None:
         """Program matrices ``which`` (default: all analog ones) for chip instance ``seed``; drift them
-        to ``t_inference`` when given, in the same pass."""
-        device = self.tiles.device
+        to ``t_inference`` when given, in the same pass.
+
+        With ``lazy``, only record the chip: the tiles are computed by :meth:`materialise`, which
+        every forward and chip-state read calls first (a later ``program`` with a drift time then
+        costs one pass, not two; the result is bit-identical either way).
+        """
+        t = None if t_inference is None else float(t_inference)
         for m in range(len(self)) if which is None else which:
-            if not self.analog[m]:
-                continue
-            name = self.names[m]
-            drift_seed = None if t_inference is None else matrix_seed(seed, name, f"drift@{float(t_inference)!r}")
+            if self.analog[m]:
+                self._pending[m] = (int(seed), t)
+                self.programmed[m] = True
+        if not lazy:
+            self.materialise()
+
+    @property
+    def pending(self) -> int:
+        """How many matrices are recorded but not yet computed (see :meth:`program`)."""
+        return len(self._pending)
+
+    @torch.no_grad()
+    def materialise(self, done: Callable[[int], object] | None = None) -> None:
+        """Compute the tiles of every matrix recorded by :meth:`program` (``done(1)`` after each)."""
+        device = self._tiles.device
+        for m in sorted(self._pending):
+            seed, t_inference = self._pending[m]
             ref = self.reference(int(self.source[m]), device)
-            _, scales = program_matrix(ref, self.grid, self.recipe, matrix_seed(seed, name, "program"), drift_seed,
-                                       t_inference, out=self.tiles[m])
-            self.scales[m].copy_(scales)
-            self.programmed[m] = True
+            tiles, scales = self._tiles[m], self._scales[m]
+            for c, _, o0, o1, i0, i1, chip in program_tiles(ref, self.grid, self.recipe, seed, self.names[m],
+                                                            t_inference):
+                tiles[o0:o1, i0:i1] = chip.weight
+                scales[c, o0:o1] = chip.mapping if chip.alpha is None else chip.mapping * chip.alpha
+            del self._pending[m]
+            if done is not None:
+                done(1)
 
     # ------------------------------------------------------------------ forward
     def mvm(self, m: int, x: torch.Tensor) -> torch.Tensor:
@@ -495,12 +257,13 @@ class AnalogStack(nn.Module):
 
     @torch.no_grad()
     def load_chip_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.tiles.copy_(state["tiles"])
-        self.scales.copy_(state["scales"])
+        self._pending.clear()
+        self._tiles.copy_(state["tiles"])
+        self._scales.copy_(state["scales"])
         self.source.copy_(state["source"])
         self.programmed = [bool(v) or not a for v, a in zip(state["programmed"].tolist(), self.analog)]
 
     def extra_repr(self) -> str:
         n_analog = sum(self.analog)
         return (f"{len(self)} x [{self.out_features}, {self.in_features}], {n_analog} analog, "
-                f"{self.grid.count} tiles each, tiles {self.tiles.dtype}")
+                f"{self.grid.count} tiles each, tiles {self._tiles.dtype}")

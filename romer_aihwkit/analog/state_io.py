@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,13 @@ def save_pretrained_digital(model: nn.Module, save_directory: str | os.PathLike,
 _TILE_ATTRS = ("programmed_weights", "reference_combined_weights", "drift_baseline", "drift_readout_tensor", "alpha")
 _ROUTER_BUFFERS = ("logit_scale", "logit_bias", "expert_mask")
 FORMAT = "romer-aihwkit-analog-state/2"
+
+
+_PROGRAMMING_STATE = re.compile(r"/\d+\.(programmed_weights|reference_combined_weights|drift_readout_tensor"
+                                r"|drift_noise_parameters\.\d+)$")
+"""AIHWKit programming state a file may hold for an ``AnalogMatrix`` (written while
+``set_keep_programming_state(True)``, or by versions that programmed with AIHWKit's tile methods):
+not part of the chip's forward, so a model programmed by the shared physics accepts and skips it."""
 
 
 def _tile_tensors(matrix: AnalogMatrix) -> dict[str, torch.Tensor]:
@@ -180,7 +188,7 @@ def load_analog_state(model: nn.Module, path: str | os.PathLike) -> None:
         raise ArtifactError(path, f"{problem}; it was not loaded")
     expected = _chip_tensors(model, copy=False)
     missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
+    extra = sorted(k for k in set(tensors) - set(expected) if not _skippable(model, k))
     if missing or extra:
         what = f"lacks {missing[0]!r}" if missing else f"holds {extra[0]!r}, which this model does not have"
         raise ArtifactError(path, f"does not fit this model: it {what} ({len(missing)} missing, {len(extra)} unexpected)")
@@ -283,7 +291,20 @@ def _value_problem(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | 
     return None
 
 
+def _skippable(model: nn.Module, key: str) -> bool:
+    """Whether ``key`` is AIHWKit programming state of a matrix programmed by the shared physics."""
+    if not _PROGRAMMING_STATE.search(key):
+        return False
+    try:
+        module = model.get_submodule(key.split("/", 1)[0])
+    except AttributeError:
+        return False
+    return isinstance(module, AnalogMatrix) and module.native_reason is None
+
+
 def _load_tiles(module: AnalogMatrix, part: dict[str, torch.Tensor]) -> None:
+    if module.native_reason is None:  # the shared physics holds no programming state
+        part = {k: v for k, v in part.items() if not _PROGRAMMING_STATE.search("/" + k)}
     for i, tile in enumerate(module.analog.analog_tiles()):
         device = tile.tile.weight.device
         tile.tile.weight.data.copy_(part[f"{i}.weight"])
@@ -300,5 +321,4 @@ def _load_tiles(module: AnalogMatrix, part: dict[str, torch.Tensor]) -> None:
         tile.drift_noise_parameters = params or None
         if f"{i}.out_noise_values" in part:
             tile.tile.out_noise_values.data.copy_(part[f"{i}.out_noise_values"])
-    module.programmed = True
-    module.invalidate_cache()
+    module.loaded()

@@ -68,9 +68,17 @@ class EnsembleMatrix(WeightMatrix):
     def in_features(self) -> int:
         return self.copies[0].in_features
 
-    def program(self, seed: int, t_inference: float | None = None) -> None:
+    def program(self, seed: int, t_inference: float | None = None, lazy: bool = False) -> None:
         for m in self.copies:
-            m.program(seed, t_inference)
+            m.program(seed, t_inference, lazy=lazy)
+
+    @property
+    def pending(self) -> int:
+        return sum(m.pending for m in self.copies)
+
+    def materialise(self, done=None) -> None:
+        for m in self.copies:
+            m.materialise(done)
 
     def drift(self, t_inference: float, seed: int) -> None:
         for m in self.copies:

@@ -74,15 +74,15 @@ def convert(
         config.check_t_inference(config.t_inference if t is None else t)
     digital, tokenizer = _load_model(model, require_tokenizer=False)
     amodel = convert_to_analog_moe(digital, config, analog_router=not digital_router,
-                                   analog_attention=analog_attention)
+                                   analog_attention=analog_attention, progress=not json_output)
     summary = analog_summary(amodel)
     info: dict[str, Any] = {"model": model, "device": config.name, "analog_router": not digital_router,
                             "analog_attention": analog_attention, "analog_summary": summary,
                             "moe_blocks": [{"name": n, "family": f} for n, f in amodel.analog_state.blocks],
                             "seed": seed, "t_inference": None, "files": []}
     if seed is not None:
-        amodel.program_analog_weights(seed=seed)
-        amodel.drift_analog_weights(t)
+        amodel.program_analog_weights(seed=seed, progress=not json_output)
+        amodel.drift_analog_weights(t, progress=not json_output)
         info["t_inference"] = amodel.analog_state.t_inference
     if out is not None:
         from romer_aihwkit.atomic import atomic_write_text
@@ -214,9 +214,9 @@ def _calibrate_into(out_dir: Path, *, model: str, config: Any, seed: int, t: flo
     short = _fewer_blocks("--calib-blocks", calib_blocks, int(blocks.shape[0]), seq_len)
     if short:
         _warn(short)
-    amodel = convert_to_analog_moe(digital, config, analog_attention=analog_attention)
-    amodel.program_analog_weights(seed=seed)
-    amodel.drift_analog_weights(t)
+    amodel = convert_to_analog_moe(digital, config, analog_attention=analog_attention, progress=not json_output)
+    amodel.program_analog_weights(seed=seed, progress=not json_output)
+    amodel.drift_analog_weights(t, progress=not json_output)
     report = calibrate(amodel, blocks, [romer], batch_size=batch_size, progress=not json_output)
     with _OSErrorsAsUserErrors():
         tensor_path, meta_path = save_calibration(amodel, out_dir / "calibration")

@@ -95,10 +95,17 @@ class Method:
         clip = str(self.device_overrides.get("weight_clip", "none")).lower() not in ("none", "")
         return bool(self.callbacks()) or self.hwa or self.hetero_fraction > 0 or self.router_copies > 1 or clip
 
+    @property
+    def engine(self) -> str:
+        """The analog engine this method converts with: AIHWKit's static input-range calibration
+        works on AIHWKit's own tiles (``"aihwkit"``), everything else on the stacked engine."""
+        return "aihwkit" if self.static_input_ranges else "stacked"
+
     def conversion_key(self) -> tuple:
-        """Methods with equal keys can share one converted model."""
+        """Methods with equal keys can share one converted model (everything conversion reads,
+        including what picks the engine)."""
         return (tuple(sorted(self.device_overrides.items(), key=str)), self.analog_router, self.hetero_fraction,
-                self.hwa, self.router_copies)
+                self.hwa, self.router_copies, self.engine)
 
 
 METHODS: dict[str, Method] = {}
@@ -175,15 +182,13 @@ def prepare_model(digital_model: nn.Module, device_config, method: str | Method,
         config = config.replace(**method.device_overrides)
     model = copy.deepcopy(digital_model) if copy_model else digital_model
     digital = select_hetero_experts(model, method.hetero_fraction) if method.hetero_fraction > 0 else None
-    engine = "stacked"
-    if method.static_input_ranges:
+    if method.engine == "aihwkit":
         from ..analog.convert import _warn_fallback
 
         # AIHWKit's calibrate_input_ranges works on its own tiles: use the per-matrix reference path
-        _warn_fallback("static input ranges calibrated by AIHWKit (method 'input-range')")
-        engine = "aihwkit"
+        _warn_fallback(f"static input ranges calibrated by AIHWKit (method {method.name!r})")
     model = convert_to_analog_moe(model, config, analog_router=method.analog_router, digital_experts=digital,
-                                  engine=engine)
+                                  engine=method.engine, progress=False)
     if method.router_copies > 1:
         from ..baselines.router_ensemble import install_router_ensemble
 
@@ -206,7 +211,7 @@ def apply_method(model: nn.Module, method: str | Method, seed: int, t_inference:
     if not isinstance(model, AnalogMoEModel):
         raise InputError(f"apply_method({method.name!r}): the model is not converted; pass the output of "
                          "prepare_model (or convert_to_analog_moe)")
-    model.program_analog_weights(seed=seed, t_inference=t_inference)
+    model.program_analog_weights(seed=seed, t_inference=t_inference, progress=progress)
     report: dict[str, Any] = {}
     if method.needs_calibration_data and calib_batches is None:
         raise InputError(f"method {method.name!r} needs calibration data (calib_batches)")

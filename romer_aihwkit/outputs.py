@@ -45,7 +45,8 @@ MARKER_FILE = ".romer-aihwkit-owner.json"
 
 KIND_OUTPUTS: dict[str, tuple[str, ...]] = {
     "comparison": ("rows*.jsonl", "settings.json", "results.json", "results.csv", "report.md",
-                   "expert_load_*.png", "ppl_by_method_*.png", "ppl_vs_drift_*.png", "task_accuracy_*.png", "hwa"),
+                   "expert_load_*.png", "ppl_by_method_*.png", "ppl_vs_drift_*.png", "recovery_*.png", "task_accuracy_*.png",
+                   "hwa"),
     "diagnosis": ("diagnosis.json", "report.md", "layers_heatmap.png", "budget.png"),
     "calibration": ("calibration.safetensors", "calibration.json", "report.json"),
     "conversion": ("model", "analog_state.safetensors", "convert.json"),

@@ -1630,7 +1630,7 @@ def test_bundled_tasks_use_task_code_and_are_trusted():
 
     assert find_task_code([BUNDLED_TASKS_DIR])  # the bundled YAMLs do name utils.py functions
     check_task_code(None)  # and need no flag
-    assert "--trust-task-code" in runner.invoke(app, ["compare", "--help"]).output
+    assert "--trust-task-code" in runner.invoke(app, ["compare", "--help"], env={"COLUMNS": "200"}).output
 
 
 @pytest.mark.parametrize("name", ["my:x:dev", "[bold]dev[/bold]", "a:thumbs_up:b"])

@@ -502,9 +502,18 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
             digital_tasks[model_name] = _run_tasks(digital, tokenizer, settings)
         converted: dict[tuple, torch.nn.Module] = {}
         hwa_models: dict[str, torch.nn.Module] = {}
+        choices: dict[tuple, tuple[Any, dict[str, Any]]] = {}
         for key in mine:
             _, device, method_name, t_value, seed = key
             method = methods[method_name]
+            selection = None
+            if method.candidates:  # `best`: resolved once per model, device and drift time
+                if (device, method_name, t_value) not in choices:
+                    from .best import choose_method
+
+                    choices[(device, method_name, t_value)] = choose_method(
+                        digital, device, method, calib_blocks, t_value, batch_size=settings.batch_size)
+                method, selection = choices[(device, method_name, t_value)]
             conv_key = (device, method.conversion_key())
             if conv_key not in converted:
                 source = digital
@@ -513,11 +522,18 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
                         hwa_models[device], record = _hwa_model(digital, tokenizer, model_name, device, settings, out_dir)
                         hwa_records[f"{model_name} on {device}"] = record
                     source = hwa_models[device]
-                converted[conv_key] = protocol.prepare_model(source, device, method)
+                converted[conv_key] = protocol.prepare_model(source, device, method, calib_batches=calib_blocks,
+                                                             batch_size=settings.batch_size)
             model = converted[conv_key]
             start = time.perf_counter()
             _seed_everything(seed, model_name, device, method_name, t_value)
             report = protocol.apply_method(model, method, seed, t_value, calib_blocks, batch_size=settings.batch_size)
+            extra: dict[str, Any] = {}
+            if selection is not None:
+                report["selection"] = selection
+                extra["choice"] = selection["choice"]
+            if method.edits_model or selection is not None:
+                extra["digital_fraction"] = protocol.digital_parameter_fraction(digital, method)["fraction"]
             ppl, stats = perplexity_and_routing(model, eval_blocks, settings.batch_size, progress=False)
             layers = tuple({"load": layer["load"], "reference_load": layer["reference_load"]}
                            for layer in stats["layers"])
@@ -528,7 +544,7 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
                 tile_max_load_ratio=stats["tile_max_load_ratio"], router_fidelity=stats["router_fidelity"],
                 load_entropy=stats["load_entropy"], replaced_experts=_replaced(report),
                 digital_ppl=digital_ppl[model_name], stress=settings.stress or "none",
-                seconds=time.perf_counter() - start, layers=layers, tasks=tasks)
+                seconds=time.perf_counter() - start, layers=layers, tasks=tasks, extra=extra)
             if not math.isfinite(ppl):
                 warnings.warn(f"non-finite perplexity for {key}", stacklevel=2)
             with open(row_path, "a") as f:

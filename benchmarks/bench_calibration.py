@@ -1,6 +1,7 @@
 """ROMER calibration cost in forward-pass equivalents, and streaming-statistics memory vs tokens.
 
 Plain script (not a test):  python benchmarks/bench_calibration.py [--models NAME ...] [--device pcm]
+    [--methods romer smooth router-align input-range-pct best] [--olmoe-1b-7b-layer] [--skip-romer]
 
 * cost: time of ``ra.calibrate(model, blocks, [ra.Romer()])`` divided by the time of one analog
   forward pass over the same blocks (same batch size), both on the same programmed + drifted
@@ -10,6 +11,13 @@ Plain script (not a test):  python benchmarks/bench_calibration.py [--models NAM
 * memory: bytes held by the Romer callback's reservoirs (``RowReservoir.nbytes()``) after
   calibrating on 1x, 4x and 16x the tokens, with ``--capacity`` rows per layer (flat once the
   stream is longer than the capacity; exact quantiles below it).
+* method cost (``--methods``): for each method, the wall time of ``prepare_model`` + ``apply_method``
+  (conversion, the method's model edit, programming, drift and its calibration) minus the same for
+  ``global`` (conversion, programming and drift only), divided by one analog forward over the
+  calibration blocks; ``best`` includes its selection (:func:`~romer_aihwkit.experiments.best.choose_method`).
+  ``--olmoe-1b-7b-layer`` adds a one-decoder-layer OLMoE model in OLMoE-1B-7B's shapes (hidden
+  2048, 64 experts of 1024, top-8; random weights, 1024-token vocabulary): slow and several GB of
+  memory, hence optional.
 """
 
 from __future__ import annotations
@@ -32,8 +40,16 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=1024, help="reservoir rows per layer")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default="bench_calibration")
+    parser.add_argument("--methods", nargs="*", default=[], help="methods whose calibration cost to measure")
+    parser.add_argument("--olmoe-1b-7b-layer", action="store_true",
+                        help="also measure the methods on a one-layer model in OLMoE-1B-7B's shapes (slow)")
+    parser.add_argument("--skip-romer", action="store_true", help="skip the ROMER cost and memory section")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.methods:
+        method_costs(args)
+    if args.skip_romer:
+        return
 
     import romer_aihwkit as ra
     from romer_aihwkit.calibration.base import run_batches
@@ -88,6 +104,75 @@ def main() -> None:
         rows,
     )
     path = _common.write_json(args.out, {"settings": vars(args), "machine": _common.machine(), "results": results})
+    print(f"wrote {path}")
+
+
+def olmoe_1b_7b_layer():
+    """A one-decoder-layer OLMoE model in OLMoE-1B-7B's shapes, random weights (std 0.02), no tokenizer."""
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    config = OlmoeConfig(vocab_size=1024, hidden_size=2048, intermediate_size=1024, num_experts=64,
+                         num_experts_per_tok=8, num_hidden_layers=1, num_attention_heads=16, num_key_value_heads=16)
+    torch.manual_seed(0)
+    model = OlmoeForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.02)
+    return model, None
+
+
+def method_costs(args) -> None:
+    """Each method's calibration time in forward equivalents (see the module docstring)."""
+    from romer_aihwkit.calibration.base import run_batches
+    from romer_aihwkit.experiments.best import choose_method
+    from romer_aihwkit.experiments.methods import apply_method, get_method, prepare_model
+
+    models, cfg = _common.models_and_device(args.models, args.device)
+    if args.olmoe_1b_7b_layer:
+        models = [*models, ("olmoe-1b-7b-layer", olmoe_1b_7b_layer)]
+    rows, results = [], []
+    for name, factory in models:
+        digital, tok = factory()
+        vocab = digital.config.vocab_size
+        blocks = _common.tokens_for(tok, args.blocks, args.seq_len, vocab)
+        t = cfg.t_inference
+
+        def timed(method_name: str, digital=digital, blocks=blocks, t=t) -> tuple[float, torch.nn.Module, str]:
+            method = get_method(method_name)
+            start = time.perf_counter()
+            note = ""
+            if method.candidates:
+                method, report = choose_method(digital, cfg, method, blocks, t, batch_size=args.batch_size)
+                note = report["choice"]
+            model = prepare_model(digital, cfg, method, calib_batches=blocks, batch_size=args.batch_size)
+            apply_method(model, method, 0, t, blocks if method.needs_calibration_data else None, batch_size=args.batch_size)
+            return time.perf_counter() - start, model, note
+
+        base = []
+        for _ in range(args.repeat):
+            seconds, model, _ = timed("global")
+            base.append(seconds)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            run_batches(model, blocks, args.batch_size, False, desc="forward")
+        forward = time.perf_counter() - t0
+        del model
+        b = statistics.median(base)
+        for method_name in args.methods:
+            seconds, model, note = timed(method_name)
+            del model
+            res = {"model": name, "device": cfg.name, "method": method_name, "tokens": int(blocks.numel()),
+                   "forward_seconds": forward, "global_seconds": b, "method_seconds": seconds,
+                   "forward_equivalents": (seconds - b) / forward, "choice": note or None}
+            results.append(res)
+            rows.append([name, method_name, res["tokens"], f"{forward:.2f}", f"{b:.2f}", f"{seconds:.2f}",
+                         f"{res['forward_equivalents']:.1f}", note])
+    _common.table("Calibration cost of each method (one chip instance)",
+                  ["model", "method", "calib tokens", "forward s", "global s", "method s", "forward-equivalents",
+                   "best's choice"], rows)
+    path = _common.write_json(f"{args.out}_methods", {"settings": vars(args), "machine": _common.machine(),
+                                                      "results": results})
     print(f"wrote {path}")
 
 

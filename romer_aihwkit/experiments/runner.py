@@ -503,6 +503,7 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
         converted: dict[tuple, torch.nn.Module] = {}
         hwa_models: dict[str, torch.nn.Module] = {}
         choices: dict[tuple, tuple[Any, dict[str, Any]]] = {}
+        fractions: dict[str, float] = {}
         for key in mine:
             _, device, method_name, t_value, seed = key
             method = methods[method_name]
@@ -532,8 +533,9 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
             if selection is not None:
                 report["selection"] = selection
                 extra["choice"] = selection["choice"]
-            if method.edits_model or selection is not None:
-                extra["digital_fraction"] = protocol.digital_parameter_fraction(digital, method)["fraction"]
+            if method.name not in fractions:
+                fractions[method.name] = protocol.digital_parameter_fraction(digital, method)["fraction"]
+            extra["digital_fraction"] = fractions[method.name]
             ppl, stats = perplexity_and_routing(model, eval_blocks, settings.batch_size, progress=False)
             layers = tuple({"load": layer["load"], "reference_load": layer["reference_load"]}
                            for layer in stats["layers"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import types
+import warnings
 
 import pytest
 import torch
@@ -73,6 +74,13 @@ def test_smoothing_lowers_the_simulated_dac_error_of_an_outlier_channel():
     s = smoothing_factors(x.abs().amax(0), w.abs().amax(0), 0.5).float()
     smoothed = simulated_error([w * s], x / s, rpu, seed=0, t_inference=None)
     assert smoothed < 0.5 * plain
+    # a setting the stacked engine does not reproduce is simulated on AIHWKit's own tiles
+    iterative = load_device_config("pcm").replace(prog_noise_scale=0.0, read_noise_scale=0.0, drift_scale=0.0,
+                                                  out_noise=0.0, bound_management="iterative").rpu_config()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "using AIHWKit's own (slower) tile forward"
+        slow = simulated_error([w], x, iterative, seed=0, t_inference=None)
+    assert slow == pytest.approx(plain, rel=0.05)
     # the error is this engine's: an ideal periphery has none
     assert simulated_error([w], x, load_device_config("ideal").rpu_config(), 0, None) < 1e-10
 

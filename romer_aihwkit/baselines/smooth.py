@@ -16,7 +16,7 @@ are SmoothQuant's family ``s_j(alpha) = a_j^alpha / m_j^(1 - alpha)`` (normalise
 mean 1; the norm output becomes ``x_j / s_j``, the columns ``W_ij * s_j``) on a grid of ``alpha``,
 plus no rescaling at all. Each candidate is scored by *this engine's own simulated error*: the
 sampled reader matrices are programmed and drifted on a simulated chip instance
-(:class:`~romer_aihwkit.analog.stacked.AnalogStack`, the device's tile split, weight remapping,
+(the stacked engine, or AIHWKit's tiles where it does not reproduce the device: the tile split, weight remapping,
 programming noise, drift and compensation) and the calibration tokens are run through its
 periphery (noise management per token and tile input slice, DAC, output noise, ADC). The score
 is the mean over reader kinds (router; each expert projection; shared expert; shared-expert gate)
@@ -116,31 +116,26 @@ def simulated_error(weights: list[torch.Tensor], x: torch.Tensor, rpu_config, se
                     t_inference: float | None) -> float:
     """Mean relative output error of ``weights`` (each ``[out, in]``) on ``x [N, in]`` on a simulated chip.
 
-    Each matrix is programmed (and drifted to ``t_inference``) on the stacked engine with chip seed
-    ``seed`` and run through the device periphery; the error of matrix ``W`` is
+    Each matrix is programmed (and drifted to ``t_inference``) with chip seed ``seed`` on the
+    stacked engine (on AIHWKit's per-matrix tiles for settings the stacked engine does not
+    reproduce) and run through the device periphery; the error of matrix ``W`` is
     ``||y - x W^T||^2 / ||x W^T||^2``. The output noise is drawn from ``seed`` too, so two calls
     with the same seed and shapes see the same chip and noise.
-
-    Raises:
-        InputError: a device the stacked engine does not reproduce.
     """
-    from ..analog.reference import ReferenceStore
-    from ..analog.stacked import AnalogStack, unsupported_reason
+    from ..analog.matrix import make_matrix
+    from ..analog.stacked import unsupported_reason
 
-    reason = unsupported_reason(rpu_config)
-    if reason is not None:
-        raise InputError(f"smooth scores candidates on the stacked engine, which does not reproduce {reason}")
+    engine = "stacked" if unsupported_reason(rpu_config) is None else "aihwkit"
     errors = []
     x = x.float()
     for i, w in enumerate(weights):
         w = w.float()
         ref = x @ w.T
-        stack = AnalogStack(w.clone()[None], [f"smooth-sim.{i}"], rpu_config, "expert", ReferenceStore("memory"),
-                            key=f"smooth-sim.{i}")
+        matrix = make_matrix(w.clone(), None, "expert", f"smooth-sim.{i}", rpu_config, analog=True, engine=engine)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + i)
-            stack.program(seed, t_inference)
-            y = stack.mvm(0, x)
+            matrix.program(seed, t_inference)
+            y = matrix.forward_fp32(x)
         errors.append(float((y - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30)))
     return sum(errors) / len(errors)
 
@@ -202,8 +197,7 @@ def smooth_model(model: nn.Module, device_config, calib_batches, batch_size: int
         "settings", "max_logit_change"}``; also stored as ``model.smooth_report``.
 
     Raises:
-        InputError: A converted model, an already smoothed model, a device the stacked engine does
-            not reproduce, or a check that failed.
+        InputError: A converted model, an already smoothed model, or a check that failed.
     """
     from ..devices import load_device_config
     from ..stress import check_function_preserved, norm_consumers, probe_logits, scale_norm_group

@@ -32,7 +32,8 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=None)
+    parser.add_argument("--models", nargs="*", default=None,
+                        help="bundled models (default: all; `--models` alone: none, with --olmoe-1b-7b-layer)")
     parser.add_argument("--device", default="pcm")
     parser.add_argument("--blocks", type=int, default=4, help="calibration blocks for the cost measurement")
     parser.add_argument("--seq-len", type=int, default=256)
@@ -129,6 +130,8 @@ def method_costs(args) -> None:
     from romer_aihwkit.experiments.methods import apply_method, get_method, prepare_model
 
     models, cfg = _common.models_and_device(args.models, args.device)
+    if args.models == []:  # `--models` without names: no bundled model (e.g. only the real-shape layer)
+        models = []
     if args.olmoe_1b_7b_layer:
         models = [*models, ("olmoe-1b-7b-layer", olmoe_1b_7b_layer)]
     rows, results = [], []

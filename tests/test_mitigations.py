@@ -205,6 +205,11 @@ def test_compositions():
     for name in ("smooth", "router-align", "input-range-pct", "nm-max", "best", "smooth+romer", "router-align+romer"):
         assert name in list_methods()
     assert get_method("router-align").edits_model and get_method("best").edits_model
+    # nm-max: AIHWKit's NoiseManagementType.MAX on every tile (the forward scales each input by its max)
+    from romer_aihwkit.analog.fast import _parse
+
+    config = load_device_config("pcm").replace(**get_method("nm-max").device_overrides)
+    assert _parse(config.rpu_config()).nm == 2
     assert not get_method("input-range-pct").edits_model and not get_method("nm-max").edits_model
 
 

@@ -207,7 +207,7 @@ def compose_methods(name: str) -> Method:
 
     return Method(
         name=name,
-        description=" + ".join(m.description.split(":")[0].split(" (")[0] for m in methods),
+        description=f"composition of {', '.join(parts)} (see each; callbacks: ROMER, then router-align)",
         device_overrides=overrides,
         analog_router=all(m.analog_router for m in methods),
         hetero_fraction=max(m.hetero_fraction for m in methods),

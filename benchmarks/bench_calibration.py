@@ -11,10 +11,12 @@ Plain script (not a test):  python benchmarks/bench_calibration.py [--models NAM
 * memory: bytes held by the Romer callback's reservoirs (``RowReservoir.nbytes()``) after
   calibrating on 1x, 4x and 16x the tokens, with ``--capacity`` rows per layer (flat once the
   stream is longer than the capacity; exact quantiles below it).
-* method cost (``--methods``): for each method, the wall time of ``prepare_model`` + ``apply_method``
-  (conversion, the method's model edit, programming, drift and its calibration) minus the same for
-  ``global`` (conversion, programming and drift only), divided by one analog forward over the
-  calibration blocks; ``best`` includes its selection (:func:`~romer_aihwkit.experiments.best.choose_method`).
+* method cost (``--methods``): for each method, the wall time of its own steps -- ``smooth``'s search
+  and fold, static-range calibration, calibration callbacks (ROMER, router-align) and, for
+  ``best``, the whole selection (:func:`~romer_aihwkit.experiments.best.choose_method`, which
+  converts and programs every candidate) -- divided by one analog forward over the calibration
+  blocks (median of ``--repeat``). Conversion and programming, which every method shares, are
+  not counted.
   ``--olmoe-1b-7b-layer`` adds a one-decoder-layer OLMoE model in OLMoE-1B-7B's shapes (hidden
   2048, 64 experts of 1024, top-8; random weights, 1024-token vocabulary): slow and several GB of
   memory, hence optional.
@@ -23,6 +25,8 @@ Plain script (not a test):  python benchmarks/bench_calibration.py [--models NAM
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import statistics
 import time
 
@@ -112,7 +116,7 @@ def olmoe_1b_7b_layer():
     """A one-decoder-layer OLMoE model in OLMoE-1B-7B's shapes, random weights (std 0.02), no tokenizer."""
     from transformers import OlmoeConfig, OlmoeForCausalLM
 
-    config = OlmoeConfig(vocab_size=1024, hidden_size=2048, intermediate_size=1024, num_experts=64,
+    config = OlmoeConfig(vocab_size=1024, pad_token_id=1, eos_token_id=2, bos_token_id=None, hidden_size=2048, intermediate_size=1024, num_experts=64,
                          num_experts_per_tok=8, num_hidden_layers=1, num_attention_heads=16, num_key_value_heads=16)
     torch.manual_seed(0)
     model = OlmoeForCausalLM(config).eval()
@@ -125,9 +129,12 @@ def olmoe_1b_7b_layer():
 
 def method_costs(args) -> None:
     """Each method's calibration time in forward equivalents (see the module docstring)."""
+    from romer_aihwkit.baselines.input_range import calibrate_static_input_ranges
+    from romer_aihwkit.baselines.smooth import smooth_model
+    from romer_aihwkit.calibration import calibrate
     from romer_aihwkit.calibration.base import run_batches
     from romer_aihwkit.experiments.best import choose_method
-    from romer_aihwkit.experiments.methods import apply_method, get_method, prepare_model
+    from romer_aihwkit.experiments.methods import get_method, prepare_model
 
     models, cfg = _common.models_and_device(args.models, args.device)
     if args.models == []:  # `--models` without names: no bundled model (e.g. only the real-shape layer)
@@ -141,39 +148,54 @@ def method_costs(args) -> None:
         blocks = _common.tokens_for(tok, args.blocks, args.seq_len, vocab)
         t = cfg.t_inference
 
-        def timed(method_name: str, digital=digital, blocks=blocks, t=t) -> tuple[float, torch.nn.Module, str]:
+        def timed(method_name: str, digital=digital, blocks=blocks, t=t) -> tuple[float, str]:
+            """Seconds of the method's own steps (selection, model edit, range calibration, callbacks)."""
             method = get_method(method_name)
-            start = time.perf_counter()
-            note = ""
+            seconds, note = 0.0, ""
             if method.candidates:
+                start = time.perf_counter()
                 method, report = choose_method(digital, cfg, method, blocks, t, batch_size=args.batch_size)
+                seconds += time.perf_counter() - start
                 note = report["choice"]
-            model = prepare_model(digital, cfg, method, calib_batches=blocks, batch_size=args.batch_size)
-            apply_method(model, method, 0, t, blocks if method.needs_calibration_data else None, batch_size=args.batch_size)
-            return time.perf_counter() - start, model, note
+            source = digital
+            if method.smooth:
+                source = copy.deepcopy(digital)
+                start = time.perf_counter()
+                smooth_model(source, cfg, blocks, args.batch_size)
+                seconds += time.perf_counter() - start
+                method = dataclasses.replace(method, smooth=False)  # already applied to `source`
+            model = prepare_model(source, cfg, method)
+            model.program_analog_weights(seed=0, t_inference=t)
+            start = time.perf_counter()
+            if method.static_input_ranges:
+                calibrate_static_input_ranges(model, blocks, args.batch_size, percentile=method.input_percentile)
+            callbacks = method.callbacks()
+            if callbacks:
+                calibrate(model, blocks, callbacks, batch_size=args.batch_size, progress=False)
+            seconds += time.perf_counter() - start
+            return seconds, note
 
-        base = []
+        model = prepare_model(digital, cfg, "global")
+        model.program_analog_weights(seed=0, t_inference=t)
+        forwards = []
         for _ in range(args.repeat):
-            seconds, model, _ = timed("global")
-            base.append(seconds)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            run_batches(model, blocks, args.batch_size, False, desc="forward")
-        forward = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                run_batches(model, blocks, args.batch_size, False, desc="forward")
+            forwards.append(time.perf_counter() - t0)
+        forward = statistics.median(forwards)
         del model
-        b = statistics.median(base)
         for method_name in args.methods:
-            seconds, model, note = timed(method_name)
-            del model
+            seconds, note = timed(method_name)
             res = {"model": name, "device": cfg.name, "method": method_name, "tokens": int(blocks.numel()),
-                   "forward_seconds": forward, "global_seconds": b, "method_seconds": seconds,
-                   "forward_equivalents": (seconds - b) / forward, "choice": note or None}
+                   "forward_seconds": forward, "method_seconds": seconds,
+                   "forward_equivalents": seconds / forward, "choice": note or None}
             results.append(res)
-            rows.append([name, method_name, res["tokens"], f"{forward:.2f}", f"{b:.2f}", f"{seconds:.2f}",
+            rows.append([name, method_name, res["tokens"], f"{forward:.2f}", f"{seconds:.2f}",
                          f"{res['forward_equivalents']:.1f}", note])
     _common.table("Calibration cost of each method (one chip instance)",
-                  ["model", "method", "calib tokens", "forward s", "global s", "method s", "forward-equivalents",
-                   "best's choice"], rows)
+                  ["model", "method", "calib tokens", "forward s", "method s", "forward-equivalents", "best's choice"],
+                  rows)
     path = _common.write_json(f"{args.out}_methods", {"settings": vars(args), "machine": _common.machine(),
                                                       "results": results})
     print(f"wrote {path}")

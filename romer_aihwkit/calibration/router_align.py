@@ -42,7 +42,8 @@ def topk_agreement(selected: torch.Tensor, reference: torch.Tensor) -> float:
     return float(hit.mean())
 
 
-def alignment_loss(router, logits: torch.Tensor, ref_logits: torch.Tensor, ref_selected: torch.Tensor) -> torch.Tensor:
+def alignment_loss(router, logits: torch.Tensor, ref_logits: torch.Tensor, ref_selected: torch.Tensor,
+                   hinge_weight: float = 1.0) -> torch.Tensor:
     """KL of the family's scores to the digital ones plus the top-k hinge (see the module docstring)."""
     mask = router.expert_mask
     keep = ~mask
@@ -64,7 +65,7 @@ def alignment_loss(router, logits: torch.Tensor, ref_logits: torch.Tensor, ref_s
     high = scores.masked_fill(chosen | mask, float("-inf")).amax(-1)
     gap = (high - low)
     hinge = torch.where(torch.isfinite(gap), gap.clamp_min(0.0), torch.zeros_like(gap)).mean()
-    return kl + hinge
+    return kl + hinge_weight * hinge
 
 
 class RouterAlign(CalibrationCallback):
@@ -76,15 +77,17 @@ class RouterAlign(CalibrationCallback):
         lr: Adam learning rate.
         holdout: share of the sampled rows held out for the keep-or-revert check.
         seed: seed of the sampling.
+        hinge_weight: weight of the top-k hinge next to the KL term (0: KL only).
     """
 
     name = "router-align"
 
     def __init__(self, capacity: int = 4096, steps: int = 200, lr: float = 0.05, holdout: float = 0.25,
-                 seed: int = 0) -> None:
+                 seed: int = 0, hinge_weight: float = 1.0) -> None:
         if capacity < 8 or steps < 1 or not 0.0 < holdout < 1.0 or not lr > 0:
             raise ValueError("RouterAlign: capacity >= 8, steps >= 1, lr > 0 and 0 < holdout < 1 are required")
         self.capacity, self.steps, self.lr, self.holdout, self.seed = int(capacity), int(steps), float(lr), float(holdout), int(seed)
+        self.hinge_weight = float(hinge_weight)
         self._routers: list = []
         self._noisy: dict[int, RowReservoir] = {}
         self._hidden: dict[int, RowReservoir] = {}
@@ -112,7 +115,7 @@ class RouterAlign(CalibrationCallback):
         cpu = _CpuRouter(router)
         for _ in range(self.steps):
             opt.zero_grad()
-            loss = alignment_loss(cpu, noisy * scale + bias, ref, ref_sel)
+            loss = alignment_loss(cpu, noisy * scale + bias, ref, ref_sel, self.hinge_weight)
             loss.backward()
             opt.step()
         return scale.detach(), bias.detach()

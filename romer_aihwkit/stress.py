@@ -44,7 +44,8 @@ from torch import nn
 
 from .errors import InputError
 
-__all__ = ["STRESS_KINDS", "StressPart", "apply_stress", "norm_consumers", "parse_stress_spec", "stress_label"]
+__all__ = ["STRESS_KINDS", "StressPart", "apply_stress", "check_function_preserved", "norm_consumers", "parse_stress_spec",
+           "probe_logits", "scale_norm_group", "stress_label"]
 
 STRESS_KINDS = ("outliers", "heavy-weights")
 SCOPES = ("moe", "all")
@@ -295,16 +296,11 @@ def _apply_parts(model: nn.Module, spec: str | None, parts: list[StressPart], re
         used += part.channels
         up = part.scale if part.kind == "outliers" else 1.0 / part.scale
         for item in consumers:
-            gain = item["module"].weight
-            index = channels.to(gain.device)
-            journal.append((gain.data, 0, index, gain.data.index_select(0, index).clone()))
-            gain.data[index] *= up
+            factor = torch.ones(hidden, dtype=torch.float64)
+            factor[channels] = up
+            scale_norm_group(item, factor, journal)
             names = report["norms"].setdefault(item["norm"], [])
-            for name, param, dim in item["readers"]:
-                index = channels.to(param.device)
-                old = param.data.index_select(dim, index)
-                journal.append((param.data, dim, index, old.clone()))
-                param.data.index_copy_(dim, index, old / up)
+            for name, _, _ in item["readers"]:
                 if name not in names:
                     names.append(name)
         report["parts"].append({**asdict(part), "channel_ids": channels.tolist()})
@@ -312,13 +308,70 @@ def _apply_parts(model: nn.Module, spec: str | None, parts: list[StressPart], re
 
 def _check_unchanged(model: nn.Module, before: torch.Tensor, report: dict[str, Any]) -> None:
     """Refuse a stress that moved the logits beyond float tolerance (a reader was missed)."""
+    report["max_logit_change"] = check_function_preserved(
+        model, before, f"stress {report['spec']!r}",
+        "some reader of a stressed norm was missed; this family's layout is not supported by the stress controls")
+
+
+@torch.no_grad()
+def scale_norm_group(item: dict[str, Any], factor: torch.Tensor,
+                     journal: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] | None = None) -> None:
+    """Multiply a norm's gain by ``factor [H]`` and divide every reader's input columns by it, in place.
+
+    The digital function is unchanged (up to float rounding): the readers see ``x * factor`` through
+    weights ``W / factor``. Channels with factor exactly 1 are left bit-identical.
+
+    Args:
+        item: One entry of :func:`norm_consumers`.
+        factor: Positive, finite per-channel factors.
+        journal: If given, ``(tensor, dim, indices, old slice)`` of every change is appended first,
+            so a caller can undo it (``tensor.index_copy_(dim, indices, old)`` in reverse order).
+
+    Raises:
+        InputError: A factor of the wrong size, or one that is not positive and finite.
+    """
+    gain = item["module"].weight
+    factor = factor.detach().reshape(-1)
+    if factor.numel() != gain.numel():
+        raise InputError(f"{item['norm']}: {factor.numel()} channel factors for a gain of {gain.numel()} channels")
+    if not bool(torch.isfinite(factor).all() and (factor > 0).all()):
+        raise InputError(f"{item['norm']}: channel factors must be positive and finite")
+    moved = (factor != 1.0).nonzero().reshape(-1)
+    if moved.numel() == 0:
+        return
+    f = factor[moved]
+    index = moved.to(gain.device)
+    if journal is not None:
+        journal.append((gain.data, 0, index, gain.data.index_select(0, index).clone()))
+    gain.data[index] *= f.to(gain.device, gain.dtype)
+    for _, param, dim in item["readers"]:
+        idx = moved.to(param.device)
+        shape = [1] * param.dim()
+        shape[dim] = -1
+        old = param.data.index_select(dim, idx)
+        if journal is not None:
+            journal.append((param.data, dim, idx, old.clone()))
+        param.data.index_copy_(dim, idx, old / f.to(param.device, param.dtype).reshape(shape))
+
+
+def probe_logits(model: nn.Module) -> torch.Tensor:
+    """The model's logits on a fixed random input (for :func:`check_function_preserved`)."""
+    return _probe(model)
+
+
+def check_function_preserved(model: nn.Module, before: torch.Tensor, what: str, hint: str) -> float:
+    """The largest change of the probe logits since ``before`` (:func:`probe_logits`); raises beyond float tolerance.
+
+    Tolerance: 1e-3 x max |logit| in float32, 5e-2 in half precision.
+
+    Raises:
+        InputError: ``what`` changed the digital logits (``hint`` says why that can happen).
+    """
     after = _probe(model)
     change = float((after - before).abs().max())
     size = float(before.abs().max().clamp_min(1.0))
     tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2
-    report["max_logit_change"] = change
     if not change <= tol * size:
-        raise InputError(
-            f"stress {report['spec']!r} changed {type(model).__name__}'s digital logits by {change:.3g} "
-            f"(max |logit| {size:.3g}): some reader of a stressed norm was missed; this family's layout "
-            "is not supported by the stress controls")
+        raise InputError(f"{what} changed {type(model).__name__}'s digital logits by {change:.3g} "
+                         f"(max |logit| {size:.3g}): {hint}")
+    return change

@@ -52,24 +52,55 @@ def paired(rows: tuple[ResultRow, ...], model: str, device: str, t: float, metho
     return f"{st['mean']:+.{digits}f}{ci}"
 
 
-def recovered(rows: tuple[ResultRow, ...], model: str, device: str, t: float, method: str, baseline: str,
-              upper: str, metric: str) -> str:
-    """Share of the paired gain of ``upper`` over ``baseline`` that ``method`` recovers:
-    mean(baseline - method) / mean(baseline - upper) over the common chip instances, in %; ``n.s.``
-    marks an ``upper`` gain whose 95 % CI includes 0."""
+def recovered_share(rows: tuple[ResultRow, ...], model: str, device: str, t: float, method: str, baseline: str,
+                    upper: str, metric: str, digital: dict | None = None) -> tuple[float, bool] | None:
+    """``(share, weak)``: mean(baseline - method) / mean(baseline - upper) over the common chip
+    instances; ``weak`` when the ``upper`` gain's 95 % CI includes 0. ``upper = "digital"`` (not a
+    method of the rows) is the digital model's value (``digital[model]``) on every chip instance:
+    the share of the whole analog gap."""
     def by_seed(name: str) -> dict[int, float]:
         return {s: v for s, v in _by_seed(rows, model, device, t, name, metric).items() if v is not None}
 
-    m, b, u = by_seed(method), by_seed(baseline), by_seed(upper)
+    m, b = by_seed(method), by_seed(baseline)
+    u = by_seed(upper)
+    if not u and upper == "digital" and digital and model in digital:
+        u = {s: float(digital[model]) for s in b}
     seeds = sorted(m.keys() & b.keys() & u.keys())
     if not seeds:
-        return "–"
+        return None
     gain = mean_std_ci([b[s] - u[s] for s in seeds])
     if gain["mean"] == 0:
-        return "–"
+        return None
     share = sum(b[s] - m[s] for s in seeds) / len(seeds) / gain["mean"]
     weak = gain["ci95"] == gain["ci95"] and abs(gain["mean"]) <= gain["ci95"]
+    return share, weak
+
+
+def recovered(rows: tuple[ResultRow, ...], model: str, device: str, t: float, method: str, baseline: str,
+              upper: str, metric: str, digital: dict | None = None) -> str:
+    """:func:`recovered_share` in %; ``n.s.`` marks an ``upper`` gain whose 95 % CI includes 0."""
+    found = recovered_share(rows, model, device, t, method, baseline, upper, metric, digital)
+    if found is None:
+        return "–"
+    share, weak = found
     return f"{100 * share:.0f} %" + (" (n.s.)" if weak else "")
+
+
+def mean_share(rows: tuple[ResultRow, ...], columns: list, device: str, method: str, baseline: str, upper: str,
+               metric: str, digital: dict | None) -> float:
+    """Mean :func:`recovered_share` of ``method`` over the table's columns (``-inf`` without any)."""
+    found = [recovered_share(rows, m, device, t, method, baseline, upper, metric, digital) for _, m, t in columns]
+    values = [f[0] for f in found if f is not None]
+    return sum(values) / len(values) if values else float("-inf")
+
+
+def cost_note(rows: tuple[ResultRow, ...], model: str, device: str, t: float, method: str) -> str:
+    """`` · D % digital`` (the rows' largest ``digital_fraction``) and `` → CHOICE`` (``best``'s choices)."""
+    mine = [r for r in rows if (r.model, r.device, r.method, r.t_inference) == (model, device, method, t)]
+    fractions = [r.extra["digital_fraction"] for r in mine if isinstance(r.extra.get("digital_fraction"), (int, float))]
+    choices = sorted({str(r.extra["choice"]) for r in mine if r.extra.get("choice")})
+    note = f" · {100 * max(fractions):.2g} % digital" if fractions and max(fractions) > 0 else ""
+    return note + (f" → {', '.join(choices)}" if choices else "")
 
 
 def main() -> None:
@@ -82,7 +113,12 @@ def main() -> None:
     ap.add_argument("--columns", choices=("model", "t"), default="model", help="one column per model or per drift time")
     ap.add_argument("--methods", default=None, help="comma-separated subset of methods (rows), in this order")
     ap.add_argument("--recovered", metavar="BASELINE:UPPER", default=None,
-                    help="show the share of UPPER's paired gain over BASELINE that each method recovers")
+                    help="show the share of UPPER's paired gain over BASELINE that each method recovers "
+                         "(UPPER 'digital': the digital model, i.e. the share of the whole analog gap)")
+    ap.add_argument("--cost", action="store_true",
+                    help="with --recovered: append each method's digital share of the MoE parameters and best's choice")
+    ap.add_argument("--rank", action="store_true",
+                    help="with --recovered: order the methods by their mean recovered share over the columns")
     ap.add_argument("--controls", action="store_true",
                     help="noise-free controls per model and device: paired Δppl vs global, edit, recovered, masked")
     args = ap.parse_args()
@@ -119,11 +155,17 @@ def main() -> None:
                 digital = {m: v.get(task, {}).get(name) for m, v in settings.get("digital_tasks", {}).items()}
                 print("| *digital* | " + " | ".join(f"*{digital[m]:.3f}*" if digital.get(m) is not None else "–"
                                                    for _, m, _ in columns) + " |")
-            for method in args.methods.split(",") if args.methods else settings["methods"]:
+            methods = args.methods.split(",") if args.methods else list(settings["methods"])
+            digital_ppl = settings.get("digital_ppl", {}) if args.metric == "ppl" else {}
+            if args.recovered and args.rank:
+                methods.sort(key=lambda method: mean_share(res.rows, columns, device, method, base, upper, args.metric,
+                                                          digital_ppl), reverse=True)
+            for method in methods:
                 cells = []
                 for _, m, t in columns:
                     if args.recovered:
-                        cells.append(recovered(res.rows, m, device, t, method, base, upper, args.metric))
+                        cell = recovered(res.rows, m, device, t, method, base, upper, args.metric, digital_ppl)
+                        cells.append(cell + (cost_note(res.rows, m, device, t, method) if args.cost else ""))
                         continue
                     if args.paired_vs:
                         cells.append(paired(res.rows, m, device, t, method, args.paired_vs, args.metric))

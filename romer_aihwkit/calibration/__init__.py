@@ -4,12 +4,14 @@ from .base import CalibrationCallback, CalibrationReport, calibrate, split_holdo
 from .io import load_calibration, save_calibration
 from .romer import Romer, reset_replacements, routing_metrics
 from .romer_auto import RomerAuto
+from .router_align import RouterAlign
 
 __all__ = [
     "CalibrationCallback",
     "CalibrationReport",
     "Romer",
     "RomerAuto",
+    "RouterAlign",
     "calibrate",
     "load_calibration",
     "reset_replacements",

@@ -497,15 +497,32 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
         digital_ppl[model_name] = perplexity(digital, eval_blocks, batch_size=settings.batch_size, progress=False)
         if settings.tasks and ctx.is_main:
             digital_tasks[model_name] = _run_tasks(digital, tokenizer, settings)
-        convert = _Conversions(digital, tokenizer, model_name, settings, out_dir, hwa_records)
+        convert = _Conversions(digital, tokenizer, model_name, settings, out_dir, hwa_records, calib_blocks)
         edits: dict[tuple, float] = {}
+        choices: dict[tuple, tuple[Any, dict[str, Any]]] = {}
+        fractions: dict[str, float] = {}
         for key in mine:
             _, device, method_name, t_value, seed = key
             method = methods[method_name]
+            selection = None
+            if method.candidates:  # `best`: resolved once per model, device and drift time
+                if (device, method_name, t_value) not in choices:
+                    from .best import choose_method
+
+                    choices[(device, method_name, t_value)] = choose_method(
+                        digital, device, method, calib_blocks, t_value, batch_size=settings.batch_size)
+                method, selection = choices[(device, method_name, t_value)]
             model = convert(device, method, device)
             start = time.perf_counter()
             _seed_everything(seed, model_id, device, method_name, t_value)
             report = protocol.apply_method(model, method, seed, t_value, calib_blocks, batch_size=settings.batch_size)
+            extra: dict[str, Any] = {}
+            if selection is not None:
+                report["selection"] = selection
+                extra["choice"] = selection["choice"]
+            if method.name not in fractions:
+                fractions[method.name] = protocol.digital_parameter_fraction(digital, method)["fraction"]
+            extra["digital_fraction"] = fractions[method.name]
             ppl, stats = perplexity_and_routing(model, eval_blocks, settings.batch_size, progress=False)
             layers = tuple({"load": layer["load"], "reference_load": layer["reference_load"]}
                            for layer in stats["layers"])
@@ -514,7 +531,7 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
             if settings.controls:
                 edit = 0.0  # a setting of the chip alone: on a noise-free chip it is the digital model
                 if method.edits_model:
-                    control = (method_name, seed, device if method.hwa else None)
+                    control = (method.name, seed, device if method.hwa else None)  # best: the method it chose
                     if device == CONTROL_DEVICE:  # this row is its own control
                         edits[control] = ppl - digital_ppl[model_name]
                     if control not in edits:
@@ -528,7 +545,7 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
                 load_entropy=stats["load_entropy"], replaced_experts=_replaced(report),
                 digital_ppl=digital_ppl[model_name], stress=settings.stress or "none",
                 seconds=time.perf_counter() - start, layers=layers, tasks=tasks, edit_ppl=edit,
-                masked_share=_masked_share(report))
+                masked_share=_masked_share(report), extra=extra)
             if not math.isfinite(ppl):
                 warnings.warn(f"non-finite perplexity for {key}", stacklevel=2)
             with open(row_path, "a") as f:
@@ -566,8 +583,9 @@ class _Conversions:
     """Converted models of one digital model, cached per device and conversion (HWA: per training device)."""
 
     def __init__(self, digital: torch.nn.Module, tokenizer: Any, model_name: str, settings: CompareSettings,
-                 out_dir: Path, hwa_records: dict[str, dict[str, Any]]) -> None:
+                 out_dir: Path, hwa_records: dict[str, dict[str, Any]], calib_blocks: torch.Tensor) -> None:
         self.digital, self.tokenizer, self.model_name = digital, tokenizer, model_name
+        self.calib_blocks = calib_blocks
         self.settings, self.out_dir, self.hwa_records = settings, out_dir, hwa_records
         self.converted: dict[tuple, torch.nn.Module] = {}
         self.hwa_models: dict[str, torch.nn.Module] = {}
@@ -585,7 +603,8 @@ class _Conversions:
                         self.digital, self.tokenizer, self.model_name, hwa_device, self.settings, self.out_dir)
                     self.hwa_records[f"{self.model_name} on {hwa_device}"] = record
                 source = self.hwa_models[hwa_device]
-            self.converted[key] = protocol.prepare_model(source, device, method)
+            self.converted[key] = protocol.prepare_model(source, device, method, calib_batches=self.calib_blocks,
+                                                         batch_size=self.settings.batch_size)
         return self.converted[key]
 
 

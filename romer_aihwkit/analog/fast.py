@@ -117,6 +117,44 @@ class _IO:
     out_noise: float
     out_scale: float
     drift_compensation: bool
+    # the forward non-idealities of AIHWKit's C++ tiles (RPUCuda's forward IO manager); all off by default
+    inp_noise: float = 0.0
+    """Gaussian noise added to each DAC output (after clipping), in DAC units."""
+    w_noise: float = 0.0
+    w_noise_type: int = 0  # 0 none, 1 ADDITIVE_CONSTANT, 2 PCM_READ
+    ir_drop: float = 0.0
+    ir_drop_g_ratio: float = 1.0 / 0.35 / 5e-6
+    r_series: float = 0.0
+    v_offset_w_min: float = -1.0
+    out_nonlinearity: float = 0.0
+    """``n`` of ``y / (1 + n |y|)`` (AIHWKit: ``out_nonlinearity / out_bound``), in output units."""
+    nl_factor: float = 1.0
+    """Slope calibration factor of the non-linearity (``f**2``; 1: none)."""
+
+    @property
+    def line_effects(self) -> bool:
+        """Whether any of IR drop, series resistance or weight read noise acts on the analog sum."""
+        return self.ir_drop > 0.0 or self.r_series > 0.0 or (self.w_noise > 0.0 and self.w_noise_type != 0)
+
+    @property
+    def nonlinear_output(self) -> bool:
+        return self.out_nonlinearity > 0.0 or self.r_series > 0.0
+
+
+CXX_ONLY_FORWARD = ("inp_noise", "w_noise", "ir_drop", "out_nonlinearity", "slope_calibration", "r_series",
+                    "v_offset_std", "out_nonlinearity_std", "w_read_asymmetry_dtod")
+"""``forward`` settings that AIHWKit's C++ tiles simulate and its torch tiles reject."""
+
+
+def cxx_only_settings(rpu_config) -> list[str]:
+    """The ``forward`` settings of ``rpu_config`` that AIHWKit's torch tiles reject (C++ tiles only)."""
+    f = getattr(rpu_config, "forward", None)
+    if f is None or f.is_perfect:
+        return []
+    found = [f"forward.{name}={getattr(f, name)!r}" for name in CXX_ONLY_FORWARD if getattr(f, name, 0.0) > 0.0]
+    if str(getattr(f.w_noise_type, "value", f.w_noise_type)) != "None" and f.w_noise > 0.0:
+        found.append(f"forward.w_noise_type={f.w_noise_type.value}")
+    return found
 
 
 def _step(res: float, bound: float) -> float:
@@ -128,7 +166,12 @@ def _step(res: float, bound: float) -> float:
 
 def _parse(rpu_config) -> _IO | str:
     """The settings, or a string saying which setting is not reproduced."""
-    from aihwkit.simulator.parameters.enums import AnalogMVType, BoundManagementType, NoiseManagementType
+    from aihwkit.simulator.parameters.enums import (
+        AnalogMVType,
+        BoundManagementType,
+        NoiseManagementType,
+        WeightNoiseType,
+    )
 
     f = getattr(rpu_config, "forward", None)
     pre_post = getattr(rpu_config, "pre_post", None)
@@ -151,25 +194,50 @@ def _parse(rpu_config) -> _IO | str:
     }.get(f.noise_management)
     if nm is None:
         return f"forward.noise_management={f.noise_management}"
-    if f.inp_noise > 0.0:
-        return "forward.inp_noise > 0"
     if f.inp_asymmetry != 0.0 or f.out_asymmetry != 0.0:
         return "forward.inp_asymmetry / out_asymmetry"
     if (f.inp_res > 0 and f.inp_sto_round) or (f.out_res > 0 and f.out_sto_round):
         return "stochastic rounding (inp_sto_round / out_sto_round)"
     if (f.inp_res > 0 and f.inp_bound <= 0) or (f.out_res > 0 and f.out_bound <= 0):
         return "quantization without a bound (inp_res/out_res > 0 with inp_bound/out_bound <= 0)"
+    # per-output-line values AIHWKit draws once per tile (chip state this forward does not hold)
+    for name in ("out_nonlinearity_std", "v_offset_std", "w_read_asymmetry_dtod"):
+        if getattr(f, name, 0.0) > 0.0:
+            return f"forward.{name} > 0 (a per-tile random draw at tile creation)"
+    w_type = {WeightNoiseType.NONE: 0, WeightNoiseType.ADDITIVE_CONSTANT: 1, WeightNoiseType.PCM_READ: 2}.get(
+        f.w_noise_type)
+    if w_type is None:
+        return f"forward.w_noise_type={f.w_noise_type}"
+    if f.ir_drop > 0.0 and f.ir_drop_g_ratio <= 0.0:
+        return "forward.ir_drop with ir_drop_g_ratio <= 0"
+    out_bound = f.out_bound if f.out_bound > 0 else math.inf
+    nl_bound = out_bound if math.isfinite(out_bound) else 1.0  # AIHWKit: 1 without an output bound
+    out_nl = abs(f.out_nonlinearity / nl_bound) if f.out_nonlinearity > 0.0 else 0.0
+    r_series = max(float(f.r_series), 0.0)
+    nl_factor = 1.0
+    if f.slope_calibration > 0.0 and (out_nl > 0.0 or r_series > 0.0):  # RPUCuda populateFBParameter: f = 1 + (mean n_i + r_series) * slope * bound
+        factor = 1.0 + (out_nl + r_series) * f.slope_calibration * nl_bound
+        nl_factor = factor * factor
     return _IO(
         perfect=False,
         nm=nm,
-        nm_thres=float(f.nm_thres),
+        nm_thres=float(f.nm_thres) if nm != 0 else 0.0,
         inp_res=_step(f.inp_res, f.inp_bound) if f.inp_res > 0 else 0.0,
         inp_bound=f.inp_bound if f.inp_bound > 0 else math.inf,
         out_res=_step(f.out_res, f.out_bound) if f.out_res > 0 else 0.0,
-        out_bound=f.out_bound if f.out_bound > 0 else math.inf,
+        out_bound=out_bound,
         out_noise=float(f.out_noise),
         out_scale=float(f.out_scale),
         drift_compensation=drift,
+        inp_noise=max(float(f.inp_noise), 0.0),
+        w_noise=max(float(f.w_noise), 0.0) if w_type else 0.0,
+        w_noise_type=w_type if f.w_noise > 0.0 else 0,
+        ir_drop=max(float(f.ir_drop), 0.0),
+        ir_drop_g_ratio=float(f.ir_drop_g_ratio),
+        r_series=r_series,
+        v_offset_w_min=float(f.v_offset_w_min),
+        out_nonlinearity=out_nl,
+        nl_factor=nl_factor,
     )
 
 
@@ -324,24 +392,143 @@ def _matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def periphery_mvm(x: torch.Tensor, weight: torch.Tensor, io: _IO, sigma: torch.Tensor | None = None) -> torch.Tensor:
-    """One analog MVM of AIHWKit's ``AnalogMVM.matmul`` in eval mode: ``[N, in] x [out, in] -> [N, out]``.
+    """One analog MVM of AIHWKit's analog tile in eval mode: ``[N, in] x [out, in] -> [N, out]``.
 
-    Noise management, DAC, the matmul, output noise (scalar ``io.out_noise`` or per-column
-    ``sigma``), ADC and the output bound, in tile units (no mapping scales, no drift alpha).
-    Returns float32.
+    In the order of RPUCuda's ``ForwardBackwardPassIOManaged::forwardVector`` (which AIHWKit's torch
+    tile's ``AnalogMVM.matmul`` follows for the settings it supports): noise management, DAC (clip,
+    then input noise), the matmul, the line effects of :func:`line_effects` (IR drop, series
+    resistance, weight read noise), then :func:`output_stage` (non-linearity, output noise
+    -- scalar ``io.out_noise`` or per-column ``sigma`` --, ADC, output bound), in tile units (no
+    mapping scales, no drift alpha). ``weight`` is one input slice of tiles (``in`` <= the tile
+    size): IR drop depends on the position of each input in it. Returns float32.
     """
     if io.perfect:
         return _matmul(x, weight)
     levels, in_scale, restore, step_out = input_levels(x, io)
-    if sigma is None and io.out_noise > 0.0 and weight.dtype == torch.float32:
+    if io.inp_noise > 0.0:  # after the DAC and its clip, in DAC units
+        levels.add_(torch.randn_like(levels), alpha=io.inp_noise / (io.inp_res if io.inp_res > 0 else 1.0))
+    if (sigma is None and io.out_noise > 0.0 and weight.dtype == torch.float32 and not io.line_effects
+            and not io.nonlinear_output):
         # the output noise and the DAC-to-ADC unit change fused into the matmul's epilogue
         y = torch.randn(levels.shape[0], weight.shape[0], dtype=torch.float32, device=levels.device)
         y = torch.addmm(y, levels, weight.T, beta=io.out_noise / step_out, alpha=in_scale)
         return output_stage(y, io, restore, step_out, noise=False)
-    y = _matmul(levels, weight)
+    if io.line_effects:
+        y = line_effects(levels, weight, io, in_scale, step_out)
+    else:
+        y = _matmul(levels, weight)
+        if in_scale != 1.0:
+            y.mul_(in_scale)
+    return output_stage(y, io, restore, step_out, sigma)
+
+
+_RAMPS: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _ir_ramp(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """RPUCuda ``applyIrDrop``'s input weighting ``1 - (1 - j/n)**2`` of input ``j`` of an ``n``-row tile."""
+    key = (n, dtype, device)
+    ramp = _RAMPS.get(key)
+    if ramp is None:
+        p = 1.0 - torch.arange(n, dtype=torch.float32, device=device) / float(n)
+        ramp = _RAMPS[key] = (1.0 - p * p).to(dtype)
+    return ramp
+
+
+def line_effects(levels: torch.Tensor, weight: torch.Tensor, io: _IO, in_scale: float, step_out: float) -> torch.Tensor:
+    """The analog sum with RPUCuda's ``applyNonIdealities``, in ADC steps: ``[N, in] levels -> [N, out]``.
+
+    With ``u = levels * in_scale * step_out`` the DAC outputs (tile input units) and ``W`` the tile
+    weights (RPUCuda ``ForwardBackwardPassIOManaged``, in its order):
+
+    * IR drop (``ir_drop``, ``ir_drop_g_ratio``): ``a_i = n / g * sum_j |w_ij| |u_j|``,
+      ``c_i = a_i (a_i (0.05 a_i - 0.2) + 0.5)``, ``y_i -= ir_drop * c_i * sum_j w_ij u_j (1 - (1 - j/n)^2)``;
+    * series resistance (``r_series``, voltage offsets 0): ``y / (1 + r |y|)`` (with the implicit
+      reference line of ``v_offset_w_min``: ``(y + y_ref) / (1 + r |y + y_ref|) - y_ref / (1 + r |y_ref|)``,
+      ``y_ref = -v_offset_w_min * sum_j u_j``);
+    * weight read noise, Gaussian per output and MVM: ``PCM_READ`` std ``w_noise * sqrt(sum_j |w_ij| u_j^2)``,
+      ``ADDITIVE_CONSTANT`` std ``w_noise * ||u||``.
+
+    The sums over ``|W|`` are one matmul on ``[|u|; u^2]`` and the two over ``W`` one on
+    ``[u; u * ramp]``: no weight sampling, no per-token weight copy.
+    """
+    n_rows = levels.shape[0]
+    ir = io.ir_drop > 0.0
+    pcm = io.w_noise > 0.0 and io.w_noise_type == 2
+    signed = levels if not ir else torch.cat([levels, levels * _ir_ramp(levels.shape[1], levels.dtype, levels.device)])
+    both = _matmul(signed, weight)
+    y = both[:n_rows]
     if in_scale != 1.0:
         y.mul_(in_scale)
-    return output_stage(y, io, restore, step_out, sigma)
+    du = in_scale * step_out  # DAC units per level
+    absolute = None
+    if ir or pcm:
+        parts = ([levels.abs()] if ir else []) + ([levels.square()] if pcm else [])
+        absolute = _matmul(parts[0] if len(parts) == 1 else torch.cat(parts), weight.abs())
+    if ir:
+        assert absolute is not None
+        a = absolute[:n_rows].mul_(du * levels.shape[1] / io.ir_drop_g_ratio)  # n / g * current
+        c = a * (a * (0.05 * a - 0.2) + 0.5)
+        y.sub_(c.mul_(both[n_rows:]).mul_(io.ir_drop * in_scale))
+    if io.r_series > 0.0:
+        y.mul_(step_out)  # output units
+        rs = io.r_series
+        if io.v_offset_w_min == 0.0:
+            y.div_(y.abs().mul_(rs).add_(1.0))
+        else:
+            y_ref = (levels.sum(dim=-1, keepdim=True) * (-io.v_offset_w_min * du))
+            y.add_(y_ref)
+            y.div_(y.abs().mul_(rs).add_(1.0)).sub_(y_ref / (y_ref.abs() * rs + 1.0))
+        y.div_(step_out)
+    if io.w_noise > 0.0 and io.w_noise_type:
+        if pcm:
+            assert absolute is not None
+            std = absolute[-n_rows:].clamp_(min=0.0).sqrt_()
+        else:
+            std = torch.linalg.vector_norm(levels, dim=-1, keepdim=True)
+        y.addcmul_(torch.randn_like(y), std, value=io.w_noise * in_scale)
+    return y
+
+
+def one_hot_outputs(w: torch.Tensor, io: _IO) -> torch.Tensor:
+    """The tile's outputs for one-hot inputs (AIHWKit's drift-compensation read-out), ``[out, in]``:
+    entry ``[o, j]`` is output ``o`` for the input ``e_j``, with the whole noisy periphery.
+
+    With one input on, every step of :func:`periphery_mvm` is elementwise, so no ``in x in x out``
+    matmul is needed (except with input noise, which turns every input on: then it is the matmul).
+    """
+    if io.perfect:
+        return w.float()
+    n = w.shape[1]
+    if io.inp_noise > 0.0:
+        return periphery_mvm(torch.eye(n, dtype=torch.float32, device=w.device), w, io).T
+    one = torch.ones(1, 1, dtype=torch.float32, device=w.device)
+    levels, in_scale, restore, step_out = input_levels(one, io)
+    level = float(levels)
+    y = w.float() * (level * in_scale)
+    if io.line_effects:
+        du = in_scale * step_out
+        if io.ir_drop > 0.0:
+            a = w.abs().float().mul_(abs(level) * du * n / io.ir_drop_g_ratio)
+            c = a * (a * (0.05 * a - 0.2) + 0.5)
+            y.sub_(c.mul_(y).mul_(_ir_ramp(n, torch.float32, w.device)).mul_(io.ir_drop))
+        if io.r_series > 0.0:
+            y.mul_(step_out)
+            rs = io.r_series
+            if io.v_offset_w_min == 0.0:
+                y.div_(y.abs().mul_(rs).add_(1.0))
+            else:
+                y_ref = -io.v_offset_w_min * level * du
+                y.add_(y_ref)
+                y.div_(y.abs().mul_(rs).add_(1.0)).sub_(y_ref / (abs(y_ref) * rs + 1.0))
+            y.div_(step_out)
+        if io.w_noise > 0.0 and io.w_noise_type:
+            std = abs(level) * io.w_noise * in_scale
+            if io.w_noise_type == 2:
+                y.addcmul_(torch.randn_like(y), w.abs().float().sqrt_(), value=std)
+            else:
+                y.add_(torch.randn_like(y), alpha=std)
+    return output_stage(y, io, restore, step_out)
 
 
 def input_levels(x: torch.Tensor, io: _IO) -> tuple[torch.Tensor, float, torch.Tensor | float, float]:
@@ -386,8 +573,10 @@ def input_levels(x: torch.Tensor, io: _IO) -> tuple[torch.Tensor, float, torch.T
 
 def output_stage(y: torch.Tensor, io: _IO, restore, step_out: float, sigma: torch.Tensor | None = None,
                  noise: bool = True) -> torch.Tensor:
-    """Output noise (unless ``noise=False``: already added), ADC and output bound on ``y`` (in ADC
-    steps, modified in place), then the restore factor."""
+    """Output non-linearity, output noise (unless ``noise=False``: already added), ADC and output
+    bound on ``y`` (in ADC steps, modified in place), then the restore factor."""
+    if io.nonlinear_output:  # RPUCuda finalizeOutput: f * y / (1 + |n y|), in output units, before the noise
+        y.mul_(io.nl_factor / (y.abs().mul_(io.out_nonlinearity * step_out).add_(1.0)))
     if noise and sigma is not None:  # per-column values if the tiles drew them (out_noise_std > 0)
         y.addcmul_(torch.randn_like(y), sigma.to(y.dtype) / step_out)
     elif noise and io.out_noise > 0.0:

@@ -121,12 +121,14 @@ def recipe(rpu_config) -> TileRecipe | str:
         SinglePairConductanceConverter,
     )
     from aihwkit.simulator.parameters.enums import WeightClipType
+    from aihwkit.simulator.tiles.inference import InferenceTile
     from aihwkit.simulator.tiles.inference_torch import TorchInferenceTile
 
     io = _fast._parse(rpu_config)
     if isinstance(io, str):
         return io
-    if getattr(rpu_config, "tile_class", TorchInferenceTile) is not TorchInferenceTile:
+    # the torch tiles' forward, or the C++ tiles' (InferenceRPUConfig) with their forward non-idealities
+    if getattr(rpu_config, "tile_class", TorchInferenceTile) not in (TorchInferenceTile, InferenceTile):
         return f"tile class {rpu_config.tile_class.__name__}"
     if getattr(rpu_config.forward, "out_noise_std", 0.0) > 0:
         return "forward.out_noise_std > 0 (per-column output noise levels)"
@@ -254,17 +256,10 @@ def _readout(w: torch.Tensor, grid: TileGrid, r: TileRecipe, exact: bool = False
     ``exact``: the ideal read-out (``GlobalDriftCompensationWithExactReference``'s baseline).
     """
     out = torch.ones(len(grid.in_sizes), w.shape[0], dtype=torch.float32, device=w.device)
-    one = torch.ones(1, 1, dtype=torch.float32, device=w.device)
     noisy = not (r.io.perfect or exact)
-    if noisy:
-        levels, in_scale, restore, step_out = _fast.input_levels(one, r.io)
-        xs = float(levels) * in_scale
-    else:
-        xs, restore, step_out = 1.0, 1.0, 1.0
     for s, o0, o1, i0, i1 in grid.blocks():
-        y = w[o0:o1, i0:i1] * xs  # [out_t, in_t]: output column o of input row i, in ADC steps
-        if noisy:
-            y = _fast.output_stage(y, r.io, restore, step_out)
+        # [out_t, in_t]: output column o for the one-hot input row i (with IR drop, read noise, ...)
+        y = _fast.one_hot_outputs(w[o0:o1, i0:i1], r.io) if noisy else w[o0:o1, i0:i1]
         y = y.abs()
         if r.compensation == "per-column":
             value = y.mean(dim=1).clamp(min=1e-4)

@@ -105,7 +105,8 @@ def aihwkit_deviations(config: DeviceConfig) -> list[str]:
                      "hardware-aware training, which this project does not run)")
         if not config.input_range.enable:
             items.append(f"dynamic input scaling ({config.noise_management}) instead of the preset's static "
-                         "input ranges learned in hardware-aware training")
+                         "input ranges (initially 3.0, learned in hardware-aware training; left untrained they "
+                         "clip every larger activation) followed by constant noise management (nm_thres 1)")
         if config.w_noise == 0:
             items.append("no per-MVM weight read noise (StandardHWATrainingPreset: forward.w_noise 0.0175, PCM_READ)")
         if config.ir_drop == 0:

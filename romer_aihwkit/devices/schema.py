@@ -566,7 +566,8 @@ def _check_known_fields(data: dict[str, Any]) -> None:
         hint = difflib.get_close_matches(str(key), known, n=1)
         did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise DeviceConfigError(
-            f"unknown field{did_you_mean}; known fields: {', '.join(known)}", field=str(key)[:60]
+            f"unknown field{did_you_mean}; `romer-aihwkit devices show pcm` lists all {len(known)} fields with "
+            "their ranges", field=str(key)[:60]
         )
 
 

@@ -421,13 +421,16 @@ def periphery_mvm(x: torch.Tensor, weight: torch.Tensor, io: _IO, sigma: torch.T
         y = torch.randn(levels.shape[0], weight.shape[0], dtype=torch.float32, device=levels.device)
         y = torch.addmm(y, levels, weight.T, beta=io.out_noise / step_out, alpha=in_scale)
         return output_stage(y, io, restore, step_out, noise=False)
+    extra_var = None
     if io.line_effects:
-        y = line_effects(levels, weight, io, in_scale, step_out)
+        # weight read noise and output noise are consecutive, independent Gaussians unless a
+        # non-linearity sits between them: then one draw of the summed variance is the same distribution
+        y, extra_var = line_effects(levels, weight, io, in_scale, step_out, defer_noise=not io.nonlinear_output)
     else:
         y = _matmul(levels, weight)
         if in_scale != 1.0:
             y.mul_(in_scale)
-    return output_stage(y, io, restore, step_out, sigma)
+    return output_stage(y, io, restore, step_out, sigma, extra_var=extra_var)
 
 
 _RAMPS: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
@@ -443,7 +446,8 @@ def _ir_ramp(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return ramp
 
 
-def line_effects(levels: torch.Tensor, weight: torch.Tensor, io: _IO, in_scale: float, step_out: float) -> torch.Tensor:
+def line_effects(levels: torch.Tensor, weight: torch.Tensor, io: _IO, in_scale: float, step_out: float,
+                 defer_noise: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The analog sum with RPUCuda's ``applyNonIdealities``, in ADC steps: ``[N, in] levels -> [N, out]``.
 
     With ``u = levels * in_scale * step_out`` the DAC outputs (tile input units) and ``W`` the tile
@@ -459,11 +463,19 @@ def line_effects(levels: torch.Tensor, weight: torch.Tensor, io: _IO, in_scale: 
 
     The sums over ``|W|`` are one matmul on ``[|u|; u^2]`` and the two over ``W`` one on
     ``[u; u * ramp]``: no weight sampling, no per-token weight copy.
+
+    Returns ``(y, variance)``: with ``defer_noise`` the weight read noise is not drawn here but its
+    variance (in ADC steps squared, ``[N, out]`` or ``[N, 1]``) returned for :func:`output_stage`
+    to draw together with the output noise; otherwise it is added and ``variance`` is ``None``.
     """
-    n_rows = levels.shape[0]
+    n_rows, n_in = levels.shape
     ir = io.ir_drop > 0.0
     pcm = io.w_noise > 0.0 and io.w_noise_type == 2
-    signed = levels if not ir else torch.cat([levels, levels * _ir_ramp(levels.shape[1], levels.dtype, levels.device)])
+    signed = levels
+    if ir:
+        signed = torch.empty(2 * n_rows, n_in, dtype=levels.dtype, device=levels.device)
+        signed[:n_rows].copy_(levels)
+        torch.mul(levels, _ir_ramp(n_in, levels.dtype, levels.device), out=signed[n_rows:])
     both = _matmul(signed, weight)
     y = both[:n_rows]
     if in_scale != 1.0:
@@ -471,12 +483,16 @@ def line_effects(levels: torch.Tensor, weight: torch.Tensor, io: _IO, in_scale: 
     du = in_scale * step_out  # DAC units per level
     absolute = None
     if ir or pcm:
-        parts = ([levels.abs()] if ir else []) + ([levels.square()] if pcm else [])
-        absolute = _matmul(parts[0] if len(parts) == 1 else torch.cat(parts), weight.abs())
+        inputs = torch.empty((ir + pcm) * n_rows, n_in, dtype=levels.dtype, device=levels.device)
+        if ir:
+            torch.abs(levels, out=inputs[:n_rows])
+        if pcm:
+            torch.square(levels, out=inputs[-n_rows:])
+        absolute = _matmul(inputs, weight.abs())
     if ir:
         assert absolute is not None
-        a = absolute[:n_rows].mul_(du * levels.shape[1] / io.ir_drop_g_ratio)  # n / g * current
-        c = a * (a * (0.05 * a - 0.2) + 0.5)
+        a = absolute[:n_rows].mul_(du * n_in / io.ir_drop_g_ratio)  # n / g * current
+        c = a.mul(0.05).sub_(0.2).mul_(a).add_(0.5).mul_(a)  # a (a (0.05 a - 0.2) + 0.5)
         y.sub_(c.mul_(both[n_rows:]).mul_(io.ir_drop * in_scale))
     if io.r_series > 0.0:
         y.mul_(step_out)  # output units
@@ -491,11 +507,14 @@ def line_effects(levels: torch.Tensor, weight: torch.Tensor, io: _IO, in_scale: 
     if io.w_noise > 0.0 and io.w_noise_type:
         if pcm:
             assert absolute is not None
-            std = absolute[-n_rows:].clamp_(min=0.0).sqrt_()
+            var = absolute[-n_rows:].clamp_(min=0.0)
         else:
-            std = torch.linalg.vector_norm(levels, dim=-1, keepdim=True)
-        y.addcmul_(torch.randn_like(y), std, value=io.w_noise * in_scale)
-    return y
+            var = levels.square().sum(dim=-1, keepdim=True)
+        var.mul_((io.w_noise * in_scale) ** 2)
+        if defer_noise:
+            return y, var
+        y.addcmul_(torch.randn_like(y), var.sqrt_())
+    return y, None
 
 
 def one_hot_outputs(w: torch.Tensor, io: _IO) -> torch.Tensor:
@@ -580,12 +599,22 @@ def input_levels(x: torch.Tensor, io: _IO) -> tuple[torch.Tensor, float, torch.T
 
 
 def output_stage(y: torch.Tensor, io: _IO, restore, step_out: float, sigma: torch.Tensor | None = None,
-                 noise: bool = True) -> torch.Tensor:
+                 noise: bool = True, extra_var: torch.Tensor | None = None) -> torch.Tensor:
     """Output non-linearity, output noise (unless ``noise=False``: already added), ADC and output
-    bound on ``y`` (in ADC steps, modified in place), then the restore factor."""
+    bound on ``y`` (in ADC steps, modified in place), then the restore factor.
+
+    ``extra_var``: the variance of Gaussian noise that acts right before the output noise (the
+    weight read noise of :func:`line_effects`), drawn with it in one draw; consumed in place.
+    """
     if io.nonlinear_output:  # RPUCuda finalizeOutput: f * y / (1 + |n y|), in output units, before the noise
         y.mul_(io.nl_factor / (y.abs().mul_(io.out_nonlinearity * step_out).add_(1.0)))
-    if noise and sigma is not None:  # per-column values if the tiles drew them (out_noise_std > 0)
+    if noise and extra_var is not None:
+        if sigma is not None:
+            extra_var = extra_var + (sigma.to(y.dtype) / step_out).square()
+        elif io.out_noise > 0.0:
+            extra_var.add_((io.out_noise / step_out) ** 2)
+        y.addcmul_(torch.randn_like(y), extra_var.sqrt_())
+    elif noise and sigma is not None:  # per-column values if the tiles drew them (out_noise_std > 0)
         y.addcmul_(torch.randn_like(y), sigma.to(y.dtype) / step_out)
     elif noise and io.out_noise > 0.0:
         y.add_(torch.randn_like(y), alpha=io.out_noise / step_out)

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow test-reference reference-env lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 test-slow: $(STAMP)  # pytest exits 5 when no test carries the marker: that is not a failure
 	$(PY) -m pytest -m slow -q || [ $$? -eq 5 ]
 
+reference-env:  # .venv-ref: torch 2.10.0 + aihwkit 1.1.0, where AIHWKit's C++ tiles run
+	bash scripts/reference_env.sh
+
+test-reference:  # the stacked engine against AIHWKit's C++ tiles (builds .venv-ref first)
+	bash scripts/reference_env.sh --test
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check romer_aihwkit tests benchmarks scripts
 
@@ -34,4 +40,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_calibration.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo-results
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo-results  # .venv-ref stays: `rm -rf .venv-ref`

@@ -3,6 +3,8 @@
 Plain script (not a test):
     python benchmarks/bench_real_shapes.py [--shapes olmoe-1b-7b ...] [--dtypes float32 bfloat16]
         [--device pcm] [--tokens 512] [--long-tokens 8192] [--engines stacked] [--repeat 5]
+    python benchmarks/bench_real_shapes.py --forward-devices pcm aihwkit-standard --shapes olmoe-1b-7b \
+        --dtypes float32 [--forward-threads 1 2]
 
 For each shape the script builds the transformers MoE block class of that family from a config with
 the checkpoint's sizes (random weights), then measures, in one run:
@@ -312,6 +314,55 @@ def measure(shape: str, dtype: torch.dtype, device: str, engine: str, tokens: in
     return result
 
 
+def forward_interleaved(shape: str, dtype: torch.dtype, devices: list[str], tokens: int, repeat: int,
+                        threads: list[int], on: torch.device | None = None) -> list[dict]:
+    """Forward of one layer under each of ``devices`` (stacked engine, programmed and drifted) against the
+    digital layer, all timed interleaved in one run, for each torch thread count in ``threads``."""
+    import romer_aihwkit as ra
+
+    on = on or torch.device("cpu")
+    digital = build_block(shape, dtype).to(on)
+    x = torch.randn(1, tokens, digital.config.hidden_size, generator=torch.Generator().manual_seed(1)).to(on, dtype)
+    impl = {}
+    with torch.no_grad():
+        for name in ("eager", "batched_mm", "grouped_mm"):
+            try:
+                set_experts_implementation(digital, name)
+                impl[name] = _common.median_times({name: _sync(lambda: digital.mlp(x), on)}, repeat=2, warmup=1)[name]
+            except Exception:  # an implementation unavailable here
+                continue
+    fastest = min(impl, key=lambda k: impl[k])
+    set_experts_implementation(digital, fastest)
+    fns = {"digital": _sync(lambda: digital.mlp(x), on)}
+    for device in devices:
+        # the forward's cost does not depend on the conductances: program without the noise model (minutes
+        # less on a CPU), with the device's whole periphery and forward non-idealities
+        cfg = ra.load_device_config(device).replace(noise_model="none", g_max=None, prog_noise_scale=1.0,
+                                                    read_noise_scale=1.0, drift_scale=1.0, allowed_t_inference=None)
+        holder = build_block(shape, dtype).to(on)
+        ra.convert_to_analog_moe(holder, cfg, engine="stacked")
+        holder.program_analog_weights(seed=0, t_inference=cfg.t_inference)
+        fns[device] = _sync(lambda h=holder: h.mlp(x), on)
+    out = []
+    for n in threads:
+        torch.set_num_threads(n)
+        with torch.no_grad():
+            times = _common.median_times(fns, repeat=repeat, warmup=1)
+        for device in devices:
+            out.append({"shape": shape, "dtype": str(dtype).replace("torch.", ""), "device": device, "threads": n,
+                        "tokens": tokens, "digital_impl": fastest, "digital_forward_s": times["digital"],
+                        "analog_forward_s": times[device], "forward_ratio": times[device] / times["digital"],
+                        "load_average": _load_average()})
+            print(out[-1], flush=True)
+    return out
+
+
+def _load_average() -> float | None:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return None
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -330,9 +381,28 @@ def main() -> None:
                              "small elementwise ops become many times slower, for the digital and analog forward alike")
     parser.add_argument("--torch-device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--out", default="bench_real_shapes")
+    parser.add_argument("--forward-devices", nargs="*", default=None,
+                        help="forward only: time the layer under each of these device configs and the digital layer "
+                             "interleaved in one run (e.g. pcm aihwkit-standard), for each --forward-threads count")
+    parser.add_argument("--forward-threads", nargs="*", type=int, default=[1, 2])
     parser.add_argument("--setup-only", action="store_true",
                         help="measure the floor, conversion and programming only (no forward timings)")
     args = parser.parse_args()
+    if args.forward_devices:
+        rows, results = [], []
+        for shape in args.shapes:
+            for dtype_name in args.dtypes:
+                for r in forward_interleaved(shape, getattr(torch, dtype_name), args.forward_devices, args.tokens,
+                                             args.repeat, args.forward_threads, torch.device(args.torch_device)):
+                    results.append(r)
+                    rows.append([shape, r["dtype"], r["device"], r["threads"], f"{r['digital_forward_s'] * 1e3:.0f}",
+                                 f"{r['analog_forward_s'] * 1e3:.0f}", f"{r['forward_ratio']:.2f}",
+                                 f"{r['load_average']:.1f}" if r["load_average"] is not None else "-"])
+                    _common.write_json(f"{args.out}_forward", {"settings": vars(args), "machine": _common.machine(),
+                                                               "results": results})
+        _common.table(f"Forward of one MoE layer, {args.tokens} tokens, interleaved with the digital layer",
+                      ["shape", "dtype", "device", "threads", "digital ms", "analog ms", "ratio", "load"], rows)
+        return
     torch.set_num_threads(args.threads)
     results, rows = [], []
     for shape in args.shapes:

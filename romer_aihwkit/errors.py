@@ -15,6 +15,7 @@ from pathlib import Path
 __all__ = [
     "ArtifactError",
     "DeviceConfigError",
+    "EngineError",
     "FingerprintMismatchError",
     "InputError",
     "ResultsFolderError",
@@ -54,6 +55,12 @@ class DeviceConfigError(UserError, ValueError):
     def with_path(self, path: str | Path) -> DeviceConfigError:
         """Return the same error attributed to ``path`` (the file it was read from)."""
         return DeviceConfigError(self.message, field=self.field, path=path)
+
+
+class EngineError(UserError, ValueError):
+    """A simulation engine that cannot run the requested setting here (e.g. ``engine="aihwkit"`` for a
+    forward non-ideality only AIHWKit's C++ tiles simulate, where they do not import); the message
+    names the setting and how to get an environment that runs it."""
 
 
 class ArtifactError(UserError, ValueError):

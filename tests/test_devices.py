@@ -15,6 +15,7 @@ from romer_aihwkit.devices import (
     list_device_configs,
     load_device_config,
 )
+from romer_aihwkit.devices.mapping import cxx_tiles_available
 
 PRESETS = list_device_configs()
 IN, OUT = 64, 32
@@ -26,9 +27,13 @@ def _digital() -> torch.nn.Linear:
 
 
 def _analog(cfg: DeviceConfig, lin: torch.nn.Linear):
+    """AIHWKit's own tiles for ``cfg``: torch tiles, or C++ tiles for the forward non-idealities only those
+    simulate (where they run; elsewhere the torch-tile subset of ``cfg``)."""
     from aihwkit.nn import AnalogLinear
 
-    layer = AnalogLinear(IN, OUT, bias=False, rpu_config=cfg.rpu_config())
+    if cfg.cxx_only_forward() and cxx_tiles_available() is not None:
+        cfg = cfg.torch_tile_subset()
+    layer = AnalogLinear(IN, OUT, bias=False, rpu_config=cfg.aihwkit_rpu_config())
     layer.set_weights(lin.weight.data.clone())
     return layer.eval()
 
@@ -51,7 +56,7 @@ def _run(cfg: DeviceConfig, seed: int = 1, t: float | None = None) -> tuple[torc
 
 def test_presets_listed():
     assert PRESETS == sorted(PRESETS)
-    for name in ("ideal", "pcm", "hermes-pcm", "rram-wan2022", "rram-cmo",
+    for name in ("ideal", "pcm", "hermes-pcm", "rram-wan2022", "rram-cmo", "aihwkit-standard",
                  "gaussian-2", "gaussian-5", "gaussian-10"):
         assert name in PRESETS
 
@@ -64,6 +69,15 @@ def test_preset_exercised(name):
     assert cfg.rpu_config() is not cfg.rpu_config()  # fresh each call
     _, y = _run(cfg)
     assert y.shape == (8, OUT) and torch.isfinite(y).all()
+    # the stacked engine runs every preset in full (C++-only forward non-idealities included)
+    from romer_aihwkit.analog.reference import ReferenceStore
+    from romer_aihwkit.analog.stacked import AnalogStack, unsupported_reason
+
+    assert unsupported_reason(cfg.rpu_config()) is None
+    stack = AnalogStack(_digital().weight.detach()[None].clone(), ["m"], cfg.rpu_config(), "expert",
+                        ReferenceStore("memory"), "k")
+    stack.program(1, cfg.t_inference)
+    assert torch.isfinite(stack.mvm(0, torch.randn(8, IN))).all()
     assert cfg.to_dict()["name"] == name
     assert DeviceConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -109,8 +123,29 @@ def test_torch_tile_rejects_forward_w_noise():
     rpu.forward.w_noise, rpu.forward.w_noise_type = 0.0175, WeightNoiseType.PCM_READ
     with pytest.raises(ConfigError, match="w_noise"):
         AnalogLinear(IN, OUT, bias=False, rpu_config=rpu)
-    with pytest.raises(DeviceConfigError, match="w_noise.*read_noise_scale"):
+    with pytest.raises(DeviceConfigError, match="w_noise_type"):
         load_device_config("pcm").replace(w_noise=0.0175)
+    cfg = load_device_config("pcm").replace(w_noise=0.0175, w_noise_type="pcm_read")
+    assert cfg.rpu_config().forward.w_noise == 0.0175  # the stacked engine reads it from here
+
+
+def test_aihwkit_engine_needs_cxx_tiles_for_cxx_only_settings(monkeypatch):
+    """engine='aihwkit' takes AIHWKit's C++ tiles for w_noise / IR drop and refuses clearly where they do not run."""
+    from romer_aihwkit.devices import mapping
+    from romer_aihwkit.errors import EngineError
+
+    cfg = load_device_config("aihwkit-standard")
+    assert cfg.cxx_only_forward() == ["w_noise=0.0175", "ir_drop=1"]
+    assert type(load_device_config("pcm").aihwkit_rpu_config()).__name__ == "TorchInferenceRPUConfig"
+    monkeypatch.setattr(mapping, "cxx_tiles_available", lambda: "ImportError: no rpu_base")
+    with pytest.raises(EngineError, match=r"w_noise=0.0175, ir_drop=1.*no rpu_base.*make reference-env"):
+        cfg.aihwkit_rpu_config()
+    monkeypatch.setattr(mapping, "cxx_tiles_available", lambda: None)
+    rpu = cfg.aihwkit_rpu_config()
+    assert type(rpu).__name__ == "InferenceRPUConfig"
+    assert (rpu.forward.w_noise, rpu.forward.ir_drop, rpu.forward.inp_res) == (0.0175, 1.0, 254.0)
+    with pytest.raises(DeviceConfigError, match="inp_bound"):  # RPUCuda: noise management needs inp_bound 1
+        cfg.replace(inp_bound=2.0).aihwkit_rpu_config()
 
 
 def test_rpu_config_mapping():

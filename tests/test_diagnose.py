@@ -37,7 +37,9 @@ def stressed(blocks):
 
 def test_nonidealities_per_device():
     assert nonidealities_of(load_device_config("pcm")) == ["programming", "drift", "read", "periphery"]
-    assert nonidealities_of(load_device_config("rram-wan2022")) == ["programming", "periphery"]
+    assert nonidealities_of(load_device_config("rram-wan2022")) == ["programming", "periphery", "mvm-read"]
+    assert nonidealities_of(load_device_config("aihwkit-standard")) == [
+        "programming", "drift", "read", "periphery", "mvm-read", "ir-drop"]
     assert nonidealities_of(load_device_config("ideal")) == []
 
 

@@ -172,6 +172,10 @@ def convert_to_analog_moe(
             _warn_fallback(reason)
             engine = "aihwkit"
     store = ReferenceStore(reference, reference_dir) if engine == "stacked" else None
+    # the stacked engine reads every setting from the torch rpu_config; AIHWKit's own tiles need the
+    # C++ ones for the forward non-idealities its torch tiles reject (EngineError where they do not run)
+    rpu_factory = config.rpu_config if engine == "stacked" else config.aihwkit_rpu_config
+    rpu_factory()  # refuse before touching the model
     was_training = model.training
     blocks = _find_blocks(model)
     n_experts = [adapter.num_experts(block) for _, block, adapter in blocks]
@@ -198,7 +202,7 @@ def convert_to_analog_moe(
     for index, (name, block, adapter) in enumerate(blocks):
         device = _module_device(block)
         ctx = AnalogConversionContext(
-            rpu_config_factory=config.rpu_config,
+            rpu_config_factory=rpu_factory,
             layer_index=index,
             block_name=name,
             analog_router=analog_router,
@@ -224,7 +228,7 @@ def convert_to_analog_moe(
                 device = _module_device(module)
                 n = convert_linears(
                     module,
-                    AnalogConversionContext(config.rpu_config, -1, name, engine=engine, store=store),
+                    AnalogConversionContext(rpu_factory, -1, name, engine=engine, store=store),
                     "attention",
                     prefix="",
                 )

@@ -264,7 +264,7 @@ class AnalogMatrix(WeightMatrix):
         for tile in self._tiles():
             clip = getattr(tile.rpu_config, "clip", None)
             if clip is not None and clip.type.name != "NONE":
-                tile.tile.clip_weights(clip)  # AIHWKit's clipping, before programming
+                tile.tile.clip_weights(_clip_parameters(tile, clip))  # AIHWKit's clipping, before programming
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(matrix_seed(seed, self.matrix_name, "program"))
             self.analog.program_analog_weights()
@@ -328,6 +328,15 @@ class AnalogMatrix(WeightMatrix):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], y.shape[-1]).float()
+
+
+def _clip_parameters(tile, clip):
+    """``clip`` in the form the tile's simulator takes: AIHWKit's C++ tiles take their bindings."""
+    if type(tile.tile).__module__.startswith("aihwkit.simulator.rpu_base"):
+        from aihwkit.simulator.parameters.helpers import parameters_to_bindings
+
+        return parameters_to_bindings(clip, tile.get_data_type())
+    return clip
 
 
 _KEEP_PROGRAMMED = os.environ.get("ROMER_AIHWKIT_KEEP_PROGRAMMED", "0").strip().lower() in ("1", "true", "yes", "on")

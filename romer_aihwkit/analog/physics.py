@@ -238,12 +238,14 @@ def program_recipe(rpu_config) -> ProgramRecipe | str:
         PerColumnDriftCompensation,
     )
     from aihwkit.simulator.parameters.enums import WeightClipType
+    from aihwkit.simulator.tiles.inference import InferenceTile
     from aihwkit.simulator.tiles.inference_torch import TorchInferenceTile
 
     io = _fast._parse(rpu_config)
     if isinstance(io, str):
         return io
-    if getattr(rpu_config, "tile_class", TorchInferenceTile) is not TorchInferenceTile:
+    # the torch tiles' forward, or the C++ tiles' (InferenceRPUConfig) with their forward non-idealities
+    if getattr(rpu_config, "tile_class", TorchInferenceTile) not in (TorchInferenceTile, InferenceTile):
         return f"tile class {rpu_config.tile_class.__name__}"
     if getattr(rpu_config.forward, "out_noise_std", 0.0) > 0:
         return "forward.out_noise_std > 0 (per-column output noise levels)"
@@ -330,13 +332,8 @@ def _readout(w: torch.Tensor, r: ProgramRecipe, exact: bool = False) -> torch.Te
     ``exact``: the ideal read-out (``GlobalDriftCompensationWithExactReference``'s baseline).
     """
     noisy = not (r.io.perfect or exact)
-    if noisy:
-        one = torch.ones(1, 1, dtype=torch.float32, device=w.device)
-        levels, in_scale, restore, step_out = _fast.input_levels(one, r.io)
-        y = w * (float(levels) * in_scale)  # [out_t, in_t]: output column o of input row i, in ADC steps
-        y = _fast.output_stage(y, r.io, restore, step_out).abs_()
-    else:
-        y = w.abs()
+    # [out_t, in_t]: output column o for the one-hot input row i (with IR drop, read noise, ...)
+    y = _fast.one_hot_outputs(w, r.io).abs_() if noisy else w.abs()
     value = y.mean(dim=1) if r.compensation == "per-column" else y.mean()
     return value.clamp_(min=1e-4)
 

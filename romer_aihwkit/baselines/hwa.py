@@ -5,7 +5,8 @@ with the analog forward pass in the loop, so the weights learn to tolerate the h
 Here every MoE router and expert matrix (and shared experts) runs on an AIHWKit ``AnalogLinear``
 with a torch tile in training mode: the device preset's periphery (DAC/ADC, output noise, weight
 remapping, clipping) plus a weight-noise modifier (``WeightModifierType.ADD_NORMAL``), since the
-torch tiles reject per-forward read noise (``forward.w_noise``). Attention, embeddings and norms
+torch tiles reject per-forward read noise (``forward.w_noise``) and the other C++-only forward
+non-idealities (trained without them; the evaluation has them all). Attention, embeddings and norms
 stay digital and frozen. The trained weights are written back into the original model's layout,
 so the result is a plain digital checkpoint that is converted and programmed like any model.
 
@@ -90,7 +91,10 @@ def hwa_rpu_config(device_config: Any, weight_noise: float) -> Any:
 
     from ..devices import load_device_config
 
-    rpu = load_device_config(device_config).rpu_config()
+    config = load_device_config(device_config)
+    # training runs on torch tiles, which reject the C++-only forward non-idealities (read noise, IR
+    # drop, ...): train with the rest of the periphery; the trained model is evaluated with all of it
+    rpu = config.torch_tile_subset().rpu_config()
     rpu.modifier = WeightModifierParameter(
         type=WeightModifierType.ADD_NORMAL if weight_noise > 0 else WeightModifierType.NONE,
         std_dev=float(weight_noise), rel_to_actual_wmax=True)

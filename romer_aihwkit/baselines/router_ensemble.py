@@ -138,7 +138,9 @@ def _copy_matrix(base: WeightMatrix, name: str, state) -> WeightMatrix:
 
         kwargs["store"] = ReferenceStore("memory")
     bias = base.bias.detach() if base.bias is not None else None
-    return make_matrix(base.weight.detach().float(), bias, base.role, name, rpu_config=state.device_config.rpu_config(),
+    config = state.device_config
+    rpu = config.rpu_config() if state.engine == "stacked" else config.aihwkit_rpu_config()
+    return make_matrix(base.weight.detach().float(), bias, base.role, name, rpu_config=rpu,
                        analog=True, engine=state.engine, **kwargs)
 
 

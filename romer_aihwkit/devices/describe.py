@@ -52,6 +52,25 @@ def modelled_nonidealities(config: DeviceConfig) -> list[str]:
             items.append(f"output clipping at {config.out_bound:g}"
                          + (" with iterative bound management"
                             if config.bound_management == "iterative" else ""))
+        if config.noise_management == "constant":
+            items.append(f"constant input scaling by {config.nm_thres or 1.0:g} before the DAC (noise_management constant)")
+        elif config.nm_thres > 0 and config.noise_management != "none":
+            items.append(f"input scale capped at nm_thres {config.nm_thres:g}")
+        if config.inp_noise > 0:
+            items.append(f"Gaussian input (DAC) noise, std {config.inp_noise:g}, every MVM")
+        if config.ir_drop > 0:
+            items.append(f"IR drop along the input lines, {config.ir_drop:g} x the wire resistance "
+                         f"(wire/device conductance ratio {config.ir_drop_g_ratio:.4g}), as AIHWKit's C++ tiles")
+        if config.r_series > 0:
+            items.append(f"series resistance of the output lines, {config.r_series:g} of the output current")
+        if config.w_noise > 0:
+            formula = "w_noise * sqrt(sum_j |w_ij| x_j^2)" if config.w_noise_type == "pcm_read" else "w_noise * ||x||"
+            items.append(f"per-MVM weight read noise ({config.w_noise_type}, w_noise {config.w_noise:g}): output "
+                         f"noise of std {formula}, resampled every MVM, as AIHWKit's C++ tiles")
+        if config.out_nonlinearity > 0:
+            items.append(f"S-shaped output non-linearity y / (1 + n|y|), n = {config.out_nonlinearity:g} / out_bound"
+                         + (f", slope calibrated at {config.slope_calibration:g} of the range"
+                            if config.slope_calibration > 0 else ""))
         if config.out_noise > 0:
             items.append(f"additive Gaussian output noise, std {config.out_noise:g}, every MVM")
     if config.max_input_size or config.max_output_size:
@@ -86,9 +105,12 @@ def aihwkit_deviations(config: DeviceConfig) -> list[str]:
                      "hardware-aware training, which this project does not run)")
         if not config.input_range.enable:
             items.append(f"dynamic input scaling ({config.noise_management}) instead of the preset's static "
-                         "input ranges learned in hardware-aware training")
-        items.append("no per-MVM weight read noise (StandardHWATrainingPreset: forward.w_noise 0.0175, "
-                     "which AIHWKit's torch tiles reject)")
+                         "input ranges (initially 3.0, learned in hardware-aware training; left untrained they "
+                         "clip every larger activation) followed by constant noise management (nm_thres 1)")
+        if config.w_noise == 0:
+            items.append("no per-MVM weight read noise (StandardHWATrainingPreset: forward.w_noise 0.0175, PCM_READ)")
+        if config.ir_drop == 0:
+            items.append("no IR drop (StandardHWATrainingPreset: forward.ir_drop 1.0)")
     return items
 
 
@@ -101,10 +123,19 @@ def unmodelled_nonidealities(config: DeviceConfig) -> list[str]:
     Returns:
         One item per effect left out.
     """
-    items = [
-        "per-MVM short-term weight read noise (forward.w_noise): rejected by AIHWKit's torch "
-        "tiles; only the noise model's read noise, sampled once at drift time, is present",
-        "IR drop, S-shaped output non-linearity, voltage offsets (not supported by torch tiles)",
+    items = []
+    if config.w_noise == 0:
+        items.append("per-MVM short-term weight read noise (w_noise 0): only the noise model's read noise, "
+                     "sampled once at drift time, is present")
+    if config.ir_drop == 0:
+        items.append("IR drop (ir_drop 0)")
+    if config.out_nonlinearity == 0:
+        items.append("S-shaped output non-linearity (out_nonlinearity 0)")
+    items += [
+        "per-line random draws AIHWKit's C++ tiles make once per tile: voltage offsets (v_offset_std), "
+        "output-to-output non-linearity spread (out_nonlinearity_std), device polarity read asymmetry "
+        "(w_read_asymmetry_dtod): chip state that is not drawn per chip instance here",
+        "time-resolved IR drop (AIHWKit's TorchInferenceRPUConfigIRDropT): the steady-state C++ model is used",
         "analog bias (biases stay digital)",
     ]
     items.extend(noise_model_spec(config.noise_model).unmodelled)

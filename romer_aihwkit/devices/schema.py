@@ -55,7 +55,8 @@ NOISE_MODELS: Mapping[str, str] = _NoiseModelNames()
 DRIFT_COMPENSATIONS = ("none", "global", "per-column")
 WEIGHT_REMAPS = ("none", "layerwise_symmetric", "channelwise_symmetric")
 WEIGHT_CLIPS = ("none", "fixed", "layer_gaussian")
-NOISE_MANAGEMENTS = ("none", "abs_max", "max")
+NOISE_MANAGEMENTS = ("none", "abs_max", "max", "constant")
+W_NOISE_TYPES = ("none", "pcm_read", "additive_constant")
 BOUND_MANAGEMENTS = ("none", "iterative")
 
 _BITS_RANGE = (2, 24)
@@ -72,6 +73,14 @@ FIELD_RANGES: dict[str, tuple[float, float, str]] = {
     "inp_bound": (1e-3, 100.0, "normalised input"),
     "out_bound": (1e-3, 1000.0, "normalised output"),
     "out_noise": (0.0, 1.0, "normalised output"),
+    "nm_thres": (0.0, 1000.0, "layer input units, 0 = off"),
+    "inp_noise": (0.0, 1.0, "normalised input (DAC full scale 1)"),
+    "w_noise": (0.0, 0.5, "normalised weight (|w| <= 1 after remapping)"),
+    "ir_drop": (0.0, 10.0, "x the physical wire resistance"),
+    "ir_drop_g_ratio": (1e3, 1e9, "wire conductance per cell / device g_max"),
+    "out_nonlinearity": (0.0, 10.0, "output compression at out_bound"),
+    "slope_calibration": (0.0, 1.0, "fraction of the output range"),
+    "r_series": (0.0, 1.0, "fraction of the output current"),
     "max_input_size": (0.0, 65536.0, "rows, 0 = no limit"),
     "max_output_size": (0.0, 65536.0, "columns, 0 = no limit"),
     "weight_clip_value": (1e-3, 100.0, "|w| or std"),
@@ -95,6 +104,7 @@ class _FieldChoices(Mapping[str, tuple[str, ...]]):
         "weight_clip": WEIGHT_CLIPS,
         "noise_management": NOISE_MANAGEMENTS,
         "bound_management": BOUND_MANAGEMENTS,
+        "w_noise_type": W_NOISE_TYPES,
     }
 
     def __getitem__(self, key: str) -> tuple[str, ...]:
@@ -229,8 +239,46 @@ class DeviceConfig:
     forward, in the same normalised output units as ``out_bound``."""
 
     noise_management: str = "abs_max"
-    """Dynamic input scaling before the DAC (``forward.noise_management``): ``abs_max`` scales each
-    input vector by its abs-max, ``max`` by its max, ``none`` not at all."""
+    """Input scaling before the DAC (``forward.noise_management``): ``abs_max`` scales each input
+    vector by its abs-max, ``max`` by its max, ``constant`` by the constant ``nm_thres`` (1 when 0:
+    AIHWKit's ``StandardHWATrainingPreset``, whose inputs are scaled by static input ranges
+    first), ``none`` not at all."""
+
+    nm_thres: float = 0.0
+    """Noise-management threshold (``forward.nm_thres``): ``abs_max`` / ``max`` scale by at most
+    this value, ``constant`` by exactly it; 0 = no threshold."""
+
+    inp_noise: float = 0.0
+    """Std of Gaussian noise added to every DAC output, after the input clip (``forward.inp_noise``),
+    resampled every MVM. Simulated by the stacked engine and AIHWKit's C++ tiles."""
+
+    w_noise: float = 0.0
+    """Per-MVM weight read noise (``forward.w_noise``): output-referred Gaussian noise, resampled
+    every MVM, of std ``w_noise * sqrt(sum_j |w_ij| x_j^2)`` (``pcm_read``) or ``w_noise * ||x||``
+    (``additive_constant``), in tile units. Simulated by the stacked engine and AIHWKit's C++ tiles."""
+
+    w_noise_type: str = "none"
+    """``pcm_read`` or ``additive_constant`` (``forward.w_noise_type``); ``none`` with ``w_noise`` 0."""
+
+    ir_drop: float = 0.0
+    """IR drop along the input lines (``forward.ir_drop``, a scale of the physical wire resistance):
+    a deterministic, input- and weight-dependent loss of each output, as RPUCuda's ``applyIrDrop``."""
+
+    ir_drop_g_ratio: float = 1.0 / 0.35 / 5e-6
+    """Wire conductance from one cell to the next over the device's maximal conductance
+    (``forward.ir_drop_g_ratio``; AIHWKit's default: 0.35 Ohm wires, 5 uS g_max)."""
+
+    out_nonlinearity: float = 0.0
+    """S-shaped output non-linearity ``y / (1 + n |y|)`` with ``n = out_nonlinearity / out_bound``
+    (``forward.out_nonlinearity``), before output noise and ADC."""
+
+    slope_calibration: float = 0.0
+    """Calibrated slope of the non-linearity / series resistance: the fraction of the output range
+    where the slope is 1 (``forward.slope_calibration``); 0 = uncalibrated."""
+
+    r_series: float = 0.0
+    """Series resistance of the output lines, as a fraction of the total output current
+    (``forward.r_series``; voltage offsets 0, AIHWKit's implicit reference line ``v_offset_w_min = -1``)."""
 
     bound_management: str = "none"
     """``iterative``: halve the input scale and repeat when the output clips
@@ -280,7 +328,9 @@ class DeviceConfig:
 
         for name in ("noise_level", "g_max", "inp_bound", "out_bound", "weight_clip_value"):
             _check_number(self, name, optional=True)
-        for name in ("prog_noise_scale", "read_noise_scale", "drift_scale", "out_noise", "t_inference"):
+        for name in ("prog_noise_scale", "read_noise_scale", "drift_scale", "out_noise", "t_inference", "nm_thres",
+                     "inp_noise", "w_noise", "ir_drop", "ir_drop_g_ratio", "out_nonlinearity", "slope_calibration",
+                     "r_series"):
             _check_number(self, name)
         for name in ("dac_bits", "adc_bits"):
             _check_int(self, name, optional=True)
@@ -369,6 +419,15 @@ class DeviceConfig:
             raise DeviceConfigError("dac_bits needs inp_bound (the DAC range)", field="inp_bound")
         if self.adc_bits is not None and self.out_bound is None:
             raise DeviceConfigError("adc_bits needs out_bound (the ADC range)", field="out_bound")
+        if self.w_noise > 0.0 and self.w_noise_type == "none":
+            raise DeviceConfigError("w_noise > 0 needs w_noise_type 'pcm_read' or 'additive_constant'",
+                                    field="w_noise_type")
+        if self.w_noise == 0.0 and self.w_noise_type != "none":
+            raise DeviceConfigError(f"w_noise_type {self.w_noise_type!r} needs w_noise > 0 (or set it to 'none')",
+                                    field="w_noise")
+        if self.slope_calibration > 0.0 and self.out_nonlinearity == 0.0 and self.r_series == 0.0:
+            raise DeviceConfigError("calibrates out_nonlinearity / r_series: set one of them, or leave it at 0",
+                                    field="slope_calibration")
         if self.weight_clip == "fixed" and self.weight_clip_value is None:
             raise DeviceConfigError("weight_clip 'fixed' needs weight_clip_value",
                                     field="weight_clip_value")
@@ -468,6 +527,19 @@ class DeviceConfig:
         """True when the MVM periphery adds nothing (AIHWKit ``forward.is_perfect``)."""
         return mapping.is_ideal_periphery(self)
 
+    def cxx_only_forward(self) -> list[str]:
+        """The forward non-idealities set here that AIHWKit's torch tiles reject (its C++ tiles and the
+        stacked engine simulate them); see :func:`.mapping.cxx_only_forward`."""
+        return mapping.cxx_only_forward(self)
+
+    def torch_tile_subset(self) -> DeviceConfig:
+        """This config with the C++-only forward non-idealities off (what AIHWKit's torch tiles run)."""
+        return self.replace(**mapping.CXX_FORWARD_OFF) if self.cxx_only_forward() else self
+
+    def aihwkit_rpu_config(self) -> Any:
+        """The rpu_config for ``engine="aihwkit"`` (see :func:`.mapping.aihwkit_rpu_config`)."""
+        return mapping.aihwkit_rpu_config(self)
+
     def modelled_nonidealities(self) -> list[str]:
         """What this config simulates, one item per effect (see :mod:`.describe`)."""
         return describe.modelled_nonidealities(self)
@@ -491,17 +563,11 @@ def _check_known_fields(data: dict[str, Any]) -> None:
     for key in data:
         if key in known:
             continue
-        if key == "w_noise":
-            raise DeviceConfigError(
-                "per-MVM weight read noise (forward.w_noise) is not supported by AIHWKit's "
-                "torch tiles (TorchInferenceRPUConfig); read noise is modelled by the noise "
-                "model at drift time, scaled by read_noise_scale",
-                field=key,
-            )
         hint = difflib.get_close_matches(str(key), known, n=1)
         did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise DeviceConfigError(
-            f"unknown field{did_you_mean}; known fields: {', '.join(known)}", field=str(key)[:60]
+            f"unknown field{did_you_mean}; `romer-aihwkit devices show pcm` lists all {len(known)} fields with "
+            "their ranges", field=str(key)[:60]
         )
 
 

@@ -12,7 +12,9 @@ alone or one part off, programs the same chip instances (seeds) and measures per
   conductance spread), ``drift`` (``drift_scale``; the device's drift compensation stays as
   configured), ``read`` (``read_noise_scale``: accumulated 1/f read noise), ``periphery``
   (DAC/ADC quantisation and clipping plus additive output noise: ``dac_bits``, ``adc_bits``,
-  ``inp_bound``, ``out_bound``, ``out_noise``). Only those the device models are listed.
+  ``inp_bound``, ``out_bound``, ``out_noise``), ``mvm-read`` (per-MVM weight read noise and input
+  noise: ``w_noise``, ``inp_noise``), ``ir-drop`` (``ir_drop``, ``r_series``, ``out_nonlinearity``).
+  Only those the device models are listed.
 
 Rows of the budget (every ppl paired per chip instance, mean and 95 % Student-t CI):
 
@@ -59,6 +61,8 @@ NONIDEALITIES: dict[str, dict[str, Any]] = {
     "drift": {"drift_scale": 0.0},
     "read": {"read_noise_scale": 0.0},
     "periphery": {"dac_bits": None, "adc_bits": None, "inp_bound": None, "out_bound": None, "out_noise": 0.0},
+    "mvm-read": {"w_noise": 0.0, "w_noise_type": "none", "inp_noise": 0.0},
+    "ir-drop": {"ir_drop": 0.0, "r_series": 0.0, "out_nonlinearity": 0.0, "slope_calibration": 0.0},
 }
 """Each non-ideality and the device-config overrides that turn it off."""
 NONIDEALITY_DOC = {
@@ -66,6 +70,8 @@ NONIDEALITY_DOC = {
     "drift": "conductance drift to t_inference, with the device's drift compensation",
     "read": "accumulated 1/f read noise up to t_inference",
     "periphery": "DAC/ADC quantisation and clipping + additive output noise",
+    "mvm-read": "per-MVM weight read noise (and input noise), resampled every token",
+    "ir-drop": "IR drop, series resistance and output non-linearity (deterministic, input dependent)",
 }
 OUTLIER_RATIO = 6.0
 """A hidden channel is an outlier channel when its RMS exceeds this many times the median channel RMS."""
@@ -84,6 +90,10 @@ def nonidealities_of(config) -> list[str]:
     if config.dac_bits is not None or config.adc_bits is not None or config.out_noise > 0 or config.inp_bound is not None \
             or config.out_bound is not None:
         out.append("periphery")
+    if config.w_noise > 0 or config.inp_noise > 0:
+        out.append("mvm-read")
+    if config.ir_drop > 0 or config.r_series > 0 or config.out_nonlinearity > 0:
+        out.append("ir-drop")
     return out
 
 
@@ -411,6 +421,11 @@ _TARGETS = {
                    "`router-ensemble` / `digital-router` for router noise",
     "drift": "drift compensation (`global`, `per-column`)",
     "read": "averaging repeated reads (`router-ensemble` for the router)",
+    "mvm-read": "per-token noise no calibration removes: averaging repeated reads (`router-ensemble` for the "
+                "router), keeping the most sensitive matrices digital (`hetero`, `digital-router`), hardware-aware "
+                "training",
+    "ir-drop": "a deterministic, input-dependent gain loss: gain compensation (`global`, `per-column`) absorbs "
+               "its mean; smaller tiles or lower conductances reduce it",
     "router": "ROMER (`romer`: per-expert logit distortion and load collapse) for systematic error; "
               "`router-ensemble` or `digital-router` for per-token noise",
     "expert": "`hetero` for a few fragile experts; ROMER replacement (`romer`) doubles the hottest experts' tiles",

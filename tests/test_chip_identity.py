@@ -16,6 +16,7 @@ import romer_aihwkit as ra
 from romer_aihwkit.analog.matrix import AnalogMatrix
 from romer_aihwkit.analog.reference import ReferenceStore
 from romer_aihwkit.analog.stacked import AnalogStack
+from romer_aihwkit.devices.mapping import cxx_tiles_available
 
 SHAPE = (48, 40)  # on 16 x 16 tiles: 3 output x 3 input tiles
 TILES = dict(max_input_size=16, max_output_size=16)
@@ -47,6 +48,10 @@ def _aihwkit_chip(matrix: AnalogMatrix) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _both(preset, seed, t_inference, shape=SHAPE, two_calls=False):
     cfg = ra.load_device_config(preset).replace(**TILES)
+    if cfg.cxx_only_forward() and cxx_tiles_available() is not None:
+        # AIHWKit's torch tiles reject these forward settings and its C++ tiles do not run with this
+        # torch (`make test-reference` runs them): compare the engines on the torch-tile subset here
+        cfg = cfg.torch_tile_subset()
     w = 0.2 * torch.randn(*shape, generator=torch.Generator().manual_seed(11))
     matrix = AnalogMatrix(w, None, cfg.rpu_config(), "expert", "blk.experts.3.down")
     stack = AnalogStack(w[None].clone(), ["blk.experts.3.down"], cfg.rpu_config(), "expert",

@@ -340,8 +340,10 @@ def forward_interleaved(shape: str, dtype: torch.dtype, devices: list[str], toke
         cfg = ra.load_device_config(device).replace(noise_model="none", g_max=None, prog_noise_scale=1.0,
                                                     read_noise_scale=1.0, drift_scale=1.0, allowed_t_inference=None)
         holder = build_block(shape, dtype).to(on)
+        t0 = time.perf_counter()
         ra.convert_to_analog_moe(holder, cfg, engine="stacked")
         holder.program_analog_weights(seed=0, t_inference=cfg.t_inference)
+        print(f"{shape} {dtype}: {device} converted and programmed in {time.perf_counter() - t0:.0f} s", flush=True)
         fns[device] = _sync(lambda h=holder: h.mlp(x), on)
     out = []
     for n in threads:

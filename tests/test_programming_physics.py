@@ -29,6 +29,8 @@ PCM_VARIANTS = [
     {},  # the pcm preset as shipped
     {"g_max": 15.0, "prog_noise_scale": 1.5, "read_noise_scale": 0.7, "drift_scale": 1.3},
     {"read_noise_scale": 0.0, "drift_scale": 0.0},
+    {"drift_scale": 0.0},  # diagnosis turns drift off this way: flipped signs have log g = -inf
+    {"drift_scale": 0.4},
 ]
 
 
@@ -64,6 +66,7 @@ def test_four_draw_pcm_reproduces_aihwkit_distribution(overrides, t_inference):
     ref = _aihwkit(nm, w, t_inference, 0) - w
     again = _aihwkit(nm, w, t_inference, 1) - w
     mine = _four_draw(pcm, w, t_inference, 2) - w
+    assert torch.isfinite(mine).all()  # a NaN sorts last and would slip through the KS statistic
     critical = 1.95 * math.sqrt(2 / N)
     d_self, d_mine = _ks(ref, again), _ks(ref, mine)
     assert d_mine < critical and d_mine < 2.5 * d_self + 0.002, (d_mine, d_self, critical)

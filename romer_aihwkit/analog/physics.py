@@ -151,10 +151,11 @@ def pcm_program(w: torch.Tensor, pcm: PcmPhysics, with_nu: bool) -> tuple[torch.
         # saturate, needs a normal draw within 1e-37 of a clamp: probability < 1e-36 per weight).
         log_g = torch.log(g * (1.0 / pcm.g_max))
         log_g = torch.minimum(log_g, prog * 1e38, out=log_g)
-        ds = pcm.drift_scale  # >= 0: folded into the clamped mean and std
-        mu = (log_g * (-0.0155 * ds)).add_(0.0244 * ds).clamp_(min=0.049 * ds, max=0.1 * ds)
-        sig = log_g.mul_(-0.0125 * ds).sub_(0.0059 * ds).clamp_(min=0.008 * ds, max=0.045 * ds)
+        mu = (log_g * -0.0155).add_(0.0244).clamp_(min=0.049, max=0.1)
+        sig = log_g.mul_(-0.0125).sub_(0.0059).clamp_(min=0.008, max=0.045)
         nu = mu.addcmul_(torch.randn_like(sig), sig).abs_()
+        if pcm.drift_scale != 1.0:  # scaled after the clamps: log_g is -inf for a flipped sign, and -inf * 0 is NaN
+            nu.mul_(pcm.drift_scale)
     # back to weights in w's sign (w == 0: the + device is "own", which is symmetric in distribution)
     return prog.mul_(torch.copysign(g.fill_(1.0 / scale), w)), nu
 

@@ -412,11 +412,11 @@ def _merge_layers(seed_layers: list[list[dict[str, Any]]], crest: list[dict[str,
 
 # ------------------------------------------------------------------ the reading
 _TARGETS = {
-    "periphery": "8-bit DAC/ADC quantisation and output noise: static input ranges (`input-range`), more converter "
-                 "bits, or hardware-aware training",
+    "periphery": "8-bit DAC/ADC quantisation and output noise: analog-aware channel rescaling (`smooth`), static "
+                 "input ranges (`input-range`), more converter bits, or hardware-aware training",
     "periphery+outliers": "outlier channels: per-token abs-max DAC scaling spends its levels on them; static input "
-                          "ranges (`input-range`) clip them instead, which can be worse -- outlier-aware input "
-                          "scaling (splitting the outlier channels off) is what targets it",
+                          "ranges (`input-range`) clip them instead, which can be worse -- analog-aware channel "
+                          "rescaling (`smooth`) moves them into the weights, which targets it",
     "programming": "hetero (`hetero`: keep the few most sensitive experts digital) for expert noise; ROMER / "
                    "`router-ensemble` / `digital-router` for router noise",
     "drift": "drift compensation (`global`, `per-column`)",

@@ -407,20 +407,24 @@ def print_summary(results: Results, console: Any = None) -> None:
         show_replaced = any(replaced.values())
         controls = _has_controls(entries)
         narrow = console.width < 100
-        headers = ["method", "ppl", "±CI" if narrow else "±CI95", *(["std"] if wide else []), "Δppl", "load_cv",
-                   "max_load", "fidelity", *([("repl." if narrow else "replaced")] if show_replaced else []),
+        # on a narrow terminal the controls' columns take the place of Δppl and the load columns (in report.md)
+        loads = not (narrow and controls)
+        headers = ["method", "ppl", "±CI" if narrow else "±CI95", *(["std"] if wide else []),
+                   *(["Δppl", "load_cv", "max_load"] if loads else []), "fidelity", *([("repl." if narrow else "replaced")] if show_replaced else []),
                    *(["edit", "recov." if narrow else "recovered"] if controls else []),
                    *(["n"] if len(counts) > 1 else [])]
         for i, header in enumerate(headers):
             if i == 0:
-                table.add_column(header, style="bold", overflow="fold", min_width=6)
+                table.add_column(header, style="bold", no_wrap=True, min_width=max(len(e.method) for e in entries))
             else:
                 table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
         best = _best_method(entries)
         for e in entries:
             cells = [e.method, _fmt(e.mean("ppl"), 2), _fmt(e.ci95("ppl"), 2),
-                     *([_fmt(e.std("ppl"), 2)] if wide else []), _delta_vs_none(entries, e),
-                     _fmt(e.mean("load_cv")), _fmt(e.mean("max_load_ratio")), _fmt(e.mean("router_fidelity")),
+                     *([_fmt(e.std("ppl"), 2)] if wide else []),
+                     *([_delta_vs_none(entries, e), _fmt(e.mean("load_cv")), _fmt(e.mean("max_load_ratio"))]
+                       if loads else []),
+                     _fmt(e.mean("router_fidelity")),
                      *([_fmt(replaced[e.method], 1) if replaced[e.method] else "–"] if show_replaced else []),
                      *(_terminal_controls(results, entries, e) if controls else []),
                      *([str(e.n)] if len(counts) > 1 else [])]

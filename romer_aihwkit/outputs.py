@@ -43,10 +43,13 @@ LOCK_FILE = ".romer-aihwkit.lock"
 MARKER_FILE = ".romer-aihwkit-owner.json"
 """The ownership marker: ``{"written_by": "romer-aihwkit", "kind": KIND, "command": COMMAND}``."""
 
+COMPARISON_PLOTS = ("expert_load", "ppl_by_method", "ppl_vs_drift", "recovery", "task_accuracy")
+"""The plots of a comparison folder, ``{prefix}_{model}_{device}*.png`` (written by
+:func:`romer_aihwkit.evaluation.plots.write_plots`; ``--force`` discards them by these prefixes)."""
+
 KIND_OUTPUTS: dict[str, tuple[str, ...]] = {
     "comparison": ("rows*.jsonl", "settings.json", "results.json", "results.csv", "report.md",
-                   "expert_load_*.png", "ppl_by_method_*.png", "ppl_vs_drift_*.png", "recovery_*.png", "task_accuracy_*.png",
-                   "hwa"),
+                   *(f"{prefix}_*.png" for prefix in COMPARISON_PLOTS), "hwa"),
     "diagnosis": ("diagnosis.json", "report.md", "layers_heatmap.png", "budget.png"),
     "calibration": ("calibration.safetensors", "calibration.json", "report.json"),
     "conversion": ("model", "analog_state.safetensors", "convert.json"),

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..outputs import COMPARISON_PLOTS
 from .records import ComparisonResults, ResultRow, SummaryEntry, load_rows, rows_of
 from .report import Results, edit_flag, fmt_seconds, stress_suffix
 
@@ -342,12 +343,15 @@ def write_plots(results: Results, out_dir: str | os.PathLike,
         times = [t for m, d, t in keys if (m, d) == (model, device)]
         for t in times:
             suffix = "" if len(times) == 1 else f"_t{t:g}"
-            p = plot_layer_loads(typed, model, device, t, out_dir / f"expert_load_{stem}{suffix}.png")
+            p = plot_layer_loads(typed, model, device, t, out_dir / f"{COMPARISON_PLOTS[0]}_{stem}{suffix}.png")
             if p is not None:
                 written.append(p)
-        for fn, name in ((plot_ppl_by_method, "ppl_by_method"), (plot_ppl_vs_drift, "ppl_vs_drift"),
-                         (plot_recovery, "recovery"), (plot_task_accuracy, "task_accuracy")):
-            p = fn(results, model, device, out_dir / f"{name}_{stem}.png")
+        per_pair = {"ppl_by_method": plot_ppl_by_method, "ppl_vs_drift": plot_ppl_vs_drift,
+                    "recovery": plot_recovery, "task_accuracy": plot_task_accuracy}
+        for name in COMPARISON_PLOTS:
+            if name == "expert_load":  # one per drift time, above
+                continue
+            p = per_pair[name](results, model, device, out_dir / f"{name}_{stem}.png")
             if p is not None:
                 written.append(p)
     return written

@@ -2,7 +2,8 @@
 
 Layers, bottom to top (a module may import its own layer and the layers below, never above):
 
-1. ``errors``, ``atomic``, ``outputs`` (output folders), ``validate`` (value checks): no project imports beyond this layer.
+1. ``errors``, ``atomic``, ``outputs`` (output folders), ``validate`` (value checks), ``compat`` (third-party
+   internals, one module per library): no project imports beyond this layer.
 2. ``data``, ``models``, ``devices``, ``adapters`` (family descriptions; they build analog modules only
    through the ``ConversionContext`` protocol the analog layer implements), ``stress``, ``measures``.
 3. ``analog`` and ``artifacts`` (fingerprints of converted models).
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent / "romer_aihwkit"
 PACKAGE = "romer_aihwkit"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "atomic", "outputs", "validate"),
+    ("errors", "atomic", "outputs", "validate", "compat"),
     ("data", "models", "devices", "adapters", "stress", "measures"),
     ("analog", "artifacts"),
     ("calibration", "baselines"),

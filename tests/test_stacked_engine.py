@@ -253,9 +253,9 @@ def test_replica_tiles_drift_at_t_zero_like_the_others():
 
 
 def test_unreproduced_setting_falls_back_with_one_warning():
-    from romer_aihwkit.analog import convert as convert_module
+    from romer_aihwkit.analog import engines
 
-    convert_module._WARNED.clear()
+    engines._WARNED.clear()
     cfg = ra.load_device_config("pcm").replace(noise_management="none", input_range={"enable": True, "init_value": 3.0})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -17,11 +17,10 @@ from torch import nn
 
 from ..adapters.routing import RoutingSpec
 from .block import AnalogMoEBlock
+from .engines import AIHWKitEngine, Engine
 from .experts import AnalogExperts
-from .matrix import WeightMatrix, make_matrix
-from .reference import ReferenceStore
+from .matrix import WeightMatrix
 from .router import AnalogRouter
-from .stacked import AnalogStack
 
 __all__ = ["AnalogConversionContext"]
 
@@ -40,19 +39,12 @@ class AnalogConversionContext:
     analog_router: bool = True
     digital_experts: frozenset[int] = field(default_factory=frozenset)
     """Experts of this block kept digital."""
-    engine: str = "aihwkit"
-    """``"stacked"`` or ``"aihwkit"`` (see :data:`romer_aihwkit.analog.matrix.ENGINES`)."""
-    store: Any = None
-    """The :class:`~romer_aihwkit.analog.reference.ReferenceStore` of the stacked engine's clean weights."""
-    tile_dtype: torch.dtype | None = None
-    """dtype of the stacked engine's expert tiles (``None``: the weights' dtype)."""
+    engine: Engine = field(default_factory=AIHWKitEngine)
+    """The engine that builds the analog matrices (:func:`~romer_aihwkit.analog.engines.resolve_engine`)."""
 
     def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True) -> WeightMatrix:
         rpu = self.rpu_config_factory() if analog else None
-        # routers are small and their clean weights are read on every traced forward: keep them in memory
-        store = ReferenceStore("memory") if role == "router" else self.store
-        return make_matrix(weight, bias, role, f"{self.block_name}.{name}", rpu_config=rpu, analog=analog,
-                           engine=self.engine, store=store)
+        return self.engine.matrix(weight, bias, role, f"{self.block_name}.{name}", rpu)
 
     def experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool = True, gate_up_bias: Any = None,
                 down_bias: Any = None, layout: dict[str, Any] | None = None) -> AnalogExperts:
@@ -77,21 +69,10 @@ class AnalogConversionContext:
     def _experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool, gate_up_bias: Any,
                  down_bias: Any) -> AnalogExperts:
         n = len(gate_up)
-        if self.engine == "stacked":
-            analog = [e not in self.digital_experts for e in range(n)]
-            banks = []
-            for part, weights, bias in (("gate_up", gate_up, gate_up_bias), ("down", down, down_bias)):
-                stacked = weights if isinstance(weights, torch.Tensor) else torch.stack([w.detach() for w in weights])
-                bias_t = None if bias is None or bias[0] is None else torch.stack([b.detach() for b in bias])
-                names = [f"{self.block_name}.experts.{e}.{part}" for e in range(n)]
-                banks.append(AnalogStack(stacked.detach(), names, self.rpu_config_factory(), "expert", self.store,
-                                         key=f"{self.block_name}.experts.{part}", analog=analog, bias=bias_t,
-                                         tile_dtype=self.tile_dtype))
-            return AnalogExperts(banks[0], banks[1], act_fn, has_gate=has_gate)
-        gate_up_bias = gate_up_bias or [None] * n
-        down_bias = down_bias or [None] * n
-        gu = [self.matrix(gate_up[e], gate_up_bias[e], "expert", f"experts.{e}.gate_up", e not in self.digital_experts) for e in range(n)]
-        dn = [self.matrix(down[e], down_bias[e], "expert", f"experts.{e}.down", e not in self.digital_experts) for e in range(n)]
+        analog = [e not in self.digital_experts for e in range(n)]
+        gu, dn = (self.engine.bank(weights, [f"{self.block_name}.experts.{e}.{part}" for e in range(n)], "expert",
+                                   f"{self.block_name}.experts.{part}", self.rpu_config_factory, analog, bias)
+                  for part, weights, bias in (("gate_up", gate_up, gate_up_bias), ("down", down, down_bias)))
         return AnalogExperts(gu, dn, act_fn, has_gate=has_gate)
 
     def router(self, weight: torch.Tensor, spec: RoutingSpec, correction_bias: torch.Tensor | None = None) -> AnalogRouter:

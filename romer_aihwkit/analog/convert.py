@@ -10,9 +10,9 @@ from torch import nn
 
 from ..adapters import MoEAdapter, find_moe_blocks, list_adapters
 from ..adapters.base import convert_linears
-from ..errors import InputError, UserError
+from ..errors import UserError
 from .build import AnalogConversionContext
-from .matrix import ENGINES
+from .engines import resolve_engine
 from .model import AnalogMoEModel, mark_converted
 from .programming import drift_analog_weights, program_analog_weights
 from .progress import progress_bar
@@ -160,22 +160,9 @@ def convert_to_analog_moe(
 
     if isinstance(getattr(model, "analog_state", None), AnalogState):
         raise ValueError("this model is already converted; load a fresh copy to convert it again")
-    from .reference import ReferenceStore
-    from .stacked import unsupported_reason
-
     config = load_device_config(device_config)
-    if engine not in ENGINES:
-        raise InputError(f"engine={engine!r} is not one of {', '.join(ENGINES)}")
-    if engine == "stacked":
-        reason = unsupported_reason(config.rpu_config())
-        if reason is not None:
-            _warn_fallback(reason)
-            engine = "aihwkit"
-    store = ReferenceStore(reference, reference_dir) if engine == "stacked" else None
-    # the stacked engine reads every setting from the torch rpu_config; AIHWKit's own tiles need the
-    # C++ ones for the forward non-idealities its torch tiles reject (EngineError where they do not run)
-    rpu_factory = config.rpu_config if engine == "stacked" else config.aihwkit_rpu_config
-    rpu_factory()  # refuse before touching the model
+    chosen = resolve_engine(config, engine, reference, reference_dir, tile_dtype)  # refuses before touching the model
+    rpu_factory = chosen.rpu_config_factory(config)
     was_training = model.training
     blocks = _find_blocks(model)
     n_experts = [adapter.num_experts(block) for _, block, adapter in blocks]
@@ -195,8 +182,8 @@ def convert_to_analog_moe(
         analog_attention=analog_attention,
         analog_router=analog_router,
         digital_experts={k: sorted(v) for k, v in digital.items()},
-        engine=engine,
-        reference=store,
+        engine=chosen.name,
+        reference=chosen.store,
     )
     bar = progress_bar(len(blocks), "converting", "layer", progress)
     for index, (name, block, adapter) in enumerate(blocks):
@@ -207,9 +194,7 @@ def convert_to_analog_moe(
             block_name=name,
             analog_router=analog_router,
             digital_experts=digital.get(index, frozenset()),
-            engine=engine,
-            store=store,
-            tile_dtype=tile_dtype,
+            engine=chosen,
         )
         new = adapter.convert(block, ctx)
         new.to(device)
@@ -228,7 +213,7 @@ def convert_to_analog_moe(
                 device = _module_device(module)
                 n = convert_linears(
                     module,
-                    AnalogConversionContext(rpu_factory, -1, name, engine=engine, store=store),
+                    AnalogConversionContext(rpu_factory, -1, name, engine=chosen),
                     "attention",
                     prefix="",
                 )
@@ -240,17 +225,3 @@ def convert_to_analog_moe(
     model.train(was_training)  # new modules start in training mode; match the model
     _hook_router_logits(model, find_routers(model))
     return mark_converted(model, state)
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_fallback(reason: str) -> None:
-    if reason not in _WARNED:
-        _WARNED.add(reason)
-        warnings.warn(
-            f"the stacked analog engine does not reproduce {reason}; converting with AIHWKit's "
-            "per-matrix tiles (engine='aihwkit'), which is slower and uses more memory",
-            RuntimeWarning,
-            stacklevel=3,
-        )

@@ -1,100 +1,24 @@
 """Routed experts on analog tiles, run once per forward on the tokens routed to each expert.
 
-The experts' matrices live in two *banks* (``gate_up`` and ``down``), one matrix per expert:
-
-* :class:`~romer_aihwkit.analog.stacked.AnalogStack` (``engine="stacked"``, default): one tensor
-  ``[E, out, in]`` per projection, programmed in vectorised passes;
-* :class:`MatrixBank` (``engine="aihwkit"``): one AIHWKit ``AnalogLinear`` per expert matrix, the
-  reference path.
-
-Both answer the same questions (:class:`ExpertBank`), so :class:`AnalogExperts`, ROMER and the
-evaluation code do not depend on the engine.
+The experts' matrices live in two *banks* (``gate_up`` and ``down``), one matrix per expert, each
+an :class:`~romer_aihwkit.analog.bank.AnalogBank` of whichever engine converted the model
+(:mod:`romer_aihwkit.analog.engines`), so :class:`AnalogExperts`, ROMER and the evaluation code
+do not depend on the engine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, cast
 
 import torch
 from torch import nn
 
+from .bank import AnalogBank, MatrixBank
 from .matrix import WeightMatrix
 
-__all__ = ["AnalogExperts", "ExpertBank", "MatrixBank", "REPLICA_MODES"]
+__all__ = ["AnalogExperts", "REPLICA_MODES"]
 
 REPLICA_MODES = ("average", "split")
-
-
-class ExpertBank(Protocol):
-    """One projection of every expert: what :class:`AnalogExperts` needs of its matrix storage."""
-
-    @property
-    def analog(self) -> list[bool]: ...
-
-    def __len__(self) -> int: ...
-
-    @property
-    def out_features(self) -> int: ...
-
-    @property
-    def bias(self) -> torch.Tensor | None: ...
-
-    def mvm(self, e: int, x: torch.Tensor) -> torch.Tensor: ...
-
-    def reference(self, e: int, device=None) -> torch.Tensor: ...
-
-    def set_source(self, e: int, source: int) -> None: ...
-
-    def program(self, seed: int, t_inference: float | None = None, which: list[int] | None = None) -> None: ...
-
-
-class MatrixBank(nn.ModuleList):
-    """Expert matrices as separate :class:`WeightMatrix` modules (the AIHWKit per-matrix path)."""
-
-    def __init__(self, matrices: list[WeightMatrix]) -> None:
-        super().__init__(matrices)
-        self._own: dict[int, torch.Tensor] = {}
-
-    def matrix(self, e: int) -> WeightMatrix:
-        """Expert ``e``'s matrix."""
-        return cast(WeightMatrix, self[e])
-
-    def matrices(self) -> list[WeightMatrix]:
-        """Every expert's matrix, in expert order."""
-        return [self.matrix(e) for e in range(len(self))]
-
-    @property
-    def analog(self) -> list[bool]:
-        return [m.is_analog for m in self.matrices()]
-
-    @property
-    def out_features(self) -> int:
-        return self.matrix(0).out_features
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        biases = [m.bias for m in self.matrices()]
-        return None if any(b is None for b in biases) else torch.stack(cast(list[torch.Tensor], biases))
-
-    def mvm(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        return self.matrix(e)(x)
-
-    def reference(self, e: int, device=None) -> torch.Tensor:
-        weight = self._own.get(e, self.matrix(e).weight.detach())
-        return weight.to(device) if device is not None else weight
-
-    def set_source(self, e: int, source: int) -> None:
-        if source == e:
-            if e in self._own:
-                self.matrix(e).set_reference(self._own.pop(e))
-            return
-        self._own.setdefault(e, self.matrix(e).weight.detach().clone())
-        self.matrix(e).set_reference(self.reference(source))
-
-    def program(self, seed: int, t_inference: float | None = None, which: list[int] | None = None) -> None:
-        for e in range(len(self)) if which is None else which:
-            self.matrix(e).program(seed, t_inference)
 
 
 class AnalogExperts(nn.Module):
@@ -113,14 +37,14 @@ class AnalogExperts(nn.Module):
 
     def __init__(
         self,
-        gate_up: ExpertBank | list[WeightMatrix],
-        down: ExpertBank | list[WeightMatrix],
+        gate_up: AnalogBank | list[WeightMatrix],
+        down: AnalogBank | list[WeightMatrix],
         act_fn: Callable[[torch.Tensor], torch.Tensor],
         has_gate: bool = True,
     ) -> None:
         super().__init__()
-        first: ExpertBank = MatrixBank(gate_up) if isinstance(gate_up, list) else gate_up
-        second: ExpertBank = MatrixBank(down) if isinstance(down, list) else down
+        first: AnalogBank = MatrixBank(gate_up) if isinstance(gate_up, list) else gate_up
+        second: AnalogBank = MatrixBank(down) if isinstance(down, list) else down
         if len(first) != len(second) or len(first) == 0:
             raise ValueError("need one gate_up and one down matrix per expert")
         self.gate_up = first
@@ -133,11 +57,7 @@ class AnalogExperts(nn.Module):
         self.layout: dict = {"kind": "fused", "has_gate": has_gate, "transposed": False, "concatenated": True, "has_bias": False}
         """How the original model stored these experts (used to write its digital weights back)."""
 
-    @property
-    def engine(self) -> str:
-        return "aihwkit" if isinstance(self.gate_up, MatrixBank) else "stacked"
-
-    def banks(self) -> tuple[ExpertBank, ExpertBank]:
+    def banks(self) -> tuple[AnalogBank, AnalogBank]:
         return self.gate_up, self.down
 
     def analog_mask(self) -> list[bool]:

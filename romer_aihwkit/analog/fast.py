@@ -58,10 +58,11 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
+
+from ..compat import aihwkit as _compat
 
 __all__ = [
     "FastPlan",
@@ -283,47 +284,14 @@ class FastPlan:
     array_bias: torch.Tensor | None
 
 
-def _grid(module: nn.Module):
-    """``(tiles by input slice, input sizes, output sizes, array bias)`` or a reason string."""
-    from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
-    from aihwkit.simulator.tiles.array import TileModuleArray
-    from aihwkit.simulator.tiles.inference_torch import TorchInferenceTile
-    from aihwkit.simulator.tiles.torch_tile import TorchSimulatorTile
-
-    grid: list[list[Any]]
-    if type(module) is TorchInferenceTile:
-        grid, in_sizes, out_sizes, bias = [[module]], [module.in_size], [module.out_size], None
-    elif type(module) is TileModuleArray:
-        array: Any = module  # TileModuleArray's attributes are set in its __init__
-        grid = [list(row) for row in array.array]
-        in_sizes, out_sizes, bias = list(array.in_sizes), list(array.out_sizes), array.bias
-    else:
-        return f"tile module {type(module).__name__}"
-    for row in grid:
-        for tile in row:
-            if type(tile).__name__ == "InferenceTile" and type(tile).__module__ == "aihwkit.simulator.tiles.inference":
-                return _CXX_TILES
-            if type(tile) is not TorchInferenceTile or type(tile.tile) is not TorchSimulatorTile:
-                return f"tile class {type(tile).__name__}/{type(tile.tile).__name__}"
-            if tile.tile._analog_mvm is not AnalogMVM:
-                return f"analog MVM class {tile.tile._analog_mvm.__name__}"
-            if tile.analog_bias or tile.in_trans or tile.out_trans:
-                return "analog bias or transposed tiles"
-    return grid, in_sizes, out_sizes, bias
-
-
-_CXX_TILES = "AIHWKit's C++ tiles"
-"""Not a limitation: ``engine="aihwkit"`` with C++ tiles runs AIHWKit's own forward, the reference, on purpose."""
-
-
 def _key(grid) -> tuple:
     return tuple((id(t), t.tile.weight.data_ptr(), t.tile.weight.device) for row in grid for t in row)
 
 
 @torch.no_grad()
 def _build(linear: nn.Module) -> FastPlan | str:
-    module = getattr(linear, "analog_module", linear)
-    found = _grid(module)
+    module = _compat.analog_module(linear)
+    found = _compat.tile_grid(module)
     if isinstance(found, str):
         return found
     grid, in_sizes, out_sizes, bias = found
@@ -666,11 +634,11 @@ def fast_analog_forward(linear: nn.Module, x: torch.Tensor, plan: FastPlan | Non
     """
     if linear.training or (x.requires_grad and torch.is_grad_enabled()):
         return None, plan
-    module = getattr(linear, "analog_module", linear)
+    module = _compat.analog_module(linear)
     if plan is None or plan.module is not module or plan.key != _key([s.tiles for s in plan.slices]):
         built = _build(linear)
         if isinstance(built, str):
-            if built != _CXX_TILES:
+            if built != _compat.CXX_TILES:  # C++ tiles run their own forward, the reference, on purpose
                 _warn_once(built)
             return None, None
         plan = built

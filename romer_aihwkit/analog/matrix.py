@@ -18,18 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..compat import aihwkit as _compat
 from . import fast as _fast
+from .bank import TileHolder
 from .physics import ProgramRecipe, program_recipe, program_tiles
 from .seeds import matrix_seed
+from .stacked import AnalogStack
 
 __all__ = [
-    "WeightMatrix", "AnalogMatrix", "DigitalMatrix", "StackedMatrix", "ROLES", "ENGINES", "matrix_seed",
+    "WeightMatrix", "AnalogMatrix", "DigitalMatrix", "StackedMatrix", "ROLES", "matrix_seed",
     "set_keep_programming_state",
 ]
 
 ROLES = ("router", "expert", "shared_expert", "attention")
-ENGINES = ("stacked", "aihwkit")
-"""``stacked``: :mod:`romer_aihwkit.analog.stacked` (default); ``aihwkit``: one AIHWKit ``AnalogLinear`` per matrix (the reference)."""
 
 
 class WeightMatrix(nn.Module):
@@ -98,7 +99,7 @@ class DigitalMatrix(WeightMatrix):
         return nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
-class AnalogMatrix(WeightMatrix):
+class AnalogMatrix(WeightMatrix, TileHolder):
     """A matrix on AIHWKit ``TorchInferenceTile`` s (an ``aihwkit.nn.AnalogLinear``).
 
     Forward: by default the batched forward of :mod:`romer_aihwkit.analog.fast`, which reproduces
@@ -157,7 +158,7 @@ class AnalogMatrix(WeightMatrix):
 
     def _check_grid(self, recipe: ProgramRecipe) -> str | None:
         """Keep AIHWKit's tiles by input slice when they are the grid the shared physics programs."""
-        found = _fast._grid(getattr(self.analog, "analog_module", self.analog))
+        found = _compat.tile_grid(_compat.analog_module(self.analog))
         if isinstance(found, str):
             return found
         grid, in_sizes, out_sizes, _ = found
@@ -194,16 +195,8 @@ class AnalogMatrix(WeightMatrix):
 
     def _release(self, keep_programmed: bool) -> None:
         """Drop AIHWKit tile state that is not needed for the forward (see the class docstring)."""
-        from aihwkit.inference.compensation.drift import GlobalDriftCompensation, PerColumnDriftCompensation
-
         for tile in self._tiles():
-            tile.reference_combined_weights = None
-            if not keep_programmed:
-                tile.programmed_weights = None
-                tile.drift_noise_parameters = None
-            comp = getattr(tile.rpu_config, "drift_compensation", None)
-            if type(comp) in (GlobalDriftCompensation, PerColumnDriftCompensation):
-                tile.drift_readout_tensor = None  # eye(in_size), re-created by AIHWKit when needed
+            _compat.release_programming_state(tile, keep_programmed)
 
     @torch.no_grad()
     def program(self, seed: int, t_inference: float | None = None, lazy: bool = False) -> None:
@@ -238,18 +231,8 @@ class AnalogMatrix(WeightMatrix):
         recipe = self._recipe
         for c, row, _, _, _, _, chip in program_tiles(self.weight.detach(), recipe.grid(*self.weight.shape), recipe,
                                                       seed, self.matrix_name, t_inference):
-            tile = self._tile_grid[c][row]
-            tile.tile.weight.data.copy_(chip.weight)
-            if recipe.omega > 0:
-                tile.set_mapping_scales(chip.mapping)
-            if recipe.compensation is not None:
-                tile.drift_baseline = chip.baseline
-                tile.__dict__.pop("alpha", None)  # as AIHWKit's drift_weights (legacy attribute)
-                tile.alpha = chip.alpha if chip.alpha is not None else torch.ones(1, device=chip.weight.device)
-            tile.reference_combined_weights = None
-            tile.programmed_weights = None
-            tile.drift_noise_parameters = None
-            tile.drift_readout_tensor = None
+            _compat.write_tile_chip(self._tile_grid[c][row], chip.weight, chip.mapping if recipe.omega > 0 else None,
+                                    chip.alpha, chip.baseline, recipe.compensation is not None)
         self._pending = None
         self._fast_plan = None
         if done is not None:
@@ -258,23 +241,15 @@ class AnalogMatrix(WeightMatrix):
     def _program(self, seed: int, keep_programmed: bool) -> None:
         self.analog.set_weights(self.weight.data.float())
         for tile in self._tiles():
-            tile.reference_combined_weights = None
-            tile.programmed_weights = None
+            _compat.clear_programming_state(tile, noise=False)
         device = self.weight.device
         for tile in self._tiles():
-            clip = getattr(tile.rpu_config, "clip", None)
-            if clip is not None and clip.type.name != "NONE":
-                tile.tile.clip_weights(_clip_parameters(tile, clip))  # AIHWKit's clipping, before programming
+            _compat.clip_tile_weights(tile)  # AIHWKit's clipping, before programming
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(matrix_seed(seed, self.matrix_name, "program"))
             self.analog.program_analog_weights()
             for tile in self._tiles():
-                noise = getattr(tile.tile, "out_noise_values", None)
-                if noise is not None:
-                    # per-column output-noise levels belong to the chip instance: redraw them from
-                    # the seed with AIHWKit's own formula (TorchSimulatorTile.__init__)
-                    out_noise = tile.rpu_config.forward.out_noise
-                    noise.copy_((out_noise * (1.0 + torch.randn(noise.shape, dtype=noise.dtype))).abs())
+                _compat.redraw_out_noise(tile)  # per-column output-noise levels belong to the chip instance
         self.programmed = True
         self.t_inference = 0.0
         self._seed = int(seed)
@@ -291,7 +266,7 @@ class AnalogMatrix(WeightMatrix):
         if self.native_reason is None:
             self.program(seed, t_inference)  # the same chip from its seed, drifted: one pass
             return
-        if any(t.programmed_weights is None for t in self._tiles()):
+        if any(_compat.programming_state_released(t) for t in self._tiles()):
             # the programming state was released (or loaded without it): re-program this chip
             # instance from its seed -- bit-identical programming noise and drift coefficients
             self._program(seed, keep_programmed=True)
@@ -307,11 +282,28 @@ class AnalogMatrix(WeightMatrix):
         super().set_reference(weight, bias)
         self.analog.set_weights(self.weight.data.float())
         for tile in self._tiles():
-            tile.reference_combined_weights = None
-            tile.programmed_weights = None
+            _compat.clear_programming_state(tile, noise=False)
         self.programmed = False
         self._pending = None
         self._fast_plan = None
+
+    # ------------------------------------------------------------------ chip state (TileHolder)
+    def chip_state(self) -> dict[str, torch.Tensor]:
+        """Every tile's chip-state tensors, as ``"<tile index>.<part>"``."""
+        return {f"{i}.{part}": value for i, tile in enumerate(self._tiles())
+                for part, value in _compat.tile_state(tile).items()}
+
+    def ignores_chip_part(self, part: str) -> bool:
+        """AIHWKit programming state a file may hold (written while :func:`set_keep_programming_state`,
+        or by versions that programmed with AIHWKit's tile methods): not part of the chip's forward, so
+        a matrix programmed by the shared physics accepts and skips it."""
+        return self.native_reason is None and _compat.PROGRAMMING_STATE.search("/" + part) is not None
+
+    def load_chip_state(self, state: dict[str, torch.Tensor]) -> None:
+        for i, tile in enumerate(self._tiles()):
+            _compat.load_tile_state(tile, {key.split(".", 1)[1]: value for key, value in state.items()
+                                           if key.split(".", 1)[0] == str(i) and not self.ignores_chip_part(key)})
+        self.loaded()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_fp32(x).to(x.dtype)
@@ -328,15 +320,6 @@ class AnalogMatrix(WeightMatrix):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], y.shape[-1]).float()
-
-
-def _clip_parameters(tile, clip):
-    """``clip`` in the form the tile's simulator takes: AIHWKit's C++ tiles take their bindings."""
-    if type(tile.tile).__module__.startswith("aihwkit.simulator.rpu_base"):
-        from aihwkit.simulator.parameters.helpers import parameters_to_bindings
-
-        return parameters_to_bindings(clip, tile.get_data_type())
-    return clip
 
 
 _KEEP_PROGRAMMED = os.environ.get("ROMER_AIHWKIT_KEEP_PROGRAMMED", "0").strip().lower() in ("1", "true", "yes", "on")
@@ -371,8 +354,6 @@ class StackedMatrix(WeightMatrix):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rpu_config, role: str, name: str, store) -> None:
         super().__init__(role, name)
-        from .stacked import AnalogStack
-
         self.stack = AnalogStack(
             weight.detach()[None], [name], rpu_config, role, store, key=name,
             bias=None if bias is None else bias.detach()[None],
@@ -424,25 +405,3 @@ class StackedMatrix(WeightMatrix):
         shape = x.shape
         y = self.stack.mvm(0, x.reshape(-1, shape[-1]))
         return y.reshape(*shape[:-1], y.shape[-1])
-
-
-def make_matrix(
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    role: str,
-    name: str,
-    rpu_config=None,
-    analog: bool = True,
-    engine: str = "aihwkit",
-    store=None,
-) -> WeightMatrix:
-    """An analog matrix of ``engine`` when ``analog`` (needs ``rpu_config``), else a :class:`DigitalMatrix`."""
-    if analog:
-        if rpu_config is None:
-            raise ValueError("an analog matrix needs an rpu_config")
-        if engine == "stacked":
-            from .reference import ReferenceStore
-
-            return StackedMatrix(weight, bias, rpu_config, role, name, store or ReferenceStore("memory"))
-        return AnalogMatrix(weight, bias, rpu_config, role, name)
-    return DigitalMatrix(weight, bias, role, name)

@@ -5,28 +5,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .bank import Programmable
 from .experts import AnalogExperts
 from .matrix import WeightMatrix
 from .progress import progress_bar
-from .stacked import AnalogStack
 from .state import analog_state
 from .trace import find_routers
 
 __all__ = ["program_analog_weights", "drift_analog_weights", "programmables"]
 
 
-def programmables(model: nn.Module) -> list[WeightMatrix | AnalogStack]:
+def programmables(model: nn.Module) -> list[Programmable]:
     """Everything in ``model`` that holds programmed tiles: the outermost weight matrices and the
-    stacked expert banks (each programmed once).
+    experts' banks (each programmed once).
 
     Args:
         model: A converted model.
 
     Returns:
-        The weight matrices and stacked banks, in module order.
+        The weight matrices and banks, in module order.
     """
-    found: list[WeightMatrix | AnalogStack] = []
-    owners: list[str] = []  # a weight matrix programs what it holds (e.g. an ensemble its copies)
+    found: list[Programmable] = []
+    owners: list[str] = []  # a weight matrix or the experts program what they hold (e.g. an ensemble its copies)
     for name, module in model.named_modules():
         if any(name.startswith(owner + ".") for owner in owners):
             continue
@@ -34,11 +34,12 @@ def programmables(model: nn.Module) -> list[WeightMatrix | AnalogStack]:
             found.append(module)
             owners.append(name)
         elif isinstance(module, AnalogExperts):
-            found.extend(bank for bank in module.banks() if isinstance(bank, AnalogStack))
+            found.extend(module.banks())
+            owners.append(name)
     return found
 
 
-def _materialise(items: list[WeightMatrix | AnalogStack], desc: str, progress: bool) -> None:
+def _materialise(items: list[Programmable], desc: str, progress: bool) -> None:
     """Compute every lazily recorded chip, with one bar over the matrices."""
     total = sum(item.pending for item in items)
     with progress_bar(total, desc, "matrix", progress) as bar:

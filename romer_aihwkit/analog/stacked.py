@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from . import fast as _fast
+from .bank import TileHolder
 from .physics import ProgramRecipe, TileGrid, program_recipe, program_tiles, split_sizes
 from .reference import ReferenceStore
 
@@ -62,7 +63,7 @@ def unsupported_reason(rpu_config) -> str | None:
 
 
 # --------------------------------------------------------------------------- the stack
-class AnalogStack(nn.Module):
+class AnalogStack(nn.Module, TileHolder):
     """``M`` matrices ``[out, in]`` of one shape on analog tiles (or kept digital), programmed together.
 
     Args:
@@ -237,7 +238,7 @@ class AnalogStack(nn.Module):
             y = y + self.bias[m]
         return y
 
-    # ------------------------------------------------------------------ chip state
+    # ------------------------------------------------------------------ chip state (TileHolder)
     def chip_state(self) -> dict[str, torch.Tensor]:
         """Everything that makes this stack one chip instance (for saving)."""
         return {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,10 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write
+from .bank import TileHolder
 from .experts import AnalogExperts
-from .matrix import AnalogMatrix, WeightMatrix
+from .matrix import WeightMatrix
 from .router import AnalogRouter
-from .stacked import AnalogStack
 from .state import analog_state
 
 __all__ = ["digital_state_dict", "save_pretrained_digital", "save_analog_state", "load_analog_state"]
@@ -75,32 +74,8 @@ def save_pretrained_digital(model: nn.Module, save_directory: str | os.PathLike,
         model.__class__ = converted
 
 
-_TILE_ATTRS = ("programmed_weights", "reference_combined_weights", "drift_baseline", "drift_readout_tensor", "alpha")
 _ROUTER_BUFFERS = ("logit_scale", "logit_bias", "expert_mask")
 FORMAT = "romer-aihwkit-analog-state/2"
-
-
-_PROGRAMMING_STATE = re.compile(r"/\d+\.(programmed_weights|reference_combined_weights|drift_readout_tensor"
-                                r"|drift_noise_parameters\.\d+)$")
-"""AIHWKit programming state a file may hold for an ``AnalogMatrix`` (written while
-``set_keep_programming_state(True)``, or by versions that programmed with AIHWKit's tile methods):
-not part of the chip's forward, so a model programmed by the shared physics accepts and skips it."""
-
-
-def _tile_tensors(matrix: AnalogMatrix) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for i, tile in enumerate(matrix.analog.analog_tiles()):
-        out[f"{i}.weight"] = tile.tile.weight.detach()
-        for attr in _TILE_ATTRS:
-            value = getattr(tile, attr, None)
-            if isinstance(value, torch.Tensor):
-                out[f"{i}.{attr}"] = value.detach()
-        for j, value in enumerate(tile.drift_noise_parameters or []):
-            if isinstance(value, torch.Tensor):
-                out[f"{i}.drift_noise_parameters.{j}"] = value.detach()
-        if getattr(tile.tile, "out_noise_values", None) is not None:
-            out[f"{i}.out_noise_values"] = tile.tile.out_noise_values.detach()
-    return out
 
 
 def _chip_tensors(model: nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
@@ -108,9 +83,7 @@ def _chip_tensors(model: nn.Module, copy: bool = True) -> dict[str, torch.Tensor
     (CPU copies for saving; with ``copy=False`` the live tensors, e.g. to check a file's shapes)."""
     tensors: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
-        if isinstance(module, AnalogMatrix):
-            parts = _tile_tensors(module)
-        elif isinstance(module, AnalogStack):
+        if isinstance(module, TileHolder):
             parts = module.chip_state()
         elif isinstance(module, AnalogExperts):
             parts = {"replica_of": module.replica_of,
@@ -204,7 +177,7 @@ def load_analog_state(model: nn.Module, path: str | os.PathLike) -> None:
     if problem:
         raise ArtifactError(path, f"{problem}; it was not loaded")
     for name, module in model.named_modules():
-        if isinstance(module, AnalogStack):
+        if isinstance(module, TileHolder):
             problem = module.check_chip_state({k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == name})
             if problem:
                 raise ArtifactError(path, f"{name}: {problem}")
@@ -216,17 +189,16 @@ def load_analog_state(model: nn.Module, path: str | os.PathLike) -> None:
     # every check passed: write
     for name, module in model.named_modules():
         part = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == name}
-        if isinstance(module, AnalogMatrix):
-            _load_tiles(module, part)
-        elif isinstance(module, AnalogStack):
+        if isinstance(module, TileHolder):
             module.load_chip_state(part)
         elif isinstance(module, AnalogExperts):
+            # before its banks' tiles (named_modules lists parents first): a bank that keeps the replica
+            # source in its own chip state has it overwritten by that, the others keep it from here
             module.clear_replicas()
             for hot, cold in enumerate(part["replica_of"].tolist()):
                 if cold >= 0:
                     for bank in module.banks():
-                        if not isinstance(bank, AnalogStack):
-                            bank.set_source(cold, hot)
+                        bank.set_source(cold, hot)
             module.replica_of.copy_(part["replica_of"])
             module.replica_mode = "split" if bool(part["replica_split"]) else "average"
         elif isinstance(module, AnalogRouter):
@@ -292,33 +264,11 @@ def _value_problem(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | 
 
 
 def _skippable(model: nn.Module, key: str) -> bool:
-    """Whether ``key`` is AIHWKit programming state of a matrix programmed by the shared physics."""
-    if not _PROGRAMMING_STATE.search(key):
-        return False
+    """Whether ``key`` is state its tile holder skips (e.g. AIHWKit programming state of a matrix
+    programmed by the shared physics), not a part this model lacks."""
+    name, _, part = key.partition("/")
     try:
-        module = model.get_submodule(key.split("/", 1)[0])
+        module = model.get_submodule(name)
     except AttributeError:
         return False
-    return isinstance(module, AnalogMatrix) and module.native_reason is None
-
-
-def _load_tiles(module: AnalogMatrix, part: dict[str, torch.Tensor]) -> None:
-    if module.native_reason is None:  # the shared physics holds no programming state
-        part = {k: v for k, v in part.items() if not _PROGRAMMING_STATE.search("/" + k)}
-    for i, tile in enumerate(module.analog.analog_tiles()):
-        device = tile.tile.weight.device
-        tile.tile.weight.data.copy_(part[f"{i}.weight"])
-        for attr in _TILE_ATTRS:
-            if f"{i}.{attr}" in part:
-                value = part[f"{i}.{attr}"].to(device)
-                if attr == "alpha":
-                    tile.__dict__.pop("alpha", None)
-                setattr(tile, attr, value)
-        params, j = [], 0
-        while f"{i}.drift_noise_parameters.{j}" in part:
-            params.append(part[f"{i}.drift_noise_parameters.{j}"].to(device))
-            j += 1
-        tile.drift_noise_parameters = params or None
-        if f"{i}.out_noise_values" in part:
-            tile.tile.out_noise_values.data.copy_(part[f"{i}.out_noise_values"])
-    module.loaded()
+    return isinstance(module, TileHolder) and module.ignores_chip_part(part)

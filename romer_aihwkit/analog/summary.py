@@ -6,7 +6,6 @@ from torch import nn
 
 from .experts import AnalogExperts
 from .matrix import ROLES, WeightMatrix
-from .stacked import AnalogStack
 
 __all__ = ["analog_summary"]
 
@@ -16,7 +15,10 @@ def analog_summary(model: nn.Module) -> dict[str, int]:
 
     ``digital`` counts every weight matrix left digital: converted matrices kept digital (e.g.
     hetero experts, digital routers) plus the model's remaining ``nn.Linear`` layers (attention,
-    ``lm_head``, dense MLPs, gates).
+    ``lm_head``, dense MLPs, gates). Every ``nn.Linear`` module is counted, including the
+    ``aihwkit.nn.AnalogLinear`` inside each matrix of ``engine="aihwkit"`` (an ``nn.Linear``
+    subclass): the counts are part of a model's fingerprint in chip-state and calibration files,
+    so they stay as files already saved hold them.
     """
     counts = {role: 0 for role in ROLES}
     counts["digital"] = 0
@@ -27,7 +29,8 @@ def analog_summary(model: nn.Module) -> dict[str, int]:
             counts["digital"] += 1
         elif isinstance(module, AnalogExperts):
             for bank in module.banks():
-                if isinstance(bank, AnalogStack):
-                    counts["expert"] += sum(bank.analog)
-                    counts["digital"] += len(bank) - sum(bank.analog)
+                if isinstance(bank, nn.Module) and any(isinstance(m, WeightMatrix) for m in bank.modules()):
+                    continue  # a bank of matrix modules: each is counted above
+                counts["expert"] += sum(bank.analog)
+                counts["digital"] += len(bank) - sum(bank.analog)
     return counts

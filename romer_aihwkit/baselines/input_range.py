@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analog.bank import TileHolder
+from ..compat import aihwkit as _aihwkit
 from ..errors import InputError
 
 __all__ = ["calibrate_static_input_ranges"]
@@ -35,31 +37,15 @@ def calibrate_static_input_ranges(model: nn.Module, calib_batches, batch_size: i
     abs-max of its input slice, over at most ``max_rows`` sampled tokens per tile (see the module
     docstring). Returns the number of tiles calibrated.
     """
-    from aihwkit.inference.calibration import InputRangeCalibrationType, calibrate_input_ranges
-    from aihwkit.nn.modules.base import AnalogLayerBase
-
-    from ..analog.matrix import AnalogMatrix
     from ..data import iter_token_batches
 
-    class _AnalogTilesOf(AnalogLayerBase, nn.Module):
-        """Presents the converted HF model to AIHWKit as one analog module."""
-
-        def __init__(self, inner: nn.Module) -> None:
-            nn.Module.__init__(self)
-            self.inner = inner
-
-        def forward(self, *args, **kwargs):
-            return self.inner(*args, **kwargs)
-
-    view: Any = _AnalogTilesOf(model)  # AIHWKit is untyped: its analog-module methods are not visible
-    view.eval()  # AIHWKit restores this mode on the whole model afterwards
     device = next(model.parameters()).device
     batches: list[tuple[tuple[torch.Tensor, ...], dict[str, Any]]] = [
         ((b.to(device),), {}) for b in iter_token_batches(calib_batches, batch_size)]
     if percentile is not None and not 0.0 < float(percentile) <= 100.0:
         raise InputError(f"input-range percentile must be in (0, 100], got {percentile}")
     peaks: dict[int, list[torch.Tensor]] = {}
-    handles = []
+    record = None
     if percentile is not None:
         generator = torch.Generator().manual_seed(0)
 
@@ -73,21 +59,16 @@ def calibrate_static_input_ranges(model: nn.Module, calib_batches, batch_size: i
                 merged = torch.cat(rows)
                 rows[:] = [merged[torch.randperm(merged.numel(), generator=generator)[:max_rows]]]
 
-        handles = [tile.register_forward_pre_hook(record) for _, tile in view.named_analog_tiles()]
-    try:
-        with torch.no_grad():
-            calibrate_input_ranges(view, InputRangeCalibrationType.CACHE_QUANTILE, iter(batches), quantile=quantile)
-    finally:
-        for h in handles:
-            h.remove()
+    _aihwkit.calibrate_input_ranges(model, batches, quantile, record)
+    tiles = _aihwkit.analog_tiles_of_model(model)
     if percentile is not None:
-        for _, tile in view.named_analog_tiles():
+        for tile in tiles:
             rows = peaks.get(id(tile))
             if not rows or sum(r.numel() for r in rows) == 0:
                 continue  # a tile no calibration token reached (a cold expert) keeps AIHWKit's range
-            tile.set_input_range(float(torch.quantile(torch.cat(rows)[:max_rows].double(), float(percentile) / 100.0)))
-            tile.rpu_config.pre_post.input_range.init_value = tile.input_range.item()
+            _aihwkit.set_tile_input_range(tile, float(torch.quantile(torch.cat(rows)[:max_rows].double(),
+                                                                     float(percentile) / 100.0)))
     for m in model.modules():
-        if isinstance(m, AnalogMatrix):
-            m.invalidate_cache()  # the fast forward caches tile settings
-    return len(list(view.named_analog_tiles()))
+        if isinstance(m, TileHolder):
+            m.invalidate_cache()  # e.g. the fast forward caches tile settings
+    return len(tiles)

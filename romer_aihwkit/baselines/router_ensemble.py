@@ -130,18 +130,12 @@ def install_router_ensemble(model: nn.Module, copies: int = 4) -> int:
 
 
 def _copy_matrix(base: WeightMatrix, name: str, state) -> WeightMatrix:
-    from ..analog.matrix import make_matrix
+    from ..analog.engines import engine_of
 
-    kwargs = {}
-    if state.engine == "stacked":
-        from ..analog.reference import ReferenceStore
-
-        kwargs["store"] = ReferenceStore("memory")
+    engine = engine_of(state)
     bias = base.bias.detach() if base.bias is not None else None
-    config = state.device_config
-    rpu = config.rpu_config() if state.engine == "stacked" else config.aihwkit_rpu_config()
-    return make_matrix(base.weight.detach().float(), bias, base.role, name, rpu_config=rpu,
-                       analog=True, engine=state.engine, **kwargs)
+    return engine.matrix(base.weight.detach().float(), bias, base.role, name,
+                         engine.rpu_config_factory(state.device_config)())
 
 
 def router_tiles(model: nn.Module) -> dict[str, int]:

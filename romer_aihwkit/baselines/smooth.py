@@ -122,16 +122,15 @@ def simulated_error(weights: list[torch.Tensor], x: torch.Tensor, rpu_config, se
     ``||y - x W^T||^2 / ||x W^T||^2``. The output noise is drawn from ``seed`` too, so two calls
     with the same seed and shapes see the same chip and noise.
     """
-    from ..analog.matrix import make_matrix
-    from ..analog.stacked import unsupported_reason
+    from ..analog.engines import engine_for
 
-    engine = "stacked" if unsupported_reason(rpu_config) is None else "aihwkit"
+    engine = engine_for(rpu_config)
     errors = []
     x = x.float()
     for i, w in enumerate(weights):
         w = w.float()
         ref = x @ w.T
-        matrix = make_matrix(w.clone(), None, "expert", f"smooth-sim.{i}", rpu_config, analog=True, engine=engine)
+        matrix = engine.matrix(w.clone(), None, "expert", f"smooth-sim.{i}", rpu_config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + i)
             matrix.program(seed, t_inference)

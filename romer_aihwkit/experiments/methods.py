@@ -303,11 +303,10 @@ def prepare_model(digital_model: nn.Module, device_config, method: str | Method,
 
         smooth_model(model, config, calib_batches, batch_size)
     digital = select_hetero_experts(model, method.hetero_fraction) if method.hetero_fraction > 0 else None
-    if method.engine == "aihwkit":
-        from ..analog.convert import _warn_fallback
+    from ..analog.engines import warn_fallback
 
-        # AIHWKit's calibrate_input_ranges works on its own tiles: use the per-matrix reference path
-        _warn_fallback(f"static input ranges calibrated by AIHWKit (method {method.name!r})")
+    # AIHWKit's calibrate_input_ranges works on its own tiles: such methods use the per-matrix reference path
+    warn_fallback(f"static input ranges calibrated by AIHWKit (method {method.name!r})", method.engine)
     model = convert_to_analog_moe(model, config, analog_router=method.analog_router, digital_experts=digital,
                                   engine=method.engine, progress=False)
     if method.router_copies > 1:

@@ -208,3 +208,18 @@ def test_the_checker_finds_engine_branches(source):
 def test_the_checker_leaves_other_code_alone():
     assert not engine_branches("if isinstance(m, WeightMatrix) and m.role == 'expert':\n    pass\n"
                                "name = engine.name\nif reason == 'stacked':\n    pass\n")
+
+
+# --------------------------------------------------------------------------- AIHWKit internals
+def test_a_changed_aihwkit_internal_fails_loudly_with_the_version():
+    from types import SimpleNamespace
+
+    from romer_aihwkit.compat import aihwkit as compat
+    from romer_aihwkit.errors import EngineError
+
+    renamed = SimpleNamespace(programmed_weights=None)  # a tile whose other programming attributes were renamed
+    with pytest.raises(EngineError, match=rf"AIHWKit {compat.version()} changed .*reference_combined_weights"):
+        compat.clear_programming_state(renamed)
+    assert not hasattr(renamed, "reference_combined_weights"), "nothing may be set on a tile that lacks it"
+    with pytest.raises(EngineError, match="AIHWKit .* changed"):
+        compat.tile_state(SimpleNamespace(**{a: None for a in compat.TILE_STATE_ATTRS}, drift_noise_parameters=None))

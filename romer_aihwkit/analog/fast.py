@@ -302,12 +302,7 @@ def _build(linear: nn.Module) -> FastPlan | str:
         for tile in row:
             bounds.append((o, o + tile.out_size))
             o += tile.out_size
-        if len(row) == 1:
-            weight = row[0].tile.weight.detach()
-        else:  # one contiguous [out, in_slice] block; the tiles keep views of it (no extra copy)
-            weight = torch.cat([t.tile.weight.detach() for t in row], dim=0)
-            for t, (a, b) in zip(row, bounds):
-                t.tile.weight.data = weight[a:b]
+        weight = _compat.slice_weights(row, bounds)
         slices.append(_Slice(start, start + size, weight, row, bounds))
         start += size
     hook_modules = [m for m in linear.modules()]

@@ -20,7 +20,7 @@ Per tile, in AIHWKit's order (``InferenceTileWithPeriphery.program_weights`` / `
   four-draw implementation :func:`pcm_program` / :func:`pcm_drift`; for every other noise model
   AIHWKit's own object (``apply_programming_noise`` / ``apply_drift_noise``), called on the tile
   alone, so its conductance converter sees the tile's own statistic as in AIHWKit;
-* **drift compensation** (global, global with exact reference, per column): AIHWKit reads each tile
+* **drift compensation** (global, per column: the two a device config selects): AIHWKit reads each tile
   with one-hot inputs through its noisy periphery after programming and after drift and divides
   the mean absolute outputs. With one-hot inputs the MVM is elementwise, so the read-out is computed
   elementwise -- the same output noise, ADC rounding and bounds -- without the ``in x in x out``
@@ -198,7 +198,7 @@ class ProgramRecipe:
     noise_model: Any
     pcm: PcmPhysics | None
     """Set when the noise model is programmed with the exact four-draw implementation."""
-    compensation: str | None  # None, "global", "global-exact", "per-column"
+    compensation: str | None  # None, "global", "per-column"
     max_in: int
     max_out: int
 
@@ -233,11 +233,7 @@ class TileGrid:
 
 def program_recipe(rpu_config) -> ProgramRecipe | str:
     """The :class:`ProgramRecipe` of ``rpu_config``, or a string naming the setting not reproduced."""
-    from aihwkit.inference.compensation.drift import (
-        GlobalDriftCompensation,
-        GlobalDriftCompensationWithExactReference,
-        PerColumnDriftCompensation,
-    )
+    from aihwkit.inference.compensation.drift import GlobalDriftCompensation, PerColumnDriftCompensation
     from aihwkit.simulator.parameters.enums import WeightClipType
     from aihwkit.simulator.tiles.inference import InferenceTile
     from aihwkit.simulator.tiles.inference_torch import TorchInferenceTile
@@ -266,7 +262,6 @@ def program_recipe(rpu_config) -> ProgramRecipe | str:
     comp = {
         type(None): None,
         GlobalDriftCompensation: "global",
-        GlobalDriftCompensationWithExactReference: "global-exact",
         PerColumnDriftCompensation: "per-column",
     }.get(type(comp_obj), "unsupported")
     if comp == "unsupported":
@@ -324,15 +319,14 @@ def _map(w: torch.Tensor, r: ProgramRecipe) -> torch.Tensor:
     return scales
 
 
-def _readout(w: torch.Tensor, r: ProgramRecipe, exact: bool = False) -> torch.Tensor:
+def _readout(w: torch.Tensor, r: ProgramRecipe) -> torch.Tensor:
     """AIHWKit's drift-compensation read-out of one tile: 0-dim (global) or ``[out_t]`` (per column).
 
     AIHWKit sends the identity matrix through the tile's noisy forward (``tile.forward`` with
     ``is_test=True``) and takes ``mean |out|`` over the tile (global) or per output column. With a
     one-hot input row, the MVM output is one weight times the DAC level of a 1: elementwise.
-    ``exact``: the ideal read-out (``GlobalDriftCompensationWithExactReference``'s baseline).
     """
-    noisy = not (r.io.perfect or exact)
+    noisy = not r.io.perfect
     # [out_t, in_t]: output column o for the one-hot input row i (with IR drop, read noise, ...)
     y = _fast.one_hot_outputs(w, r.io).abs_() if noisy else w.abs()
     value = y.mean(dim=1) if r.compensation == "per-column" else y.mean()
@@ -361,7 +355,7 @@ def _program_tile(w: torch.Tensor, r: ProgramRecipe, program_seed: int, drift_se
     _seed(device, program_seed)
     nu: torch.Tensor | None = None
     nus: Any = None
-    baseline = _readout(w, r, exact=True) if r.compensation == "global-exact" else None
+    baseline = None
     if r.pcm is not None:
         programmed, nu = pcm_program(w, r.pcm, with_nu=drifting)
     else:

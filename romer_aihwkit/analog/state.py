@@ -29,7 +29,7 @@ class AnalogState:
     analog_router: bool = True
     digital_experts: dict[int, list[int]] = field(default_factory=dict)
     engine: str = "stacked"
-    """The analog engine the model was converted with (see :data:`~romer_aihwkit.analog.matrix.ENGINES`)."""
+    """The analog engine the model was converted with (see :data:`~romer_aihwkit.analog.engines.ENGINES`)."""
     reference: Any = None
     """The :class:`~romer_aihwkit.analog.reference.ReferenceStore` of the stacked engine (``None``: aihwkit engine)."""
 

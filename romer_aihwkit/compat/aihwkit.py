@@ -25,7 +25,7 @@ from ..errors import EngineError
 __all__ = [
     "PROGRAMMING_STATE", "TILE_STATE_ATTRS", "analog_module", "analog_tiles_of_model", "calibrate_input_ranges",
     "clear_programming_state", "clip_tile_weights", "load_tile_state", "programming_state_released",
-    "redraw_out_noise", "release_programming_state", "set_tile_input_range", "tile_grid", "tile_state",
+    "redraw_out_noise", "release_programming_state", "set_tile_input_range", "slice_weights", "tile_grid", "tile_state",
     "write_tile_chip",
 ]
 
@@ -113,7 +113,30 @@ def tile_grid(module: nn.Module) -> tuple[list[list[Any]], list[int], list[int],
                     return f"analog MVM class {tile.tile._analog_mvm.__name__}"
                 if tile.analog_bias or tile.in_trans or tile.out_trans:
                     return "analog bias or transposed tiles"
+                _require(tile, _FORWARD_ATTRS, "the inference tile's forward attributes")
+                _require(tile.tile, ("weight", "out_noise_values"), "the simulator tile's forward attributes")
     return grid, in_sizes, out_sizes, bias
+
+
+_FORWARD_ATTRS = ("rpu_config", "out_size", "input_range", "mapping_scales", "alpha", "out_scaling_alpha",
+                  "digital_bias", "bias")
+"""What the batched forward (:mod:`romer_aihwkit.analog.fast`) reads of each tile of a :func:`tile_grid`."""
+
+
+def slice_weights(row: list[Any], bounds: list[tuple[int, int]]) -> torch.Tensor:
+    """The ``[out, in_slice]`` weights of the output tiles ``row`` of one input slice, as one tensor.
+
+    One tile: its own weight tensor. Several: one contiguous block, and each tile's weight becomes a
+    view of its rows of it (no extra copy; programming and ``set_weights`` replace ``weight.data``,
+    which the forward's cache detects by data pointer).
+    """
+    with _internal("the simulator tile's weight (tile.tile.weight)"):
+        if len(row) == 1:
+            return row[0].tile.weight.detach()
+        weight = torch.cat([t.tile.weight.detach() for t in row], dim=0)
+        for t, (a, b) in zip(row, bounds):
+            t.tile.weight.data = weight[a:b]
+        return weight
 
 
 # --------------------------------------------------------------------------- programming state

@@ -1,1 +1,2 @@
-"""Third-party internals behind one module per library; each function fails loudly when an internal changed."""
+"""One module per third-party library whose private internals we use; each function fails loudly (the
+package's error type naming the library version) when the internal changed."""

@@ -18,6 +18,7 @@ __all__ = [
     "EngineError",
     "FingerprintMismatchError",
     "InputError",
+    "LibraryChangedError",
     "ResultsFolderError",
     "UnsafeFileError",
     "UserError",
@@ -61,6 +62,14 @@ class EngineError(UserError, ValueError):
     """A simulation engine that cannot run the requested setting here (e.g. ``engine="aihwkit"`` for a
     forward non-ideality only AIHWKit's C++ tiles simulate, where they do not import); the message
     names the setting and how to get an environment that runs it."""
+
+
+class LibraryChangedError(UserError, ValueError):
+    """A third-party library (transformers, lm-eval) no longer has an internal this package relies on.
+
+    Raised by :mod:`romer_aihwkit.compat` instead of silently skipping what the internal did; the
+    message names the library's version, the internal and the versions the package supports.
+    """
 
 
 class ArtifactError(UserError, ValueError):

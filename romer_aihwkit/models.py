@@ -25,10 +25,12 @@ from typing import Any
 
 import torch
 
+from .checked_files import content_digest
+from .compat import transformers as transformers_compat
 from .errors import InputError, UnsafeFileError
 
 __all__ = ["bundled_model_path", "bundled_tokenizer", "check_model_folder", "list_bundled_models",
-           "load_bundled_model", "load_model"]
+           "load_bundled_model", "load_model", "model_digest"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack")
 """Weight-file suffixes that are (or may be) pickles or other formats this package does not load by default."""
@@ -250,12 +252,7 @@ def _layouts(meta: Any) -> list[dict[str, torch.Tensor]]:
     """The weight names and shapes ``meta`` loads: its own, and the layout ``save_pretrained`` writes
     (transformers converts some families' experts, e.g. per-expert matrices into fused ones)."""
     native = meta.state_dict()
-    try:
-        from transformers.core_model_loading import revert_weight_conversion
-
-        saved = dict(revert_weight_conversion(meta, dict(native)))
-    except Exception:  # no conversion for this family, or an API change: the native layout only
-        return [native]
+    saved = transformers_compat.saved_layout(meta, native)
     return [native] if saved.keys() == native.keys() else [native, saved]
 
 
@@ -264,8 +261,8 @@ def _check_weights(meta: Any, files: list[Path], path: Path) -> None:
     from safetensors import safe_open
 
     prefix = getattr(meta, "base_model_prefix", "") or ""
-    tied = set(getattr(meta, "all_tied_weights_keys", None) or {})
-    ignore = [re.compile(p) for p in (getattr(meta, "_keys_to_ignore_on_load_missing", None) or [])]
+    tied = transformers_compat.tied_weight_keys(meta)
+    ignore = [re.compile(p) for p in transformers_compat.ignored_missing_keys(meta)]
     headers = {file: _safetensors_header(file) for file in files}
     entries = {key: (file, entry) for file, table in headers.items() for key, entry in table.items()}
     layouts = _layouts(meta) if meta is not None else [{}]
@@ -479,3 +476,16 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     _check_loading_info(info, f"hub model {s!r}")
     model.eval()
     return model, tok
+
+
+def model_digest(name: str) -> str:
+    """Content hash of a model's files: a bundled model, a local folder, or a hub id's cached snapshot."""
+    path = MODELS_DIR / name if name in list_bundled_models() else Path(name).expanduser()
+    if path.is_dir():
+        return content_digest(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return content_digest(snapshot_download(name, local_files_only=True))
+    except Exception:  # not a valid id, or not in the local cache
+        return f"hub id {name} (contents not checked)"

@@ -42,7 +42,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from .adapters import find_adapter
 from .errors import InputError
+from .validate import check_finite_fields
 
 __all__ = ["STRESS_KINDS", "StressPart", "apply_stress", "check_function_preserved", "norm_consumers", "parse_stress_spec",
            "probe_logits", "scale_norm_group", "stress_label"]
@@ -69,8 +71,6 @@ class StressPart:
     scope: str = "moe"
 
     def __post_init__(self) -> None:
-        from .validate import check_finite_fields
-
         check_finite_fields(self, "stress")
 
     def __str__(self) -> str:
@@ -139,8 +139,6 @@ def _first_child(layer: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Modu
 
 
 def _is_moe(module: nn.Module) -> bool:
-    from .adapters import find_adapter
-
     return any(find_adapter(m) is not None for m in module.modules())
 
 

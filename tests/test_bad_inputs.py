@@ -840,7 +840,7 @@ def _hwa_key_change(field, model, tok, text, tmp_path, monkeypatch):
     elif field == "train_text":
         text.write_text(text.read_text() + "Whether 'tis nobler in the mind to suffer.")
     elif field == "code":
-        import romer_aihwkit.artifacts as art
+        import romer_aihwkit.checked_files as art
 
         monkeypatch.setattr(art, "code_fingerprint", lambda: "another engine")
     else:
@@ -980,7 +980,7 @@ def test_compare_input_fingerprints_follow_content(tiny, eval_text, tmp_path, mo
     elif which == "device":
         device.write_text("extends: pcm\nout_noise: 0.07\n")
     elif which == "engine":
-        import romer_aihwkit.artifacts as art
+        import romer_aihwkit.checked_files as art
 
         monkeypatch.setattr(art, "code_fingerprint", lambda: "another engine")
     else:
@@ -990,7 +990,7 @@ def test_compare_input_fingerprints_follow_content(tiny, eval_text, tmp_path, mo
 
 
 def test_compare_resume_after_engine_change_is_refused(tiny, eval_text, tmp_path, monkeypatch):
-    import romer_aihwkit.artifacts as art
+    import romer_aihwkit.checked_files as art
 
     _, out, args = fresh_run(tiny, eval_text, tmp_path)
     before = _folder_state(out)

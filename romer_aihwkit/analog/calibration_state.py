@@ -5,7 +5,7 @@ A calibration lives in the analog modules themselves (the routers' ``logit_scale
 analog layer; :mod:`romer_aihwkit.calibration` computes calibrations and re-exports these functions.
 
 Loading is all-or-nothing: the files, every tensor (keys, shapes, dtypes, values, replica indices)
-and the fingerprint of the model and chip instance (:mod:`romer_aihwkit.artifacts`) are checked
+and the fingerprint of the model and chip instance (:mod:`romer_aihwkit.analog.fingerprint`) are checked
 before anything is written, so a bad calibration leaves the installed one untouched. The JSON
 records the SHA-256 of the tensor file, so a JSON and tensors of different calibrations never mix;
 a calibration that could not be loaded back (a never-programmed model, masks that leave fewer
@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts import check_fingerprint, fingerprint, read_json, read_safetensors
 from ..atomic import atomic_write, atomic_write_text
+from ..checked_files import check_fingerprint, read_json, read_safetensors
 from ..errors import ArtifactError, InputError
 from .experts import REPLICA_MODES, AnalogExperts
+from .fingerprint import fingerprint
 from .state import analog_state
 from .trace import experts_of, find_routers
 
@@ -69,7 +70,7 @@ def save_calibration(model: nn.Module, path: str | os.PathLike) -> tuple[Path, P
     """Write the model's calibration to ``PATH.safetensors`` (tensors) and ``PATH.json`` (metadata).
 
     The metadata holds the fingerprint of the model and chip instance
-    (:func:`romer_aihwkit.artifacts.fingerprint`), which :func:`load_calibration` checks.
+    (:func:`romer_aihwkit.analog.fingerprint.fingerprint`), which :func:`load_calibration` checks.
 
     Args:
         model: A converted, programmed model.

@@ -106,8 +106,8 @@ def save_analog_state(model: nn.Module, path: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
-    from ..artifacts import fingerprint
     from ..errors import InputError
+    from .fingerprint import fingerprint
 
     state = analog_state(model)
     if not state.programmed:
@@ -140,8 +140,9 @@ def load_analog_state(model: nn.Module, path: str | os.PathLike) -> None:
         ArtifactError: not a chip-state file, truncated or corrupted, or not matching this model
             (:class:`~romer_aihwkit.errors.FingerprintMismatchError` lists what differs).
     """
-    from ..artifacts import check_fingerprint, fingerprint, read_safetensors
+    from ..checked_files import check_fingerprint, read_safetensors
     from ..errors import ArtifactError
+    from .fingerprint import fingerprint
 
     path = Path(path)
     state = analog_state(model)

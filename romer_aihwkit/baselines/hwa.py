@@ -398,9 +398,11 @@ def hwa_cache_key(model: nn.Module, tokenizer: Any, device_config: Any, train_te
     the content hash of the model folder), ``stress`` (the stress spec applied), ``tokenizer``,
     ``device`` (the device config's content), ``train_text`` (the training text's content),
     ``config`` (every :class:`HWAConfig` field) and ``code`` (the simulation code and library
-    versions, :func:`~romer_aihwkit.artifacts.code_fingerprint`).
+    versions, :func:`~romer_aihwkit.checked_files.code_fingerprint`).
     """
-    from ..artifacts import code_fingerprint, device_fingerprint, text_digest, weights_hash
+    from ..analog.fingerprint import device_fingerprint, weights_hash
+    from ..checked_files import code_fingerprint
+    from ..data.corpus import text_digest
     from ..stress import stress_label
 
     config = config or HWAConfig()
@@ -467,7 +469,7 @@ def hwa_checkpoint(
 
 def _read_record(path: Path) -> dict[str, Any]:
     """``hwa.json`` of a cached checkpoint (an empty record when it is damaged: the checkpoint is retrained)."""
-    from ..artifacts import read_json
+    from ..checked_files import read_json
     from ..errors import ArtifactError
 
     try:

@@ -39,7 +39,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analog.engines import engine_for
+from ..data import iter_model_batches
+from ..devices import load_device_config
 from ..errors import InputError
+from ..stress import check_function_preserved, norm_consumers, probe_logits, scale_norm_group
 
 __all__ = ["SmoothConfig", "smooth_model", "smoothing_factors", "simulated_error"]
 
@@ -122,7 +126,6 @@ def simulated_error(weights: list[torch.Tensor], x: torch.Tensor, rpu_config, se
     ``||y - x W^T||^2 / ||x W^T||^2``. The output noise is drawn from ``seed`` too, so two calls
     with the same seed and shapes see the same chip and noise.
     """
-    from ..analog.engines import engine_for
 
     engine = engine_for(rpu_config)
     errors = []
@@ -143,7 +146,6 @@ def simulated_error(weights: list[torch.Tensor], x: torch.Tensor, rpu_config, se
 def _norm_outputs(model: nn.Module, groups: list[dict[str, Any]], calib_batches, batch_size: int,
                   max_tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per group: ``(abs-max per channel over all tokens [H], sampled token rows [<= max_tokens, H])``."""
-    from ..data import iter_model_batches
 
     seen: list[list[torch.Tensor]] = [[] for _ in groups]
     absmax: list[torch.Tensor | None] = [None for _ in groups]
@@ -198,8 +200,6 @@ def smooth_model(model: nn.Module, device_config, calib_batches, batch_size: int
     Raises:
         InputError: A converted model, an already smoothed model, or a check that failed.
     """
-    from ..devices import load_device_config
-    from ..stress import check_function_preserved, norm_consumers, probe_logits, scale_norm_group
 
     config = config or SmoothConfig()
     if getattr(model, "analog_state", None) is not None:

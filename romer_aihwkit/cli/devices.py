@@ -35,7 +35,7 @@ def devices(
     if show is not None:
         _show_device(show, json_output)
         return
-    from romer_aihwkit.devices import list_device_configs, load_device_config
+    from romer_aihwkit.devices import list_device_configs, load_device_config  # lazy: CLI start-up
 
     configs = [load_device_config(name) for name in list_device_configs()]
     if json_output:
@@ -85,7 +85,7 @@ def devices_show(
 
 
 def _show_device(name_or_path: str, json_output: bool) -> None:
-    from romer_aihwkit.devices import FIELD_RANGES, load_device_config
+    from romer_aihwkit.devices import FIELD_RANGES, load_device_config  # lazy: CLI start-up
 
     cfg = load_device_config(name_or_path)
     modelled = cfg.modelled_nonidealities()
@@ -126,7 +126,7 @@ def _show_device(name_or_path: str, json_output: bool) -> None:
 
 
 def _fmt_range(key: str) -> str:
-    from romer_aihwkit.devices import FIELD_CHOICES, FIELD_RANGES
+    from romer_aihwkit.devices import FIELD_CHOICES, FIELD_RANGES  # lazy: CLI start-up
 
     if key in FIELD_CHOICES:
         return " | ".join(FIELD_CHOICES[key])

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from romer_aihwkit.atomic import atomic_write_text
 from romer_aihwkit.errors import UserError
 from romer_aihwkit.outputs import check_output_folder, output_folder
 
@@ -59,8 +60,8 @@ def convert(
     force: ForceOpt = False,
 ) -> None:
     """Convert a model's routers and experts to analog tiles and show what went where."""
-    from romer_aihwkit.analog import analog_summary, convert_to_analog_moe, save_analog_state
-    from romer_aihwkit.devices import load_device_config
+    from romer_aihwkit.analog import analog_summary, convert_to_analog_moe, save_analog_state  # lazy: CLI start-up
+    from romer_aihwkit.devices import load_device_config  # lazy: CLI start-up
 
     if out is not None:
         check_output_folder(out, "convert", force)  # before the model loads; checked again under the lock
@@ -85,8 +86,6 @@ def convert(
         amodel.drift_analog_weights(t, progress=not json_output)
         info["t_inference"] = amodel.analog_state.t_inference
     if out is not None:
-        from romer_aihwkit.atomic import atomic_write_text
-
         with output_folder(out, "convert", force) as out_dir, _OSErrorsAsUserErrors():
             amodel.save_pretrained(out_dir / "model")
             if tokenizer is not None:
@@ -158,8 +157,8 @@ def calibrate_command(
     max_text_size: MaxTextSizeOpt = None,
 ) -> None:
     """Run ROMER on one chip instance and save the calibration (DIR/calibration.*, DIR/report.json)."""
-    from romer_aihwkit.calibration import Romer
-    from romer_aihwkit.devices import load_device_config
+    from romer_aihwkit.calibration import Romer  # lazy: CLI start-up
+    from romer_aihwkit.devices import load_device_config  # lazy: CLI start-up
 
     _check_positive(seq_len=seq_len, calib_blocks=calib_blocks, batch_size=batch_size)
     _check_at_most(seq_len=(seq_len, MAX_SEQ_LEN), calib_blocks=(calib_blocks, MAX_BLOCKS),
@@ -171,7 +170,7 @@ def calibrate_command(
         raise UserError(f"--percentiles must be three numbers like 5,50,95, got {percentiles!r}") from None
     if len(pcts) != 3:
         raise UserError(f"--percentiles must be three numbers like 5,50,95, got {percentiles!r}")
-    from romer_aihwkit.calibration.romer import DEFAULT_MAX_MASKED_SHARE
+    from romer_aihwkit.calibration.romer import DEFAULT_MAX_MASKED_SHARE  # lazy: CLI start-up
 
     cap: float | None = DEFAULT_MAX_MASKED_SHARE
     if max_masked_share.strip().lower() in ("none", "off"):
@@ -200,10 +199,9 @@ def calibrate_command(
 def _calibrate_into(out_dir: Path, *, model: str, config: Any, seed: int, t: float | None, calib_text: str,
                     seq_len: int, calib_blocks: int, batch_size: int, romer: Any, analog_attention: bool,
                     json_output: bool, text_limit: int | None = None) -> None:
-    from romer_aihwkit.analog import convert_to_analog_moe
-    from romer_aihwkit.atomic import atomic_write_text
-    from romer_aihwkit.calibration import calibrate, save_calibration
-    from romer_aihwkit.data import text_blocks, text_size_limit
+    from romer_aihwkit.analog import convert_to_analog_moe  # lazy: CLI start-up
+    from romer_aihwkit.calibration import calibrate, save_calibration  # lazy: CLI start-up
+    from romer_aihwkit.data import text_blocks, text_size_limit  # lazy: CLI start-up
 
     digital, tokenizer = _load_model(model)
     with _OSErrorsAsUserErrors(), text_size_limit(text_limit):

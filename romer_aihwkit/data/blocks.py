@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from .corpus import BUNDLED_SPLITS, read_bundled_documents
+from ..models import bundled_tokenizer
+from .corpus import BUNDLED_SPLITS, bundled_text_path, read_bundled_documents
 
 __all__ = ["MAX_TEXT_BYTES", "count_tokens", "encode_documents", "iter_model_batches", "iter_token_batches",
            "max_positions_of", "max_text_bytes", "same_text", "text_blocks", "text_size_limit", "vocab_size_of"]
@@ -107,7 +108,6 @@ def _content_digest(source: str, split: str) -> str | None:
     if source.lower() in _BUNDLED_NAMES:
         if split not in BUNDLED_SPLITS:
             return None
-        from .corpus import bundled_text_path
 
         files = [bundled_text_path(split)]
     else:
@@ -273,8 +273,6 @@ def text_blocks(
     if max_blocks is not None and max_blocks < 1:
         raise InputError(f"max_blocks must be >= 1 or None, got {max_blocks}")
     if tokenizer is None:
-        from ..models import bundled_tokenizer
-
         tokenizer = bundled_tokenizer()
     if max_text_bytes is not None and (isinstance(max_text_bytes, bool) or not isinstance(max_text_bytes, int)
                                        or max_text_bytes < 1):

@@ -11,6 +11,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from ..checked_files import content_digest
 from ..errors import InputError
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
@@ -58,3 +59,13 @@ def read_bundled_documents(split: str = "test") -> list[str]:
     """The plays of a bundled split, one string per play (in manifest order)."""
     sep = bundled_manifest().get("play_separator", "\n\n\n\n\n")
     return [d.strip("\n") + "\n" for d in read_bundled_text(split).split(sep) if d.strip()]
+
+
+def text_digest(source: str) -> str:
+    """Content hash of a text source: ``"bundled"`` (the bundled corpus), a file or a folder (``"missing"``)."""
+    if str(source).lower() in ("bundled", "shakespeare"):
+        return content_digest(CORPUS_DIR)
+    path = Path(source).expanduser()
+    if not path.exists():
+        return "missing"
+    return content_digest(path)

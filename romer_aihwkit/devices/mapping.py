@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
+from ..errors import DeviceConfigError, EngineError
 from .noise_models import noise_model_spec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,7 +126,6 @@ def aihwkit_rpu_config(config: DeviceConfig):
     torch_config = rpu_config(config)
     if not needs:
         return torch_config
-    from ..errors import EngineError
 
     reason = cxx_tiles_available()
     if reason is not None:
@@ -134,8 +134,6 @@ def aihwkit_rpu_config(config: DeviceConfig):
             f"only its C++ tiles simulate, but they do not run here ({reason}). {REFERENCE_ENV_HINT}."
         )
     if config.noise_management != "none" and config.inp_bound != 1.0:
-        from ..errors import DeviceConfigError
-
         raise DeviceConfigError("AIHWKit's C++ tiles (needed for " + ", ".join(needs) + ") require inp_bound 1.0 "
                                 f"with noise management {config.noise_management!r}", field="inp_bound")
     from aihwkit.simulator.configs import InferenceRPUConfig

@@ -1,27 +1,38 @@
-"""The device-config schema: :class:`DeviceConfig` fields, types, physical ranges and their validation.
+"""The device-config schema: :class:`DeviceConfig` fields and their validation.
 
-A :class:`DeviceConfig` describes one analog in-memory chip: which AIHWKit noise model programs and
-drifts the conductances (:mod:`.noise_models`), the periphery (DAC/ADC resolution, bounds, output
-noise), tile size, weight mapping and the default inference time. Every instance is validated
-when built (types, physical ranges from :data:`FIELD_RANGES`, choices, combinations the noise
-model's table entry allows); each error names the field (and the file, when loaded from YAML).
-The mapping onto AIHWKit lives in :mod:`.mapping`, the prose in :mod:`.describe`, YAML reading in
-:mod:`.loading`.
+A :class:`DeviceConfig` describes one analog in-memory chip, composed of four parts
+(:mod:`.parts`): **noise** (which AIHWKit noise model programs and drifts the conductances),
+**periphery** (DAC/ADC resolution, bounds, output noise, forward non-idealities), **mapping**
+(``g_max``, tile size, weight remapping and clipping, input ranges) and **drift** (inference
+time, compensation). Every instance is validated when built: types, physical ranges and choices
+(:mod:`.fields`), then each part's rules (:mod:`.parts`); each error names the field (and the
+file, when loaded from YAML). The mapping onto AIHWKit lives in :mod:`.mapping`, the prose in
+:mod:`.describe`, YAML reading in :mod:`.loading`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-from collections.abc import Iterator, Mapping
+import hashlib
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DeviceConfigError, InputError
-from . import describe, mapping
-from .noise_models import NOISE_MODEL_TABLE, SCALE_FIELDS, noise_model_spec
+from ..errors import DeviceConfigError
+from . import describe, mapping, parts
+from .fields import (
+    FIELD_CHOICES,
+    FIELD_RANGES,
+    NOISE_MODELS,
+    _check_bool,
+    _check_choice,
+    _check_int,
+    _check_number,
+    _quote,
+    _show,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from aihwkit.inference.noise.base import BaseNoiseModel
@@ -35,90 +46,9 @@ __all__ = [
     "NOISE_MODELS",
 ]
 
-
-class _NoiseModelNames(Mapping[str, str]):
-    """Live view of the noise-model table: ``name -> one-line summary``."""
-
-    def __getitem__(self, key: str) -> str:
-        return NOISE_MODEL_TABLE[key].summary
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(NOISE_MODEL_TABLE)
-
-    def __len__(self) -> int:
-        return len(NOISE_MODEL_TABLE)
-
-
-NOISE_MODELS: Mapping[str, str] = _NoiseModelNames()
-"""Accepted ``noise_model`` values and the AIHWKit class each maps to (a view of the noise-model table)."""
-
-DRIFT_COMPENSATIONS = ("none", "global", "per-column")
-WEIGHT_REMAPS = ("none", "layerwise_symmetric", "channelwise_symmetric")
-WEIGHT_CLIPS = ("none", "fixed", "layer_gaussian")
-NOISE_MANAGEMENTS = ("none", "abs_max", "max", "constant")
-W_NOISE_TYPES = ("none", "pcm_read", "additive_constant")
-BOUND_MANAGEMENTS = ("none", "iterative")
-
-_BITS_RANGE = (2, 24)
-_TEN_YEARS = 10 * 365 * 86400.0
-
-FIELD_RANGES: dict[str, tuple[float, float, str]] = {
-    "noise_level": (0.0, 1.0, "fraction of g_max"),
-    "g_max": (1.0, 1000.0, "uS"),
-    "prog_noise_scale": (0.0, 10.0, "x the model's noise"),
-    "read_noise_scale": (0.0, 10.0, "x the model's noise"),
-    "drift_scale": (0.0, 10.0, "x the model's drift"),
-    "dac_bits": (float(_BITS_RANGE[0]), float(_BITS_RANGE[1]), "bits"),
-    "adc_bits": (float(_BITS_RANGE[0]), float(_BITS_RANGE[1]), "bits"),
-    "inp_bound": (1e-3, 100.0, "normalised input"),
-    "out_bound": (1e-3, 1000.0, "normalised output"),
-    "out_noise": (0.0, 1.0, "normalised output"),
-    "nm_thres": (0.0, 1000.0, "layer input units, 0 = off"),
-    "inp_noise": (0.0, 1.0, "normalised input (DAC full scale 1)"),
-    "w_noise": (0.0, 0.5, "normalised weight (|w| <= 1 after remapping)"),
-    "ir_drop": (0.0, 10.0, "x the physical wire resistance"),
-    "ir_drop_g_ratio": (1e3, 1e9, "wire conductance per cell / device g_max"),
-    "out_nonlinearity": (0.0, 10.0, "output compression at out_bound"),
-    "slope_calibration": (0.0, 1.0, "fraction of the output range"),
-    "r_series": (0.0, 1.0, "fraction of the output current"),
-    "max_input_size": (0.0, 65536.0, "rows, 0 = no limit"),
-    "max_output_size": (0.0, 65536.0, "columns, 0 = no limit"),
-    "weight_clip_value": (1e-3, 100.0, "|w| or std"),
-    "t_inference": (0.0, _TEN_YEARS, "s (10 years)"),
-    "allowed_t_inference": (0.0, _TEN_YEARS, "s, each entry"),
-    "input_range.init_value": (1e-3, 100.0, "layer input units"),
-    "input_range.init_from_data": (0.0, 1e6, "batches"),
-    "input_range.init_std_alpha": (1e-3, 100.0, "std"),
-}
-"""Physical range ``(low, high, unit)`` of every numeric field, inclusive; ``devices show`` prints them.
-The ranges are wide enough for any real device and narrow enough that no value in them overflows
-AIHWKit's noise models (e.g. a ``prog_noise_scale`` of 1e308 would)."""
-
-
-class _FieldChoices(Mapping[str, tuple[str, ...]]):
-    """The accepted values of every choice field; ``noise_model`` follows the noise-model table."""
-
-    _FIXED: dict[str, tuple[str, ...]] = {
-        "drift_compensation": DRIFT_COMPENSATIONS,
-        "weight_remap": WEIGHT_REMAPS,
-        "weight_clip": WEIGHT_CLIPS,
-        "noise_management": NOISE_MANAGEMENTS,
-        "bound_management": BOUND_MANAGEMENTS,
-        "w_noise_type": W_NOISE_TYPES,
-    }
-
-    def __getitem__(self, key: str) -> tuple[str, ...]:
-        return tuple(NOISE_MODEL_TABLE) if key == "noise_model" else self._FIXED[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(("noise_model", *self._FIXED))
-
-    def __len__(self) -> int:
-        return 1 + len(self._FIXED)
-
-
-FIELD_CHOICES: Mapping[str, tuple[str, ...]] = _FieldChoices()
-"""The accepted values of every choice field."""
+_NUMBERS = ("prog_noise_scale", "read_noise_scale", "drift_scale", "out_noise", "t_inference", "nm_thres",
+            "inp_noise", "w_noise", "ir_drop", "ir_drop_g_ratio", "out_nonlinearity", "slope_calibration", "r_series")
+_OPTIONAL_NUMBERS = ("noise_level", "g_max", "inp_bound", "out_bound", "weight_clip_value")
 
 
 @dataclass(frozen=True)
@@ -175,9 +105,9 @@ class InputRangeConfig:
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    """One analog chip: noise model, periphery, tile size, mapping and inference time.
+    """One analog chip: its noise, periphery, mapping and drift parts (:data:`.parts.PARTS`).
 
-    Construct through :func:`load_device_config` (presets or YAML) or directly; every instance is
+    The fields are flat, as in the YAML files; :meth:`part` gives one part's values. Construct through :func:`load_device_config` (presets or YAML) or directly; every instance is
     validated in ``__post_init__`` and :meth:`replace` re-validates. Defaults describe an ideal
     chip, so every non-ideality of a preset is written out in its YAML.
     """
@@ -317,125 +247,39 @@ class DeviceConfig:
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
-        for name in ("name", "description", "source"):
+        for name in parts.IDENTITY:
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise DeviceConfigError(f"must be a string, got {_show(value)}", field=name)
         if not self.name.strip():
             raise DeviceConfigError("must not be empty", field="name")
         for name, choices in FIELD_CHOICES.items():
-            _check_choice(self, name, choices)  # noise_model first: the checks below read its table entry
-
-        for name in ("noise_level", "g_max", "inp_bound", "out_bound", "weight_clip_value"):
+            _check_choice(self, name, choices)  # noise_model first: the part checks read its table entry
+        for name in _OPTIONAL_NUMBERS:
             _check_number(self, name, optional=True)
-        for name in ("prog_noise_scale", "read_noise_scale", "drift_scale", "out_noise", "t_inference", "nm_thres",
-                     "inp_noise", "w_noise", "ir_drop", "ir_drop_g_ratio", "out_nonlinearity", "slope_calibration",
-                     "r_series"):
+        for name in _NUMBERS:
             _check_number(self, name)
         for name in ("dac_bits", "adc_bits"):
             _check_int(self, name, optional=True)
         for name in ("max_input_size", "max_output_size"):
             _check_int(self, name)
-
         object.__setattr__(self, "input_range", InputRangeConfig.from_value(self.input_range))
-        self._validate_allowed_t_inference()
-        self._validate_combinations()
-        try:
-            self.check_t_inference(self.t_inference)
-        except ValueError as exc:
-            raise DeviceConfigError(str(exc), field="t_inference") from None
-
-    def _validate_allowed_t_inference(self) -> None:
-        allowed = self.allowed_t_inference
-        if allowed is None:
-            return
-        if isinstance(allowed, (str, bytes)) or not isinstance(allowed, (list, tuple)):
-            raise DeviceConfigError(
-                f"must be a list of times in seconds or null, got {_show(allowed)}",
-                field="allowed_t_inference",
-            )
-        values = []
-        for item in allowed:
-            low, high, unit = FIELD_RANGES["allowed_t_inference"]
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or not (
-                math.isfinite(item) and low <= item <= high
-            ):
-                raise DeviceConfigError(
-                    f"entries must be numbers in [{low:g}, {high:g}] ({unit}), got {_show(item)}"
-                    f"{_yaml_number_hint(item)}",
-                    field="allowed_t_inference",
-                )
-            values.append(float(item))
-        if not values:
-            raise DeviceConfigError("must not be empty (use null for any time)",
-                                    field="allowed_t_inference")
-        spec = noise_model_spec(self.noise_model)
-        if spec.allowed_t_inference is not None:
-            bad = [t for t in values if t not in spec.allowed_t_inference]
-            if bad:
-                raise DeviceConfigError(
-                    f"{bad} not supported by {spec.aihwkit_class}, which has data for "
-                    f"{_fmt_times(spec.allowed_t_inference)} only",
-                    field="allowed_t_inference",
-                )
-        object.__setattr__(self, "allowed_t_inference", tuple(sorted(set(values))))
-
-    def _validate_combinations(self) -> None:
-        model = self.noise_model
-        spec = noise_model_spec(model)
-        if spec.needs_noise_level and self.noise_level is None:
-            raise DeviceConfigError(
-                f"noise_model {model!r} needs noise_level (fraction of g_max, e.g. 0.05)",
-                field="noise_level",
-            )
-        if not spec.needs_noise_level and self.noise_level is not None:
-            users = " / ".join(repr(n) for n, s in NOISE_MODEL_TABLE.items() if s.needs_noise_level)
-            raise DeviceConfigError(
-                f"only applies to noise_model {users} (this is {model!r}); set it to null",
-                field="noise_level",
-            )
-        if "prog_noise_scale" not in spec.scales and self.prog_noise_scale != 1.0:
-            raise DeviceConfigError(f"noise_model {model!r} has no programming noise to scale",
-                                    field="prog_noise_scale")
-        for name in SCALE_FIELDS[1:]:
-            if name not in spec.scales and getattr(self, name) != 1.0:
-                having = ", ".join(n for n, s in NOISE_MODEL_TABLE.items() if name in s.scales)
-                raise DeviceConfigError(
-                    f"noise_model {model!r} has no such term (only {having} do); leave it at 1.0",
-                    field=name,
-                )
-        if spec.g_max_max is not None and self.g_max is not None and self.g_max > spec.g_max_max:
-            raise DeviceConfigError(
-                f"{spec.aihwkit_class} is characterised up to {spec.g_max_max} uS, got {self.g_max}",
-                field="g_max",
-            )
-        if spec.g_min is not None and self.g_max is not None and self.g_max <= spec.g_min:
-            raise DeviceConfigError(
-                f"{spec.aihwkit_class} needs g_max above its g_min of {spec.g_min} uS, "
-                f"got {self.g_max}",
-                field="g_max",
-            )
-        if self.dac_bits is not None and self.inp_bound is None:
-            raise DeviceConfigError("dac_bits needs inp_bound (the DAC range)", field="inp_bound")
-        if self.adc_bits is not None and self.out_bound is None:
-            raise DeviceConfigError("adc_bits needs out_bound (the ADC range)", field="out_bound")
-        if self.w_noise > 0.0 and self.w_noise_type == "none":
-            raise DeviceConfigError("w_noise > 0 needs w_noise_type 'pcm_read' or 'additive_constant'",
-                                    field="w_noise_type")
-        if self.w_noise == 0.0 and self.w_noise_type != "none":
-            raise DeviceConfigError(f"w_noise_type {self.w_noise_type!r} needs w_noise > 0 (or set it to 'none')",
-                                    field="w_noise")
-        if self.slope_calibration > 0.0 and self.out_nonlinearity == 0.0 and self.r_series == 0.0:
-            raise DeviceConfigError("calibrates out_nonlinearity / r_series: set one of them, or leave it at 0",
-                                    field="slope_calibration")
-        if self.weight_clip == "fixed" and self.weight_clip_value is None:
-            raise DeviceConfigError("weight_clip 'fixed' needs weight_clip_value",
-                                    field="weight_clip_value")
-        if self.weight_clip == "none" and self.weight_clip_value is not None:
-            raise DeviceConfigError("set weight_clip to 'fixed' or 'layer_gaussian' to use it",
-                                    field="weight_clip_value")
+        parts.check_noise(self)
+        parts.check_periphery(self)
+        parts.check_mapping(self)
+        parts.check_drift(self)
 
     # ------------------------------------------------------------------ public API
+    def part(self, name: str) -> dict[str, Any]:
+        """One part's field values (``noise``, ``periphery``, ``mapping`` or ``drift``; see :mod:`.parts`).
+
+        Raises:
+            DeviceConfigError: For an unknown part.
+        """
+        if name not in parts.PARTS:
+            raise DeviceConfigError(f"unknown part; parts: {list(parts.PARTS)}", field=str(name)[:60])
+        return {key: getattr(self, key) for key in parts.PARTS[name]}
+
     def check_t_inference(self, t_inference: float) -> float:
         """Check that this device can be drifted to ``t_inference`` seconds.
 
@@ -450,25 +294,14 @@ class DeviceConfig:
                 the times the device has data for (``allowed_t_inference``; rram-wan2022: 1 s,
                 1 day, 2 days).
         """
-        if isinstance(t_inference, bool) or not isinstance(t_inference, (int, float)):
-            raise InputError(f"t_inference must be a number of seconds, got {_show(t_inference)}")
-        t = float(t_inference)
-        if not math.isfinite(t) or not 0 <= t <= _TEN_YEARS:
-            raise InputError(f"t_inference must be a finite number of seconds >= 0 and <= {_TEN_YEARS:g} "
-                             f"(10 years), got {t_inference}")
-        allowed = self.allowed_t_inference
-        spec = noise_model_spec(self.noise_model)
-        if spec.allowed_t_inference is not None:
-            allowed = allowed or spec.allowed_t_inference
-            why = f"{spec.aihwkit_class} has measurement data only for"
-        else:
-            why = "this device config allows only"
-        if allowed is not None and t not in allowed:
-            raise InputError(
-                f"t_inference={t_inference:g} s is not supported by device config {self.name!r}: "
-                f"{why} t_inference in {_fmt_times(allowed)}"
-            )
-        return t
+        return parts.check_t_inference(self, t_inference)
+
+    def content_hash(self) -> str:
+        """Hash of the simulated device: every field except :data:`.parts.IDENTITY` (16 hex digits)."""
+        data = self.to_dict()
+        for key in parts.IDENTITY:
+            data.pop(key, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def replace(self, **overrides: Any) -> DeviceConfig:
         """Return a validated copy with some fields changed.
@@ -569,86 +402,3 @@ def _check_known_fields(data: dict[str, Any]) -> None:
             f"unknown field{did_you_mean}; `romer-aihwkit devices show pcm` lists all {len(known)} fields with "
             "their ranges", field=str(key)[:60]
         )
-
-
-def _quote(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, so no error echoes a whole file."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _show(value: Any) -> str:
-    """``type value`` for messages (the value cut short)."""
-    return f"{type(value).__name__} {_quote(value)}"
-
-
-def _yaml_number_hint(value: Any) -> str:
-    """For a string that is a number PyYAML read as text (``1.0e308``, ``1e5``), how to write it."""
-    if not isinstance(value, str):
-        return ""
-    try:
-        float(value)
-    except ValueError:
-        return ""
-    text = value.strip()
-    mantissa, _, exponent = text.lower().partition("e")
-    if "." not in mantissa:
-        mantissa += ".0"
-    if exponent and exponent[0] not in "+-":
-        exponent = "+" + exponent
-    fixed = mantissa + (f"e{exponent}" if exponent else "")
-    return (f" (YAML reads {text!r} as text, not a number: PyYAML needs a dot and a signed exponent, "
-            f"so write {fixed})")
-
-
-def _fmt_times(times: tuple[float, ...] | list[float]) -> str:
-    return "[" + ", ".join(f"{t:g}" for t in times) + "] s"
-
-
-def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(obj, name)
-    if not isinstance(value, str) or value not in choices:
-        raise DeviceConfigError(f"must be one of {list(choices)}, got {_show(value)}", field=name)
-
-
-def _check_range(value: float, label: str) -> None:
-    low, high, unit = FIELD_RANGES[label]
-    if not low <= value <= high:
-        raise DeviceConfigError(f"must be in [{low:g}, {high:g}] ({unit}), got {value!r}", field=label)
-
-
-def _check_number(obj: Any, name: str, label: str | None = None, *, optional: bool = False) -> None:
-    """A finite number inside the field's physical range (:data:`FIELD_RANGES`)."""
-    value = getattr(obj, name)
-    label = label or name
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DeviceConfigError(
-            f"must be a number{' or null' if optional else ''}, got {_show(value)}{_yaml_number_hint(value)}",
-            field=label,
-        )
-    if not math.isfinite(value):
-        raise DeviceConfigError(f"must be finite, got {value!r}", field=label)
-    _check_range(float(value), label)
-    object.__setattr__(obj, name, float(value))
-
-
-def _check_int(obj: Any, name: str, label: str | None = None, *, optional: bool = False) -> None:
-    """An integer inside the field's physical range (:data:`FIELD_RANGES`)."""
-    value = getattr(obj, name)
-    label = label or name
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DeviceConfigError(
-            f"must be an integer{' or null' if optional else ''}, got {_show(value)}{_yaml_number_hint(value)}",
-            field=label,
-        )
-    _check_range(float(value), label)
-
-
-def _check_bool(obj: Any, name: str, label: str) -> None:
-    value = getattr(obj, name)
-    if not isinstance(value, bool):
-        raise DeviceConfigError(f"must be true or false, got {_show(value)}", field=label)

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from ..analog.trace import RouterEvent, experts_of, find_routers, trace_routing
+from ..calibration.base import run_batches
 from ..measures import layer_metrics
+from .perplexity import token_nll
 
 __all__ = ["RoutingAccumulator", "routing_stats", "layer_metrics"]
 
@@ -95,7 +97,6 @@ def routing_stats(model: nn.Module, batches, batch_size: int = 8, progress: bool
         ``router_fidelity`` = mean |top-k(noisy) ∩ top-k(reference)| / k, ``load_entropy``
         normalised to [0, 1]. Averages are over MoE layers.
     """
-    from ..calibration.base import run_batches
 
     acc = _accumulator(model)
     with trace_routing(model, acc):
@@ -106,7 +107,6 @@ def routing_stats(model: nn.Module, batches, batch_size: int = 8, progress: bool
 @torch.no_grad()
 def perplexity_and_routing(model: nn.Module, batches, batch_size: int = 8, progress: bool = True) -> tuple[float, dict[str, Any]]:
     """Perplexity and routing statistics from one pass over ``batches``."""
-    from .perplexity import token_nll
 
     acc = _accumulator(model)
     with trace_routing(model, acc):

@@ -25,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..checked_files import content_digest
+from ..compat import lm_eval as lm_eval_compat
 from ..errors import UserError
 
 __all__ = ["BUNDLED_TASKS_DIR", "TASK_METRICS", "bundled_tasks", "check_task_code", "evaluate_tasks",
@@ -208,7 +210,6 @@ def _offline(enabled: bool) -> Iterator[None]:
 def _task_manager(folders: tuple[str, ...], include_defaults: bool) -> Any:
     """One lm-eval ``TaskManager`` per set of folders *and their contents* (indexing lm-eval's own
     tasks takes seconds; a task folder edited between calls gets a fresh index)."""
-    from ..artifacts import content_digest
 
     return _task_manager_for(folders, tuple(content_digest(f) for f in folders), include_defaults)
 
@@ -218,53 +219,6 @@ def _task_manager_for(folders: tuple[str, ...], contents: tuple[str, ...], inclu
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=list(folders), include_defaults=include_defaults)
-
-
-_TQDM_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
-
-
-def _no_env_info(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-@contextlib.contextmanager
-def _quiet(enabled: bool) -> Iterator[None]:
-    """Silence lm-eval's progress bars (they would interleave with the caller's own progress).
-
-    Also skips lm-eval's environment report of every call (``git describe``, which prints an error
-    outside a git checkout, and ``torch.utils.collect_env``, about a second of subprocesses): the
-    comparison runner records the versions itself, once per results folder.
-    """
-    import importlib
-
-    if not enabled:
-        yield
-        return
-    evaluator = importlib.import_module("lm_eval.evaluator")
-    saved_env = {name: getattr(evaluator, name) for name in ("add_env_info", "get_git_commit_hash")
-                 if hasattr(evaluator, name)}
-    for name in saved_env:
-        setattr(evaluator, name, _no_env_info)
-    saved = {}
-    for name in _TQDM_MODULES:
-        module = importlib.import_module(name)
-        real = getattr(module, "tqdm", None)
-        if real is None:
-            continue
-
-        def silent(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
-            kwargs["disable"] = True
-            return _real(*args, **kwargs)
-
-        saved[module] = real
-        setattr(module, "tqdm", silent)  # noqa: B010
-    try:
-        yield
-    finally:
-        for module, real in saved.items():
-            setattr(module, "tqdm", real)  # noqa: B010
-        for name, real in saved_env.items():
-            setattr(evaluator, name, real)
 
 
 def task_metric_names(results: dict[str, dict[str, float]]) -> list[str]:
@@ -361,7 +315,7 @@ def evaluate_tasks(
             logging.getLogger(name).setLevel(logging.ERROR)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
         try:
-            with _quiet(not progress):
+            with lm_eval_compat.quiet(not progress):
                 raw = simple_evaluate(
                     model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
                     # torch's generator is left alone: the caller seeds the per-forward output noise
@@ -370,5 +324,5 @@ def evaluate_tasks(
                 )
         finally:
             model.train(was_training)
-    leaves = {t for t, subtasks in raw.get("group_subtasks", {}).items() if not subtasks} or set(raw["results"])
-    return _parse_results(raw["results"], leaves)
+    results, leaves = lm_eval_compat.leaf_tasks(raw)
+    return _parse_results(results, leaves)

@@ -246,7 +246,7 @@ def _settings_file(out_dir: Path) -> Path:
 
 def _read_settings(out_dir: Path) -> dict[str, Any] | None:
     """``settings.json`` of a results folder (``None`` if absent); a damaged file is a clear error."""
-    from ..artifacts import read_json
+    from ..checked_files import read_json
 
     path = _settings_file(out_dir)
     if not path.exists():
@@ -317,7 +317,7 @@ def finished_rows(out_dir: Path, settings: CompareSettings) -> set[tuple]:
 
 # ------------------------------------------------------------------ content fingerprints of the inputs
 def _model_digest(name: str) -> str:
-    from ..artifacts import model_digest
+    from ..models import model_digest
 
     return model_digest(name)
 
@@ -337,7 +337,7 @@ def _declared_positions(name: str) -> int | None:
 
 
 def _text_digest(source: str) -> str:
-    from ..artifacts import text_digest
+    from ..data.corpus import text_digest
 
     return text_digest(source)
 
@@ -346,16 +346,17 @@ def input_fingerprints(settings: CompareSettings) -> dict[str, str]:
     """Content hash of every input of a comparison: each model's files, device config, text, and the code.
 
     Large files (weights) are hashed from their size and 16 sampled 64 KiB blocks, small files
-    fully (:func:`romer_aihwkit.artifacts.content_digest`); device configs by their resolved
-    content (:func:`romer_aihwkit.artifacts.device_fingerprint`); a hub id by its cached snapshot
+    fully (:func:`romer_aihwkit.checked_files.content_digest`); device configs by their resolved
+    content (:func:`romer_aihwkit.analog.fingerprint.device_fingerprint`); a hub id by its cached snapshot
     (recorded as unchecked when there is none). ``engine`` is the identity of the simulation code
-    and library versions (:func:`romer_aihwkit.artifacts.code_fingerprint`).
+    and library versions (:func:`romer_aihwkit.checked_files.code_fingerprint`).
 
     Returns:
         ``{"model NAME": hash, "device NAME": hash, "eval_text": hash, "calib_text": hash,
         "train_text": hash, "engine": identity}`` (and ``task_include_path`` when given).
     """
-    from ..artifacts import code_fingerprint, device_fingerprint
+    from ..analog.fingerprint import device_fingerprint
+    from ..checked_files import code_fingerprint
 
     out = {f"model {m}": _model_digest(m) for m in settings.models}
     out.update({f"device {d}": device_fingerprint(d) for d in settings.devices})

@@ -120,6 +120,14 @@ def test_resolve_fills_each_devices_default_drift_time_once(parses):
         resolved.devices["x"] = resolved.devices["pcm"]  # type: ignore[index]
 
 
+def test_resolve_device_takes_a_config_and_fills_its_default():
+    from romer_aihwkit.experiments.settings import resolve_device
+
+    resolved = resolve_device(load_device_config("rram-wan2022"), [None, 1.0])
+    assert resolved.name == "rram-wan2022" and resolved.t_inference == (86400.0, 1.0)
+    assert resolve_device("pcm").t_inference == (3600.0,)
+
+
 def test_explicit_zero_is_a_drift_of_zero_seconds_not_the_default():
     resolved = resolve(CompareSettings(models=["m"], methods=["none"], seeds=[0], t_inference=[0.0, None]))
     assert resolved.devices["pcm"].t_inference == (0.0, 3600.0)

@@ -42,6 +42,7 @@ __all__ = [
     "chip_instances",
     "input_fingerprints",
     "resolve",
+    "resolve_device",
 ]
 
 MAX_SEEDS = 1000
@@ -261,24 +262,12 @@ def resolve(settings: CompareSettings | ResolvedSettings) -> ResolvedSettings:
     """
     if isinstance(settings, ResolvedSettings):
         return settings
-    from ..artifacts import device_fingerprint
-    from ..devices import load_device_config
     from ..validate import check_distinct
 
     check_distinct([_same_source_key(m) for m in settings.models], "--model")
     check_distinct([_same_source_key(d) for d in settings.devices], "--devices")
-    devices: dict[str, ResolvedDevice] = {}
-    for name in settings.devices:
-        config = load_device_config(name)
-        times = tuple(config.check_t_inference(config.t_inference if t is None else t) for t in settings.t_inference)
-        if len(set(times)) != len(times):
-            raise InputError(f"--t-inference gives device {name} the drift time {config.t_inference:g} s twice ('none' "
-                             f"is its default, {config.t_inference:g} s); give each time once")
-        devices[name] = ResolvedDevice(name, config, device_fingerprint(config), times)
-    control = None
-    if settings.controls:
-        config = load_device_config(CONTROL_DEVICE)
-        control = ResolvedDevice(CONTROL_DEVICE, config, device_fingerprint(config), (config.t_inference,))
+    devices = {name: resolve_device(name, settings.t_inference) for name in settings.devices}
+    control = resolve_device(CONTROL_DEVICE) if settings.controls else None
     for model in settings.models:
         positions = _declared_positions(model)
         if positions is not None and settings.seq_len > positions:
@@ -289,6 +278,28 @@ def resolve(settings: CompareSettings | ResolvedSettings) -> ResolvedSettings:
     inputs = _input_fingerprints(settings, devices, model_ids)
     return ResolvedSettings(settings, MappingProxyType(devices), control, MappingProxyType(inputs),
                             MappingProxyType(model_ids))
+
+
+def resolve_device(device: str | Path | DeviceConfig, t_inference: Sequence[float | None] = (None,)) -> ResolvedDevice:
+    """Load ``device`` once and turn its drift times into checked seconds (``None``: its default).
+
+    Args:
+        device: A preset name, a YAML path or a :class:`~romer_aihwkit.devices.DeviceConfig`.
+        t_inference: Drift times in seconds; ``None`` is the config's default ``t_inference``.
+
+    Raises:
+        InputError: A drift time the device does not accept, or one given twice (``None`` and the default).
+    """
+    from ..artifacts import device_fingerprint
+    from ..devices import load_device_config
+
+    config = load_device_config(device)
+    name = str(device) if isinstance(device, (str, Path)) else config.name
+    times = tuple(config.check_t_inference(config.t_inference if t is None else t) for t in t_inference)
+    if len(set(times)) != len(times):
+        raise InputError(f"--t-inference gives device {name} the drift time {config.t_inference:g} s twice ('none' "
+                         f"is its default, {config.t_inference:g} s); give each time once")
+    return ResolvedDevice(name, config, device_fingerprint(config), times)
 
 
 def _check_tasks(settings: CompareSettings) -> None:

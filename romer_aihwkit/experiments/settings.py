@@ -202,9 +202,9 @@ class ResolvedDevice:
     """The settings' drift times for this device, ``None`` replaced by the config's default."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ResolvedSettings:
-    """:class:`CompareSettings` with every input looked at once (made by :func:`resolve`)."""
+    """:class:`CompareSettings` with every input looked at once (made by :func:`resolve`; compared by identity)."""
 
     settings: CompareSettings
     devices: Mapping[str, ResolvedDevice]

@@ -151,7 +151,7 @@ def test_compare_measures_the_edit_on_the_ideal_device(tiny, tmp_path, masking_m
 
     small = dict(devices=["pcm"], seq_len=32, eval_blocks=2, calib_blocks=2, batch_size=4)
     settings = CompareSettings(models=[tiny], methods=["test-mask"], seeds=[3], **small)
-    assert settings.methods == ["global", "test-mask"]
+    assert settings.methods == ("global", "test-mask")  # frozen settings keep lists as tuples
     results = run_comparison(settings, tmp_path / "out")
     row = next(r for r in results["rows"] if r["method"] == "test-mask")
     glob = next(r for r in results["rows"] if r["method"] == "global")
@@ -177,11 +177,11 @@ def test_controls_off_keep_the_methods_and_the_fingerprint_of_older_results(mask
 
     on = CompareSettings(models=["x"], methods=["test-mask"], seeds=[0])
     off = CompareSettings(models=["x"], methods=["test-mask"], seeds=[0], controls=False)
-    assert off.methods == ["test-mask"] and on.methods == ["global", "test-mask"]
+    assert off.methods == ("test-mask",) and on.methods == ("global", "test-mask")
     # results written before controls existed had none: they keep their identity with controls off
     assert off.fingerprint() != on.fingerprint()
     plain = CompareSettings(models=["x"], methods=["none"], seeds=[0])
-    assert plain.methods == ["none"]  # nothing edits the model: no control, nothing added
+    assert plain.methods == ("none",)  # nothing edits the model: no control, nothing added
 
 
 def test_edit_of_a_model_is_what_the_runner_records_for_the_ideal_device_itself(tiny, tmp_path, masking_method):

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
 from . import calibration_state, programming, state_io
+from .programming import NotDrifted
 from .state import AnalogState
 
 __all__ = ["AnalogMoEModel", "analog_class_of", "mark_converted"]
@@ -39,12 +40,14 @@ class AnalogMoEModel(nn.Module):
         """The chip-instance bookkeeping: device config, converted blocks, seed, drift time, engine."""
         return self.__dict__["_romer_analog_state"]
 
-    def program_analog_weights(self, seed: int = 0, t_inference: float | None = None, progress: bool = True) -> None:
+    def program_analog_weights(self, seed: int = 0, t_inference: float | None | Literal[NotDrifted.NOT_DRIFTED] = (
+            programming.NOT_DRIFTED), progress: bool = True) -> None:
         """Program one chip instance (see :func:`~romer_aihwkit.analog.programming.program_analog_weights`).
 
         Args:
             seed: The chip instance; every tile draws its noise from ``(seed, matrix name, tile position)``.
-            t_inference: Drift each matrix to this many seconds right after programming (``None``: no drift).
+            t_inference: Drift each matrix to this many seconds right after programming; ``None``: the
+                device config's ``t_inference``; omitted (``NOT_DRIFTED``): no drift.
             progress: Show a progress bar (only once the work takes a few seconds).
         """
         programming.program_analog_weights(self, seed=seed, t_inference=t_inference, progress=progress)

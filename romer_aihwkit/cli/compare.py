@@ -72,13 +72,16 @@ def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output
     output folder's lock throughout so that a second run on the same --out is refused; a folder of
     other files or of another command is refused unless --force (:func:`romer_aihwkit.outputs.output_folder`)."""
     from romer_aihwkit.evaluation.distributed import process_context
+    from romer_aihwkit.experiments.settings import resolve
     from romer_aihwkit.outputs import output_folder
 
+    with _OSErrorsAsUserErrors():
+        resolved = resolve(settings)  # devices, drift times, lm-eval, inputs: once, before the folder is touched
     with output_folder(out, command, force, lock=process_context().rank == 0) as out_dir:
-        return _run_compare_unlocked(settings, str(out_dir), resume, force, json_output, max_text_size)
+        return _run_compare_unlocked(resolved, str(out_dir), resume, force, json_output, max_text_size)
 
 
-def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, json_output: bool,
+def _run_compare_unlocked(resolved: Any, out: str, resume: bool, force: bool, json_output: bool,
                           max_text_size: int | None = None) -> dict[str, Any]:
     import warnings
     from pathlib import Path
@@ -92,6 +95,7 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
     from romer_aihwkit.experiments.runner import run_comparison
 
     out_dir = Path(out)
+    settings = resolved.settings
     overlap = _same_file(settings.eval_text, settings.calib_text)
     if overlap:
         _warn(f"--calib-text and --eval-text are {overlap} ({settings.eval_text}, {settings.calib_text}): calibration "
@@ -101,8 +105,8 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
 
     ctx = process_context()
     rank, world_size = ctx.rank, ctx.world_size
-    keys = set(planned_rows(settings, rank, world_size))
-    done = _already_done(out_dir, settings, keys, resume, force)
+    keys = set(planned_rows(resolved, rank, world_size))
+    done = _already_done(out_dir, resolved, keys, resume, force)
     err = _stderr_console()
     if done and rank == 0:
         err.print(f"resuming: {done} of {len(keys)} rows already in {escape(str(out_dir))}")
@@ -121,7 +125,7 @@ def _run_compare_unlocked(settings: Any, out: str, resume: bool, force: bool, js
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with _OSErrorsAsUserErrors(), text_size_limit(max_text_size):
-                results = run_comparison(settings, out_dir, resume=resume, force=force, on_row=on_row)
+                results = run_comparison(resolved, out_dir, resume=resume, force=force, on_row=on_row)
         progress.update(task, description=f"{label}done")
     for w in caught:  # one plain line each (also recorded in results.json, settings.warnings)
         if not str(w.message).startswith("calibration and evaluation text are"):  # warned above
@@ -144,7 +148,7 @@ def _compare_settings(*, models: list[str], devices: list[str], methods: list[st
                       t_inference: list[str] | None, eval_text: str, calib_text: str, seq_len: int,
                       eval_blocks: int, calib_blocks: int, batch_size: int, stress: str | None = None,
                       controls: bool = True) -> Any:
-    from romer_aihwkit.experiments.runner import MAX_SEEDS, CompareSettings
+    from romer_aihwkit.experiments.settings import MAX_SEEDS, CompareSettings
 
     _check_positive(seeds=seeds, seq_len=seq_len, eval_blocks=eval_blocks, calib_blocks=calib_blocks,
                     batch_size=batch_size)

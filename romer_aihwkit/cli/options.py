@@ -121,7 +121,8 @@ ControlsOpt = Annotated[bool, typer.Option(
 def _with_tasks_and_hwa(settings: Any, tasks: list[str] | None, include_path: str | None, limit: int | None,
                         num_fewshot: int | None, train_text: str, hwa_steps: int | None,
                         trust_task_code: bool = False) -> Any:
-    """``settings`` with the downstream-task and HWA options (validated again by ``CompareSettings``)."""
+    """``settings`` with the downstream-task and HWA options (values checked by ``CompareSettings``; lm-eval
+    and the task folder by :func:`~romer_aihwkit.experiments.resolve`)."""
     import dataclasses
 
     names = _split(tasks)

@@ -15,7 +15,8 @@ Composed like AIHWKit's configs, one concern per module:
   physical ranges (:data:`FIELD_RANGES`), choices, unknown fields; errors name field and file.
 - :mod:`.mapping`: ``DeviceConfig`` -> ``TorchInferenceRPUConfig``.
 - :mod:`.describe`: what is and is not modelled, deviations from AIHWKit's defaults.
-- :mod:`.loading`: presets and YAML files (``yaml.safe_load`` only, size/depth/alias limits, ``extends:``).
+- :mod:`.loading`: presets and YAML files (``yaml.safe_load`` only, size/depth/alias limits, ``extends:``),
+  each distinct file parsed once per process.
 
 Why the torch tiles: AIHWKit's C++ tiles fail with current torch; ``TorchInferenceRPUConfig``
 works with every noise model but rejects some non-idealities, in particular per-MVM weight read
@@ -30,6 +31,7 @@ from .loading import (
     MAX_YAML_BYTES,
     MAX_YAML_DEPTH,
     PRESET_DIR,
+    clear_device_config_cache,
     list_device_configs,
     load_device_config,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "MAX_YAML_DEPTH",
     "NoiseModelSpec",
     "WAN2022_T_INFERENCE",
+    "clear_device_config_cache",
     "list_device_configs",
     "load_device_config",
     "register_noise_model",

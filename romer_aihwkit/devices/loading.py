@@ -1,8 +1,15 @@
-"""Reading device configs: presets by name, YAML files (size, UTF-8, depth and alias limits), ``extends:`` chains."""
+"""Reading device configs: presets by name, YAML files (size, UTF-8, depth and alias limits), ``extends:`` chains.
+
+Each distinct file is parsed once per process: :func:`load_device_config` keeps the validated
+config keyed by the resolved path and content hash of every file of its ``extends:`` chain, so a
+second load of an unchanged file returns the same (frozen) :class:`DeviceConfig` and an edited file
+is read again.
+"""
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +21,7 @@ __all__ = [
     "MAX_YAML_BYTES",
     "MAX_YAML_DEPTH",
     "PRESET_DIR",
+    "clear_device_config_cache",
     "list_device_configs",
     "load_device_config",
 ]
@@ -29,6 +37,44 @@ MAX_YAML_DEPTH = 4
 
 MAX_EXTENDS_CHAIN = 8
 """Longest chain of ``extends:`` files."""
+
+_Chain = tuple[tuple[Path, str], ...]
+"""``(resolved path, sha256 of the bytes)`` of every file a config was read from, the file itself first."""
+
+_CACHE: dict[tuple[Path, str], tuple[_Chain, DeviceConfig]] = {}
+"""Validated configs by (resolved path, the file name it was opened by: a config without ``name``
+is named after it), with the chain they were read from (its hashes checked on every hit)."""
+
+_MAX_CACHED = 256
+"""Most files kept (a comparison names a handful; the oldest entry goes first)."""
+
+
+def clear_device_config_cache() -> None:
+    """Forget every parsed device config (the next load reads its files again)."""
+    _CACHE.clear()
+
+
+def _file_digest(path: Path) -> str | None:
+    """sha256 of the file's bytes (``None`` when it cannot be read or is over the size limit: no caching)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+    except OSError:
+        return None
+    return None if len(raw) > MAX_YAML_BYTES else hashlib.sha256(raw).hexdigest()
+
+
+def _cached(key: tuple[Path, str]) -> DeviceConfig | None:
+    """The config read from ``key`` before, if no file of its ``extends:`` chain changed since."""
+    hit = _CACHE.get(key)
+    if hit is None:
+        return None
+    chain, config = hit
+    if all(_file_digest(path) == digest for path, digest in chain):
+        return config
+    del _CACHE[key]
+    return None
+
 
 def list_device_configs() -> list[str]:
     """Sorted names of the preset device configs shipped with the package."""
@@ -47,7 +93,8 @@ def load_device_config(name_or_path: str | Path | DeviceConfig) -> DeviceConfig:
             a ready config.
 
     Returns:
-        The validated config.
+        The validated config. It is frozen, and the same object for every load of an unchanged
+        file in this process (parsed once; see :func:`clear_device_config_cache`).
 
     Raises:
         InputError: (a ``ValueError``) Unknown preset name (the message lists the presets), or an
@@ -62,8 +109,18 @@ def load_device_config(name_or_path: str | Path | DeviceConfig) -> DeviceConfig:
             f"expected a preset name, a path or a DeviceConfig, got {type(name_or_path).__name__}"
         )
     path = _resolve(name_or_path, base_dir=None)
-    data = _read_resolved(path, stack=())
-    return DeviceConfig.from_dict(data, path=path)
+    key = (path.resolve(), path.name)
+    config = _cached(key)
+    if config is not None:
+        return config
+    chain: list[tuple[Path, str]] = []
+    data = _read_resolved(path, stack=(), chain=chain)
+    config = DeviceConfig.from_dict(data, path=path)
+    if all(digest for _, digest in chain):
+        while len(_CACHE) >= _MAX_CACHED:
+            del _CACHE[next(iter(_CACHE))]
+        _CACHE[key] = (tuple(chain), config)
+    return config
 
 
 def _resolve(name_or_path: str | Path, base_dir: Path | None) -> Path:
@@ -201,18 +258,21 @@ def _yaml_problem(exc: Exception) -> str:
     return f"{problem}{where}"
 
 
-def _read_resolved(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
-    """Read ``path`` and merge it over whatever it ``extends``, recursively."""
+def _read_resolved(path: Path, stack: tuple[Path, ...], chain: list[tuple[Path, str]] | None = None) -> dict[str, Any]:
+    """Read ``path`` and merge it over whatever it ``extends``, recursively; each file read is
+    appended to ``chain`` with the hash of the text parsed."""
     import yaml
 
     real = path.resolve()
     if real in stack:
-        chain = " -> ".join(str(p) for p in (*stack, real))
-        raise DeviceConfigError(f"circular 'extends': {chain}", field="extends", path=path)
+        cycle = " -> ".join(str(p) for p in (*stack, real))
+        raise DeviceConfigError(f"circular 'extends': {cycle}", field="extends", path=path)
     if len(stack) >= MAX_EXTENDS_CHAIN:
         raise DeviceConfigError(f"more than {MAX_EXTENDS_CHAIN} files in the 'extends' chain", field="extends",
                                 path=path)
     text = _read_yaml_text(path)
+    if chain is not None:
+        chain.append((real, hashlib.sha256(text.encode("utf-8")).hexdigest()))
     _check_yaml_structure(text, path)
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
@@ -238,7 +298,7 @@ def _read_resolved(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
         parent_path = _resolve(parent, base_dir=path.parent)
     except (ValueError, FileNotFoundError) as exc:
         raise DeviceConfigError(str(exc), field="extends", path=path) from None
-    base = _read_resolved(parent_path, stack=(*stack, real))
+    base = _read_resolved(parent_path, stack=(*stack, real), chain=chain)
     merged = {**base, **data}
     if isinstance(base.get("input_range"), dict) and isinstance(data.get("input_range"), dict):
         merged["input_range"] = {**base["input_range"], **data["input_range"]}

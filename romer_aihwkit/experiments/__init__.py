@@ -2,8 +2,9 @@
 
 :mod:`.methods` defines each method (how to convert, what to run per chip instance: ROMER, its
 ablations and the baselines) and applies it (:func:`prepare_model`, :func:`apply_method`);
-:mod:`.runner` runs every method on the same chip instances (:class:`CompareSettings`,
-:func:`run_comparison`) into a resumable results folder. The rows, summaries and results it
+:mod:`.settings` holds what a comparison is asked (:class:`CompareSettings`, frozen and pure) and
+resolves it once (:func:`resolve`: devices, drift times, dependencies, input fingerprints);
+:mod:`.runner` runs every method on the same chip instances (:func:`run_comparison`) into a resumable results folder. The rows, summaries and results it
 writes are the typed records of :mod:`romer_aihwkit.evaluation.records`.
 """
 
@@ -20,6 +21,7 @@ from .runner import (
     run_comparison,
     write_results,
 )
+from .settings import ResolvedSettings, resolve
 
 __all__ = [
     "METHODS",
@@ -27,6 +29,7 @@ __all__ = [
     "Method",
     "ResultsExistError",
     "ResultsLockedError",
+    "ResolvedSettings",
     "apply_method",
     "chip_instances",
     "finished_rows",
@@ -36,6 +39,7 @@ __all__ = [
     "planned_rows",
     "prepare_model",
     "register_method",
+    "resolve",
     "results_folder_lock",
     "run_comparison",
     "write_results",

@@ -9,14 +9,12 @@ a damaged ``settings.json`` or ``rows.jsonl`` is reported with the file (and lin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +25,19 @@ from ..errors import ArtifactError, InputError, ResultsFolderError
 from ..evaluation.records import ComparisonResults, ResultRow, SummaryEntry, load_rows
 from ..evaluation.stats import summarize, with_recovery
 from ..outputs import LOCK_FILE, ResultsLockedError, discard_outputs, output_folder, results_folder_lock
+from .settings import (
+    CONTROL_DEVICE,
+    MAX_SEEDS,
+    CompareSettings,
+    ResolvedSettings,
+    chip_instances,
+    input_fingerprints,
+    resolve,
+)
 
 __all__ = [
     "LOCK_FILE",
+    "MAX_SEEDS",
     "CompareSettings",
     "ResultsExistError",
     "ResultsLockedError",
@@ -37,141 +45,17 @@ __all__ = [
     "finished_rows",
     "input_fingerprints",
     "planned_rows",
+    "resolve",
     "results_folder_lock",
     "run_comparison",
     "write_results",
 ]
 
 ROW_FILE = "rows.jsonl"
-MAX_SEEDS = 1000
-"""Most chip instances one comparison accepts (each costs a programming pass per method)."""
-
-
-_OPTIONAL_DEFAULTS: dict[str, Any] = {"tasks": [], "task_include_path": None, "task_limit": None,
-                                      "num_fewshot": None, "train_text": "bundled", "hwa_steps": None,
-                                      "controls": False}
-"""Settings added after results were first written: at these values they leave the fingerprint alone."""
-
-CONTROL_DEVICE = "ideal"
-"""The noise-free device every model-editing method is also run on (its ``edit_ppl``)."""
 
 
 class ResultsExistError(ResultsFolderError):
     """The output folder holds results of a different configuration or of changed inputs."""
-
-
-@dataclass
-class CompareSettings:
-    """Everything that determines the numbers of a comparison (stored with the results)."""
-
-    models: list[str]
-    devices: list[str] = field(default_factory=lambda: ["pcm"])
-    methods: list[str] = field(default_factory=lambda: ["none", "global", "hetero", "romer"])
-    seeds: list[int] = field(default_factory=lambda: list(range(5)))
-    t_inference: list[float | None] = field(default_factory=lambda: [None])
-    """Drift times in seconds; ``None`` means each device's default."""
-    eval_text: str = "bundled"
-    calib_text: str = "bundled"
-    seq_len: int = 128
-    eval_blocks: int | None = 32
-    calib_blocks: int | None = 16
-    batch_size: int = 8
-    stress: str | None = None
-    """Function-preserving stress spec applied to every digital model first (:func:`romer_aihwkit.stress.apply_stress`)."""
-    tasks: list[str] = field(default_factory=list)
-    """lm-eval tasks run on every chip instance (:func:`~romer_aihwkit.evaluation.tasks.evaluate_tasks`)."""
-    task_include_path: str | None = None
-    """Folder of lm-eval task YAMLs besides the bundled tasks (``--include-path``)."""
-    task_limit: int | None = None
-    """Documents per task (lm-eval's ``limit``; ``None``: all)."""
-    num_fewshot: int | None = None
-    """Few-shot examples per task (``None``: each task's default)."""
-    train_text: str = "bundled"
-    """Training text of hardware-aware training (methods ``hwa``, ``hwa+romer``; ``--train-text``)."""
-    hwa_steps: int | None = None
-    """HWA optimizer steps (``None``: :class:`~romer_aihwkit.baselines.hwa.HWAConfig`'s default)."""
-    trust_task_code: bool = False
-    """Allow ``task_include_path`` YAMLs that run Python code (``!function``; ``--trust-task-code``).
-    A permission, not part of the numbers' identity (left out of the fingerprint)."""
-    controls: bool = True
-    """Noise-free controls (``--no-controls`` turns them off): every method that edits the model
-    (:attr:`Method.edits_model <romer_aihwkit.experiments.methods.Method.edits_model>`) also runs on
-    the ``ideal`` device with the same calibration data and seed, and every row carries ``edit_ppl``
-    and ``recovered`` (:data:`~romer_aihwkit.evaluation.records.CONTROL_METRICS`). ``recovered`` is
-    measured against ``global`` on the same chip instance, so ``global`` is added to the methods
-    (first) when a model-editing method is compared without it."""
-
-    def __post_init__(self) -> None:
-        from ..devices import load_device_config
-        from .methods import get_method
-
-        if not self.models:
-            raise InputError("give at least one model")
-        if not self.seeds:
-            raise InputError("give at least one seed (--seeds must be >= 1)")
-        if len(self.seeds) > MAX_SEEDS:
-            raise InputError(f"--seeds must be at most {MAX_SEEDS} chip instances, got {len(self.seeds)}")
-        if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**31 for s in self.seeds):
-            raise InputError(f"seeds must be integers in [0, 2**31), got {self.seeds[:5]}...")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise InputError(f"seeds must be distinct, got {self.seeds}")
-        from ..validate import check_distinct, check_finite_fields
-
-        check_finite_fields(self, "comparison setting")
-        check_distinct([_same_source_key(m) for m in self.models], "--model")  # its rows would count twice
-        check_distinct([_same_source_key(d) for d in self.devices], "--devices")
-        check_distinct(self.methods, "--methods")
-        check_distinct(self.t_inference, "--t-inference")
-        for method in self.methods:
-            get_method(method)
-        if self.controls and "global" not in self.methods and any(get_method(m).edits_model for m in self.methods):
-            self.methods = ["global", *self.methods]
-        for device in self.devices:
-            cfg = load_device_config(device)
-            for t in self.t_inference:
-                cfg.check_t_inference(cfg.t_inference if t is None else t)
-        if self.seq_len < 2:
-            raise InputError("seq_len must be at least 2")
-        for model in self.models:
-            positions = _declared_positions(model)
-            if positions is not None and self.seq_len > positions:
-                raise InputError(f"--seq-len {self.seq_len} is beyond the {positions} positions model {model} handles "
-                                 f"(max_position_embeddings in its config.json); use --seq-len {positions} or less")
-        from ..stress import stress_label
-
-        self.stress = None if stress_label(self.stress) == "none" else stress_label(self.stress)
-        self._check_tasks_and_hwa()
-
-    def _check_tasks_and_hwa(self) -> None:
-        if self.tasks:
-            from ..evaluation.tasks import require_lm_eval
-
-            require_lm_eval()
-        if self.task_include_path is not None and not Path(self.task_include_path).expanduser().is_dir():
-            raise InputError(f"--include-path {self.task_include_path}: no such folder of lm-eval task YAMLs")
-        if self.task_include_path is not None:
-            from ..evaluation.tasks import check_task_code
-
-            check_task_code(self.task_include_path, self.trust_task_code)
-        if self.task_limit is not None and self.task_limit < 1:
-            raise InputError(f"--limit must be at least 1, got {self.task_limit}")
-        if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise InputError(f"--num-fewshot must be at least 0, got {self.num_fewshot}")
-        if self.hwa_steps is not None and self.hwa_steps < 1:
-            raise InputError(f"--hwa-steps must be at least 1, got {self.hwa_steps}")
-
-    def fingerprint(self) -> str:
-        """Identity of the numbers: everything but the seeds and methods, which may be extended."""
-        data = asdict(self)
-        data.pop("seeds")
-        data.pop("methods")
-        data.pop("trust_task_code")
-        if data.get("stress") is None:
-            data.pop("stress")  # results written before stress existed keep their identity
-        for key, default in _OPTIONAL_DEFAULTS.items():
-            if data.get(key) == default:
-                data.pop(key)  # likewise for results written before tasks and HWA existed
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -299,7 +183,7 @@ def _check_reusable(out_dir: Path, settings: CompareSettings, inputs: dict[str, 
         )
 
 
-def finished_rows(out_dir: Path, settings: CompareSettings) -> set[tuple]:
+def finished_rows(out_dir: Path, settings: CompareSettings | ResolvedSettings) -> set[tuple]:
     """Keys of the rows already in ``out_dir`` for this configuration (empty for another one or
     for changed inputs).
 
@@ -315,81 +199,15 @@ def finished_rows(out_dir: Path, settings: CompareSettings) -> set[tuple]:
     return {r.key for r in load_rows(out_dir)}
 
 
-# ------------------------------------------------------------------ content fingerprints of the inputs
-def _model_digest(name: str) -> str:
-    from ..models import model_digest
-
-    return model_digest(name)
-
-
-def _declared_positions(name: str) -> int | None:
-    """``max_position_embeddings`` from a local or bundled model's ``config.json``, read without
-    loading the model (``None`` for a hub id or a config that does not declare it)."""
-    from ..models import MODELS_DIR, list_bundled_models
-
-    path = (MODELS_DIR / name if name in list_bundled_models() else Path(name).expanduser()) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = config.get("max_position_embeddings") if isinstance(config, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _text_digest(source: str) -> str:
-    from ..data.corpus import text_digest
-
-    return text_digest(source)
-
-
-def input_fingerprints(settings: CompareSettings) -> dict[str, str]:
-    """Content hash of every input of a comparison: each model's files, device config, text, and the code.
-
-    Large files (weights) are hashed from their size and 16 sampled 64 KiB blocks, small files
-    fully (:func:`romer_aihwkit.checked_files.content_digest`); device configs by their resolved
-    content (:func:`romer_aihwkit.analog.fingerprint.device_fingerprint`); a hub id by its cached snapshot
-    (recorded as unchecked when there is none). ``engine`` is the identity of the simulation code
-    and library versions (:func:`romer_aihwkit.checked_files.code_fingerprint`).
-
-    Returns:
-        ``{"model NAME": hash, "device NAME": hash, "eval_text": hash, "calib_text": hash,
-        "train_text": hash, "engine": identity}`` (and ``task_include_path`` when given).
-    """
-    from ..analog.fingerprint import device_fingerprint
-    from ..checked_files import code_fingerprint
-
-    out = {f"model {m}": _model_digest(m) for m in settings.models}
-    out.update({f"device {d}": device_fingerprint(d) for d in settings.devices})
-    out["eval_text"] = _text_digest(settings.eval_text)
-    out["calib_text"] = _text_digest(settings.calib_text)
-    out["train_text"] = _text_digest(settings.train_text)
-    if settings.task_include_path is not None:
-        out["task_include_path"] = _text_digest(settings.task_include_path)
-    out["engine"] = code_fingerprint()
-    return out
-
-
 # ------------------------------------------------------------------ one run per folder
-def chip_instances(settings: CompareSettings) -> list[tuple[str, str, float, int]]:
-    """``(model, device, t_inference, seed)`` of every chip instance, in run order."""
-    from ..devices import load_device_config
-
-    out: list[tuple[str, str, float, int]] = []
-    for model in settings.models:
-        for device in settings.devices:
-            default_t = load_device_config(device).t_inference
-            for t in settings.t_inference:
-                out.extend((model, device, float(default_t if t is None else t), int(seed)) for seed in settings.seeds)
-    return out
-
-
-def planned_rows(settings: CompareSettings, rank: int = 0, world_size: int = 1) -> list[tuple]:
+def planned_rows(settings: CompareSettings | ResolvedSettings, rank: int = 0, world_size: int = 1) -> list[tuple]:
     """Row keys ``(model, device, method, t, seed)`` this process computes: chip instances round-robin."""
+    resolved = resolve(settings)
     return [
         (model, device, method, t, seed)
-        for i, (model, device, t, seed) in enumerate(chip_instances(settings))
+        for i, (model, device, t, seed) in enumerate(resolved.chip_instances())
         if i % world_size == rank
-        for method in settings.methods
+        for method in resolved.settings.methods
     ]
 
 
@@ -404,7 +222,7 @@ def _seed_everything(seed: int, *parts: object) -> None:
 
 
 def run_comparison(
-    settings: CompareSettings,
+    settings: CompareSettings | ResolvedSettings,
     out_dir: str | os.PathLike,
     resume: bool = True,
     force: bool = False,
@@ -438,26 +256,28 @@ def run_comparison(
     """
     from ..evaluation.distributed import ProcessContext, process_context
 
+    resolved = resolve(settings)  # devices, drift times, dependencies and inputs: looked at once, before the folder
     ctx = process_context() if rank is None else ProcessContext(rank, world_size or 1)
     with output_folder(out_dir, "run_comparison", force, lock=ctx.is_main) as folder:
         folder.mkdir(parents=True, exist_ok=True)
-        return _run(settings, folder, resume, force, ctx, on_row)
+        return _run(resolved, folder, resume, force, ctx, on_row)
 
 
-def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ctx: Any, on_row: Any) -> dict[str, Any]:
+def _run(resolved: ResolvedSettings, out_dir: Path, resume: bool, force: bool, ctx: Any, on_row: Any) -> dict[str, Any]:
     from ..data import text_blocks
     from ..evaluation.perplexity import perplexity
     from ..evaluation.routing import perplexity_and_routing
     from ..models import load_model
     from . import methods as protocol
 
+    settings = resolved.settings
     if ctx.is_main:
-        inputs = input_fingerprints(settings)
+        inputs = dict(resolved.inputs)
         _check_out_dir(out_dir, settings, inputs, force)
         if not resume:
             _clear_rows(out_dir)
         atomic_write_text(_settings_file(out_dir), json.dumps(
-            {"fingerprint": settings.fingerprint(), "inputs": inputs, **asdict(settings)}, indent=2))
+            {"fingerprint": settings.fingerprint(), "inputs": inputs, **settings.to_dict()}, indent=2))
     ctx.wait_for_everyone()  # rank 0 has checked (and possibly cleared) the folder
     done = {r.key for r in load_rows(out_dir)}
     row_path = out_dir / (ROW_FILE if ctx.world_size == 1 else f"rows.rank{ctx.rank}.jsonl")
@@ -471,13 +291,13 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
         warnings.warn(notes[-1], stacklevel=2)
     blocks_used: dict[str, dict[str, int]] = {}
     methods = {m: protocol.get_method(m) for m in settings.methods}
-    todo = [key for key in planned_rows(settings, ctx.rank, ctx.world_size) if key not in done]
+    todo = [key for key in planned_rows(resolved, ctx.rank, ctx.world_size) if key not in done]
     digital_ppl: dict[str, float] = {}
     digital_tasks: dict[str, dict[str, dict[str, float]]] = {}
     hwa_records: dict[str, dict[str, Any]] = {}
     for model_name in settings.models:
         mine = [key for key in todo if key[0] == model_name]
-        model_id = _model_digest(model_name)  # seeds follow the model's content, not its folder
+        model_id = resolved.model_ids[model_name]  # seeds follow the model's content, not its folder
         digital, tokenizer = load_model(model_name, require_tokenizer=True)
         if settings.stress:
             from ..stress import apply_stress
@@ -498,7 +318,7 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
         digital_ppl[model_name] = perplexity(digital, eval_blocks, batch_size=settings.batch_size, progress=False)
         if settings.tasks and ctx.is_main:
             digital_tasks[model_name] = _run_tasks(digital, tokenizer, settings)
-        convert = _Conversions(digital, tokenizer, model_name, settings, out_dir, hwa_records, calib_blocks)
+        convert = _Conversions(digital, tokenizer, model_name, resolved, out_dir, hwa_records, calib_blocks)
         edits: dict[tuple, float] = {}
         choices: dict[tuple, tuple[Any, dict[str, Any]]] = {}
         fractions: dict[str, float] = {}
@@ -511,7 +331,7 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
                     from .best import choose_method
 
                     choices[(device, method_name, t_value)] = choose_method(
-                        digital, device, method, calib_blocks, t_value, batch_size=settings.batch_size)
+                        digital, resolved.device(device), method, calib_blocks, t_value, batch_size=settings.batch_size)
                 method, selection = choices[(device, method_name, t_value)]
             model = convert(device, method, device)
             start = time.perf_counter()
@@ -537,7 +357,7 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
                         edits[control] = ppl - digital_ppl[model_name]
                     if control not in edits:
                         edits[control] = _control_ppl(convert(CONTROL_DEVICE, method, device), method, seed, model_id,
-                                                      calib_blocks, eval_blocks, settings) - digital_ppl[model_name]
+                                                      calib_blocks, eval_blocks, resolved) - digital_ppl[model_name]
                     edit = edits[control]
             row = ResultRow(
                 model=model_name, device=device, method=method_name, t_inference=t_value, seed=seed, ppl=ppl,
@@ -556,7 +376,7 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
             if on_row is not None:
                 on_row(row)
     ctx.wait_for_everyone()  # every process's rows are on disk now
-    plain = asdict(settings)
+    plain = settings.to_dict()
     plain["digital_ppl"] = digital_ppl
     if blocks_used:
         plain["blocks_used"] = blocks_used
@@ -583,11 +403,12 @@ def _run(settings: CompareSettings, out_dir: Path, resume: bool, force: bool, ct
 class _Conversions:
     """Converted models of one digital model, cached per device and conversion (HWA: per training device)."""
 
-    def __init__(self, digital: torch.nn.Module, tokenizer: Any, model_name: str, settings: CompareSettings,
+    def __init__(self, digital: torch.nn.Module, tokenizer: Any, model_name: str, resolved: ResolvedSettings,
                  out_dir: Path, hwa_records: dict[str, dict[str, Any]], calib_blocks: torch.Tensor) -> None:
         self.digital, self.tokenizer, self.model_name = digital, tokenizer, model_name
         self.calib_blocks = calib_blocks
-        self.settings, self.out_dir, self.hwa_records = settings, out_dir, hwa_records
+        self.resolved, self.settings = resolved, resolved.settings
+        self.out_dir, self.hwa_records = out_dir, hwa_records
         self.converted: dict[tuple, torch.nn.Module] = {}
         self.hwa_models: dict[str, torch.nn.Module] = {}
 
@@ -604,7 +425,7 @@ class _Conversions:
                         self.digital, self.tokenizer, self.model_name, hwa_device, self.settings, self.out_dir)
                     self.hwa_records[f"{self.model_name} on {hwa_device}"] = record
                 source = self.hwa_models[hwa_device]
-            self.converted[key] = protocol.prepare_model(source, device, method, calib_batches=self.calib_blocks,
+            self.converted[key] = protocol.prepare_model(source, self.resolved.device(device), method, calib_batches=self.calib_blocks,
                                                          batch_size=self.settings.batch_size)
         return self.converted[key]
 
@@ -622,10 +443,11 @@ def _hwa_model(digital: torch.nn.Module, tokenizer: Any, model_name: str, device
                out_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The HWA-trained model for ``device``, cached in ``out_dir/hwa`` (shared by all chip instances and reruns)."""
     from ..baselines.hwa import HWAConfig, hwa_checkpoint
+    from ..models import model_digest
 
     config = HWAConfig() if settings.hwa_steps is None else HWAConfig(steps=settings.hwa_steps)
     return hwa_checkpoint(digital, tokenizer, model_name, device, out_dir / "hwa", train_text=settings.train_text,
-                          config=config, fingerprint=_model_digest(model_name), stress=settings.stress)
+                          config=config, fingerprint=model_digest(model_name), stress=settings.stress)
 
 
 def _blocks(option: str, text_blocks: Any, source: str, tokenizer: Any, **kwargs: Any) -> torch.Tensor:
@@ -637,13 +459,13 @@ def _blocks(option: str, text_blocks: Any, source: str, tokenizer: Any, **kwargs
 
 
 def _control_ppl(model: torch.nn.Module, method: Any, seed: int, model_id: str, calib_blocks: torch.Tensor,
-                 eval_blocks: torch.Tensor, settings: CompareSettings) -> float:
+                 eval_blocks: torch.Tensor, resolved: ResolvedSettings) -> float:
     """``method`` on the noise-free control device: the same calibration data and chip seed."""
-    from ..devices import load_device_config
     from ..evaluation.perplexity import perplexity
     from . import methods as protocol
 
-    t = load_device_config(CONTROL_DEVICE).t_inference
+    assert resolved.control is not None  # controls are on
+    settings, t = resolved.settings, resolved.control.t_inference[0]
     _seed_everything(seed, model_id, CONTROL_DEVICE, method.name, t)
     protocol.apply_method(model, method, seed, t, calib_blocks, batch_size=settings.batch_size)
     return perplexity(model, eval_blocks, batch_size=settings.batch_size, progress=False)
@@ -664,15 +486,6 @@ def _masked_share(report: dict[str, Any]) -> list[float] | None:
 def _replaced(report: dict[str, Any]) -> int:
     callbacks = report.get("callbacks", {})
     return int(sum(cb.get("replaced_experts", 0) for cb in callbacks.values()))
-
-
-def _same_source_key(name: str) -> str:
-    """A device name, or the resolved path of a device YAML file (two spellings of one file are one entry)."""
-    path = Path(name).expanduser()
-    try:
-        return str(path.resolve()) if path.exists() else name
-    except OSError:
-        return name
 
 
 def _same_text(a: str, b: str) -> str | None:

@@ -10,14 +10,8 @@ from tiny_models import tiny_model
 
 from romer_aihwkit.analog import analog_summary
 from romer_aihwkit.devices import load_device_config
-from romer_aihwkit.evaluation.diagnose import (
-    _convert,
-    _device_for,
-    _setups,
-    diagnose,
-    nonidealities_of,
-    write_diagnosis,
-)
+from romer_aihwkit.evaluation.diagnosis_report import write_diagnosis
+from romer_aihwkit.experiments.diagnose import _convert, _device_for, _setups, diagnose, nonidealities_of
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +42,11 @@ def test_toggles_switch_components_and_device_fields():
     components = ["router", "expert", "shared_expert"]
     setups = {(s.kind, s.component, s.nonideality): s for s in _setups(components, ["programming", "periphery"])}
     config = load_device_config("pcm")
-    counts = analog_summary(_convert(model, config, setups[("alone", "router", "all")], components, False))
+    counts = analog_summary(_convert(model, config, setups[("alone", "router", "all")].analog, components, False))
     assert counts["router"] == 2 and counts["expert"] == 0 and counts["shared_expert"] == 0
-    counts = analog_summary(_convert(model, config, setups[("off", "expert", "all")], components, False))
+    counts = analog_summary(_convert(model, config, setups[("off", "expert", "all")].analog, components, False))
     assert counts["router"] == 2 and counts["expert"] == 0 and counts["shared_expert"] > 0
-    counts = analog_summary(_convert(model, config, setups[("alone", "shared_expert", "all")], components, False))
+    counts = analog_summary(_convert(model, config, setups[("alone", "shared_expert", "all")].analog, components, False))
     assert counts["router"] == 0 and counts["expert"] == 0 and counts["shared_expert"] > 0
     dev = _device_for(config, setups[("alone", "all", "programming")].on, ["programming", "periphery"])
     assert dev.prog_noise_scale == 1.0 and dev.dac_bits is None and dev.adc_bits is None and dev.out_noise == 0.0

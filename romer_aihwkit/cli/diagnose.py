@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -98,8 +98,8 @@ def _diagnose_into(out_dir: Path, *, model: str, device: str, seeds: int, first_
     from rich.markup import escape
 
     from romer_aihwkit.data import text_blocks, text_size_limit
-    from romer_aihwkit.evaluation.diagnose import diagnose as run_diagnosis
-    from romer_aihwkit.evaluation.diagnose import write_diagnosis
+    from romer_aihwkit.evaluation.diagnosis_report import DIAGNOSIS_FILES
+    from romer_aihwkit.experiments.diagnose import diagnose as run_diagnosis
 
     digital, tokenizer = _load_model(model)
     notes: list[str] = []
@@ -123,17 +123,18 @@ def _diagnose_into(out_dir: Path, *, model: str, device: str, seeds: int, first_
                           _fewer_blocks("--calib-blocks", calib_blocks, int(calib.shape[0]), seq_len)) if w]
     for note in notes:
         _warn(note)
-    result = run_diagnosis(digital, device, blocks, seeds=list(range(first_seed, first_seed + seeds)),
-                           calib_batches=calib, t_inference=_parse_t(t_inference), analog_attention=analog_attention,
-                           stress=stress, batch_size=batch_size, progress=not json_output)
-    result["settings"].update(model=model, eval_text=eval_text, calib_text=calib_text, seq_len=seq_len,
-                              eval_blocks=int(blocks.shape[0]), batch_size=batch_size)
+    about: dict[str, Any] = {"model": model, "eval_text": eval_text, "calib_text": calib_text, "seq_len": seq_len,
+                             "eval_blocks": int(blocks.shape[0]), "batch_size": batch_size}
     if calib is not None:
-        result["settings"]["calib_blocks"] = int(calib.shape[0])
+        about["calib_blocks"] = int(calib.shape[0])
     if notes:
-        result["settings"]["warnings"] = notes
+        about["warnings"] = notes
     with _OSErrorsAsUserErrors():
-        files = write_diagnosis(result, out_dir)
+        result = run_diagnosis(digital, device, blocks, seeds=list(range(first_seed, first_seed + seeds)),
+                               calib_batches=calib, t_inference=_parse_t(t_inference),
+                               analog_attention=analog_attention, stress=stress, batch_size=batch_size,
+                               progress=not json_output, out_dir=out_dir, about=about)
+    files = [out_dir / name for name in DIAGNOSIS_FILES]
     if json_output:
         typer.echo(json.dumps({k: result[k] for k in ("settings", "digital_ppl", "budget", "reading")}, indent=2))
         return

@@ -28,14 +28,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from ..errors import ResultsFolderError
 from ..evaluation.distributed import ProcessContext, process_context
 from ..evaluation.records import Record, load_rows
 from ..outputs import output_folder
 
-__all__ = ["ROW_FILE", "ChipLoop", "chip_folder", "clear_rows", "drop_torn_tail", "process", "shard"]
+__all__ = ["ROW_FILE", "ChipLoop", "ShardsPendingError", "chip_folder", "clear_rows", "drop_torn_tail", "process",
+           "shard"]
 
 ROW_FILE = "rows.jsonl"
 """The rows of a single-process run (a process of a multi-process run writes ``rows.rank{N}.jsonl``)."""
+
+
+
+class ShardsPendingError(ResultsFolderError):
+    """A sharded run's folder lacks rows of other processes (run without a launcher that waits for them)."""
+
 
 T = TypeVar("T")
 R = TypeVar("R", bound=Record)
@@ -135,6 +143,24 @@ class ChipLoop(Generic[R]):
         if self.out_dir is None:
             return list(self._memory)
         return load_rows(self.out_dir, self.parse)
+
+    def require(self, keys: Iterable[tuple]) -> None:
+        """Check that every key of ``keys`` has a finished row (of any process).
+
+        Raises:
+            ShardsPendingError: Rows are missing in a sharded run (other processes have not finished;
+                their rows are kept, and a rerun once they have assembles the result).
+            RuntimeError: Rows are missing in a single-process run (a bug).
+        """
+        missing = self.todo(keys)
+        if not missing:
+            return
+        if self.ctx.world_size > 1:
+            raise ShardsPendingError(
+                f"{len(missing)} rows of other processes are not in {self.out_dir} yet (this is process "
+                f"{self.ctx.rank} of {self.ctx.world_size}); its own rows are written: rerun once every process "
+                "has finished to assemble the result")
+        raise RuntimeError(f"rows missing after the run: {missing[:3]}")
 
     def wait(self) -> None:
         """Wait until every process reached this point (its rows are on disk)."""

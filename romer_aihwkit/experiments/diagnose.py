@@ -375,7 +375,10 @@ class _Diagnosis:
                 ppls = [done[k] for k in keys]
                 print(f"diagnose {setup.label}: ppl {_ci(ppls)['mean']:.3f} (digital {digital_ppl:.3f})", flush=True)
         loop.wait()
-        return self._assemble({r.key: r for r in loop.rows()}, digital_ppl, about)
+        rows = {r.key: r for r in loop.rows()}
+        loop.done |= set(rows)  # the rows of the other processes
+        loop.require((s.kind, s.component, s.nonideality, seed) for s in self.setups for seed in self.seeds)
+        return self._assemble(rows, digital_ppl, about)
 
     def _row(self, amodel: AnalogMoEModel, setup: _Setup, key: tuple) -> DiagnosisRow:
         """Program ``amodel`` as chip instance ``key[3]`` and measure ``setup``'s row."""
@@ -399,10 +402,6 @@ class _Diagnosis:
 
     def _assemble(self, rows: dict[tuple, DiagnosisRow], digital_ppl: float,
                   about: Mapping[str, Any] | None) -> dict[str, Any]:
-        missing = [(s.label, seed) for s in self.setups for seed in self.seeds
-                   if (s.kind, s.component, s.nonideality, seed) not in rows]
-        if missing:
-            raise RuntimeError(f"diagnosis rows missing after the run: {missing[:3]}")
         per_setup = {s: {seed: rows[(s.kind, s.component, s.nonideality, seed)] for seed in self.seeds}
                      for s in self.setups}
         full = per_setup[self.setups[0]]

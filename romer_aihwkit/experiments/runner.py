@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write_text
+from ..calibration.base import CalibrationReport
 from ..errors import ArtifactError, InputError, ResultsFolderError
 from ..evaluation.records import ComparisonResults, ResultRow, SummaryEntry, load_rows
 from ..evaluation.stats import summarize, with_recovery
@@ -553,6 +554,7 @@ class _ModelRows:
         if method.name not in self.fractions:
             self.fractions[method.name] = protocol.digital_parameter_fraction(self.digital, method)["fraction"]
         extra["digital_fraction"] = self.fractions[method.name]
+        calibration = CalibrationReport.from_dict(report)
         ppl, stats = perplexity_and_routing(model, self.eval_blocks, self.settings.batch_size, progress=False)
         layers = tuple({"load": layer["load"], "reference_load": layer["reference_load"]}
                        for layer in stats["layers"])
@@ -573,10 +575,10 @@ class _ModelRows:
             model=self.model_name, device=device, method=method_name, t_inference=t_value, seed=seed, ppl=ppl,
             load_cv=stats["load_cv"], max_load_ratio=stats["max_load_ratio"],
             tile_max_load_ratio=stats["tile_max_load_ratio"], router_fidelity=stats["router_fidelity"],
-            load_entropy=stats["load_entropy"], replaced_experts=_replaced(report),
+            load_entropy=stats["load_entropy"], replaced_experts=calibration.replaced_experts,
             digital_ppl=self.digital_ppl, stress=self.settings.stress or "none",
             seconds=time.perf_counter() - start, layers=layers, tasks=tasks, edit_ppl=edit,
-            masked_share=_masked_share(report), extra=extra)
+            masked_share=calibration.masked_share, extra=extra)
         if not math.isfinite(ppl):
             warnings.warn(f"non-finite perplexity for {key}", stacklevel=2)
         return row
@@ -649,23 +651,6 @@ def _control_ppl(model: torch.nn.Module, method: Any, seed: int, model_id: str, 
     _seed_everything(seed, model_id, CONTROL_DEVICE, method.name, t)
     protocol.apply_method(model, method, seed, t, calib_blocks, batch_size=settings.batch_size)
     return perplexity(model, eval_blocks, batch_size=settings.batch_size, progress=False)
-
-
-def _masked_share(report: dict[str, Any]) -> list[float] | None:
-    """Per MoE layer, the share of its experts that calibration masked (``None``: nothing calibrated routing)."""
-    shares: list[float] | None = None
-    for cb in report.get("callbacks", {}).values():
-        layers = cb.get("layers") if isinstance(cb, dict) else None
-        if not layers or not all(isinstance(layer, dict) and "masked_share" in layer for layer in layers):
-            continue
-        values = [float(layer["masked_share"]) for layer in layers]
-        shares = values if shares is None else [max(a, b) for a, b in zip(shares, values)]
-    return shares
-
-
-def _replaced(report: dict[str, Any]) -> int:
-    callbacks = report.get("callbacks", {})
-    return int(sum(cb.get("replaced_experts", 0) for cb in callbacks.values()))
 
 
 def _same_source_key(name: str) -> str:

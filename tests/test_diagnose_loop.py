@@ -12,7 +12,7 @@ import torch
 from tiny_models import tiny_model
 
 from romer_aihwkit.errors import ResultsFolderError
-from romer_aihwkit.evaluation.diagnosis_report import render_diagnosis
+from romer_aihwkit.evaluation.diagnosis_report import Diagnosis, render_diagnosis
 from romer_aihwkit.evaluation.records import load_rows
 from romer_aihwkit.experiments.chip_loop import ChipLoop, ShardsPendingError, process, shard
 from romer_aihwkit.experiments.diagnose import DiagnosisRow, diagnose
@@ -37,7 +37,7 @@ def _run(model, blocks, **kwargs):
 
 
 def _numbers(result):
-    return {k: v for k, v in result.items() if k != "seconds"}
+    return {k: v for k, v in result.to_dict().items() if k != "seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_resume_after_a_kill_recomputes_nothing_finished(model, blocks, referenc
     result = _run(model, blocks, out_dir=out, on_row=computed.append)
     assert len(computed) == SETUPS * len(SEEDS) - 1 and first[0].key not in {r.key for r in computed}
     assert _numbers(result) == _numbers(reference)
-    assert json.loads((out / "diagnosis.json").read_text())["budget"] == reference["budget"]
+    assert json.loads((out / "diagnosis.json").read_text())["budget"] == reference.budget
     # a rerun of the same diagnosis computes nothing; resume=False starts again
     again: list[DiagnosisRow] = []
     assert _numbers(_run(model, blocks, out_dir=out, on_row=again.append)) == _numbers(reference) and not again
@@ -144,5 +144,15 @@ def test_committed_diagnoses_re_render():
         text = (folder / "diagnosis.json").read_text()
         result = json.loads(text)
         assert json.dumps(result, indent=2) == text  # written back byte for byte
+        typed = Diagnosis.from_dict(result)
+        assert json.dumps(typed.to_dict(), indent=2) == text and typed.reading == result["reading"]
+        assert typed.row("full")["kind"] == "full"
+        without = {k: v for k, v in result.items() if k != "reading"}  # a reading is recomputed when absent
+        assert Diagnosis.from_dict(without).reading[0] == result["reading"][0]
         plots = [folder / "layers_heatmap.png", folder / "budget.png"]
-        assert render_diagnosis(result, plots, folder) == (folder / "report.md").read_text(), folder.name
+        assert render_diagnosis(typed, plots, folder) == (folder / "report.md").read_text(), folder.name
+
+
+def test_diagnosis_reads_like_the_old_dict_with_a_deprecation_warning(reference):
+    with pytest.warns(DeprecationWarning, match=r"use diagnosis\.reading"):
+        assert reference["reading"] == reference.reading

@@ -136,9 +136,10 @@ def _diagnose_into(out_dir: Path, *, model: str, device: str, seeds: int, first_
                                progress=not json_output, out_dir=out_dir, about=about)
     files = [out_dir / name for name in DIAGNOSIS_FILES]
     if json_output:
-        typer.echo(json.dumps({k: result[k] for k in ("settings", "digital_ppl", "budget", "reading")}, indent=2))
+        data = result.to_dict()
+        typer.echo(json.dumps({k: data[k] for k in ("settings", "digital_ppl", "budget", "reading")}, indent=2))
         return
     console = _stdout_console()
-    for i, line in enumerate(result["reading"], 1):
+    for i, line in enumerate(result.reading, 1):
         console.print(f"{i}. {line}", markup=False)
     _stderr_console().print(f"Wrote {escape(', '.join(f.name for f in files))} to [bold]{escape(str(out_dir))}[/bold]")

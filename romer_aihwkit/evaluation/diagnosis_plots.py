@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ LAYER_COLUMNS = ("router_weight_crest", "expert_weight_crest", "act_crest", "out
 """The per-layer columns of a diagnosis (report table and heatmap), in order."""
 
 
-def plot_diagnosis(result: dict[str, Any], out_dir: Path) -> list[Path]:
+def plot_diagnosis(result: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """The per-layer heatmap and the budget bar chart (PNG)."""
     plt = _pyplot()
     s = result["settings"]

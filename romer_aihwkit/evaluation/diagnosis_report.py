@@ -1,16 +1,19 @@
-"""The text of a diagnosis: the ranked reading, ``report.md`` and the files of a diagnosis folder.
+"""A diagnosis as a record, and its text: the ranked reading, ``report.md`` and the folder's files.
 
+:class:`Diagnosis` is what :func:`romer_aihwkit.experiments.diagnose.diagnose` returns; its
+``to_dict()`` is ``diagnosis.json`` (and :meth:`Diagnosis.from_dict` reads one back, byte for byte).
 :func:`reading` ranks what dominates the analog cost and names the method that targets it;
 :func:`render_diagnosis` renders ``report.md``; :func:`write_diagnosis` writes ``diagnosis.json``,
-``report.md`` and the plots (:mod:`.diagnosis_plots`). They read the result dict that
-:func:`romer_aihwkit.experiments.diagnose.diagnose` returns (``diagnosis.json``'s content), so a
-committed diagnosis folder re-renders from its ``diagnosis.json`` alone.
+``report.md`` and the plots (:mod:`.diagnosis_plots`). They take a :class:`Diagnosis` or
+``diagnosis.json``'s dict, so a committed diagnosis folder re-renders from its ``diagnosis.json`` alone.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,8 @@ from ..atomic import atomic_write_text
 from .diagnosis_plots import LAYER_COLUMNS, plot_diagnosis
 from .probes import OUTLIER_RATIO
 
-__all__ = ["DIAGNOSIS_FILES", "LAYER_COLUMNS", "NONIDEALITY_DOC", "fmt_ci", "reading", "render_diagnosis", "write_diagnosis"]
+__all__ = ["DIAGNOSIS_FILES", "LAYER_COLUMNS", "NONIDEALITY_DOC", "Diagnosis", "fmt_ci", "reading", "render_diagnosis",
+           "write_diagnosis"]
 
 DIAGNOSIS_FILES = ("diagnosis.json", "report.md", "layers_heatmap.png", "budget.png")
 """The files :func:`write_diagnosis` writes, in order (besides the rows a run appends, ``rows.jsonl``)."""
@@ -31,6 +35,63 @@ NONIDEALITY_DOC = {
     "ir-drop": "IR drop, series resistance and output non-linearity (deterministic, input dependent)",
 }
 """What each non-ideality of the budget stands for (the report's legend)."""
+
+
+_KEYS = ("settings", "digital_ppl", "budget", "layers", "reading", "seconds")
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The error budget of a model on a device (``diagnosis.json``).
+
+    ``budget`` rows: ``kind`` (full/alone/off/floor), ``component``, ``nonideality``, ``analog``,
+    ``on``, ``ppl`` / ``delta_ppl`` (vs digital) / ``removed`` (full - this, per chip instance),
+    each ``{"mean", "ci95"}``, and ``per_seed`` perplexities. ``layers``: per MoE layer, the
+    measurements of :mod:`romer_aihwkit.evaluation.probes` averaged over chip instances.
+    """
+
+    settings: dict[str, Any]
+    digital_ppl: float
+    budget: list[dict[str, Any]]
+    layers: list[dict[str, Any]] | None
+    reading: list[str]
+    seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Keys this package does not know, kept as they are."""
+
+    def row(self, kind: str, component: str = "all", nonideality: str = "all") -> dict[str, Any]:
+        """The budget row of one configuration (``KeyError`` if the budget has none)."""
+        for r in self.budget:
+            if (r["kind"], r["component"], r["nonideality"]) == (kind, component, nonideality):
+                return r
+        raise KeyError((kind, component, nonideality))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``diagnosis.json``'s content."""
+        out = {"settings": self.settings, "digital_ppl": self.digital_ppl, "budget": self.budget,
+               "layers": self.layers, "reading": self.reading}
+        if self.seconds is not None:
+            out["seconds"] = self.seconds
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Diagnosis:
+        """Read ``diagnosis.json``'s content (``reading`` is recomputed when absent)."""
+        lines = data.get("reading")
+        return cls(dict(data["settings"]), data["digital_ppl"], list(data["budget"]), data.get("layers"),
+                   reading(data) if lines is None else list(lines), data.get("seconds"),
+                   {k: v for k, v in data.items() if k not in _KEYS})
+
+    @classmethod
+    def coerce(cls, result: Diagnosis | Mapping[str, Any]) -> Diagnosis:
+        return result if isinstance(result, Diagnosis) else cls.from_dict(result)
+
+    def __getitem__(self, key: str) -> Any:
+        """``result["reading"]`` etc.: ``diagnosis.json``'s entry (deprecated; use the attributes)."""
+        warnings.warn(f'diagnosis["{key}"] is deprecated: diagnose returns a Diagnosis; use diagnosis.{key} '
+                      "(or diagnosis.to_dict() for diagnosis.json's content)", DeprecationWarning, stacklevel=2)
+        return self.to_dict()[key]
 
 
 _TARGETS = {
@@ -56,8 +117,9 @@ _TARGETS = {
 }
 
 
-def reading(result: dict[str, Any]) -> list[str]:
+def reading(diagnosis: Diagnosis | Mapping[str, Any]) -> list[str]:
     """A short ranked reading of a diagnosis: what dominates, which method targets it."""
+    result = _plain(diagnosis)
     rows = result["budget"]
     full = next(r for r in rows if r["kind"] == "full")
     cost = full["delta_ppl"]["mean"]
@@ -110,8 +172,14 @@ def fmt_ci(d: dict[str, float] | None, digits: int = 2, sign: bool = False) -> s
     return mean if d["ci95"] != d["ci95"] else f"{mean} ± {d['ci95']:.{digits}f}"
 
 
-def render_diagnosis(result: dict[str, Any], plots: Sequence[Path] = (), base_dir: Path | None = None) -> str:
+def _plain(result: Diagnosis | Mapping[str, Any]) -> Mapping[str, Any]:
+    return result.to_dict() if isinstance(result, Diagnosis) else result
+
+
+def render_diagnosis(diagnosis: Diagnosis | Mapping[str, Any], plots: Sequence[Path] = (),
+                     base_dir: Path | None = None) -> str:
     """``report.md`` of a diagnosis."""
+    result = _plain(diagnosis)
     s = result["settings"]
     title = f"{s.get('model', 'model')} · {s['device']} · t_inference {s['t_inference']:g} s · stress {s['stress']}"
     lines = [f"# Analog error diagnosis: {title}", "",
@@ -145,8 +213,9 @@ def render_diagnosis(result: dict[str, Any], plots: Sequence[Path] = (), base_di
     return "\n".join(lines)
 
 
-def write_diagnosis(result: dict[str, Any], out_dir) -> list[Path]:
+def write_diagnosis(diagnosis: Diagnosis | Mapping[str, Any], out_dir) -> list[Path]:
     """Write ``diagnosis.json``, ``report.md`` and the plots to ``out_dir``; returns the files."""
+    result = _plain(diagnosis)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_diagnosis(result, out_dir)

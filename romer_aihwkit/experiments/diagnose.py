@@ -26,8 +26,9 @@ Per MoE layer, from the full configuration: the measurements of :mod:`romer_aihw
 
 The chip instances run on the per-chip loop of every protocol (:mod:`.chip_loop`): with an
 ``out_dir`` each (setup, seed) row is appended to ``rows.jsonl`` at once, a rerun resumes, the
-folder is locked, and a multi-process launch shards the chip instances. The result dict is
-``diagnosis.json``'s content; :mod:`romer_aihwkit.evaluation.diagnosis_report` writes the report.
+folder is locked, and a multi-process launch shards the chip instances. The result is a
+:class:`~romer_aihwkit.evaluation.diagnosis_report.Diagnosis` (``to_dict()``: ``diagnosis.json``);
+:mod:`romer_aihwkit.evaluation.diagnosis_report` writes the report.
 
 Cost: ``(2 + 2 C + 2 N)`` conversions and ``(2 + 2 C + 2 N) x seeds`` programming passes plus
 perplexity passes over the evaluation blocks (C components, N non-idealities; e.g. 14 x 3 for an
@@ -58,7 +59,7 @@ from ..analog.trace import find_routers
 from ..atomic import atomic_write_text
 from ..devices import load_device_config
 from ..errors import InputError, ResultsFolderError
-from ..evaluation.diagnosis_report import reading, write_diagnosis
+from ..evaluation.diagnosis_report import Diagnosis, reading, write_diagnosis
 from ..evaluation.perplexity import perplexity
 from ..evaluation.probes import OUTLIER_RATIO, layer_statistics, weight_crest
 from ..evaluation.stats import mean_std_ci
@@ -271,7 +272,7 @@ def diagnose(
     rank: int | None = None,
     world_size: int | None = None,
     on_row: Callable[[DiagnosisRow], Any] | None = None,
-) -> dict[str, Any]:
+) -> Diagnosis:
     """The analog error budget of ``model`` on ``device``: by component and by non-ideality, per layer.
 
     Args:
@@ -296,10 +297,9 @@ def diagnose(
         on_row: Called with each new :class:`DiagnosisRow`.
 
     Returns:
-        ``{"settings", "digital_ppl", "budget": [rows], "layers": [per MoE layer], "reading": [lines],
-        "seconds"}``. Budget rows: ``kind`` (full/alone/off/floor), ``component``, ``nonideality``,
-        ``ppl`` / ``delta_ppl`` (vs digital) / ``removed`` (full - this, per chip instance), each
-        ``{"mean", "ci95"}``, and ``per_seed`` perplexities.
+        The :class:`~romer_aihwkit.evaluation.diagnosis_report.Diagnosis`: ``settings``,
+        ``digital_ppl``, ``budget`` (rows), ``layers`` (per MoE layer), ``reading`` (lines),
+        ``seconds``; ``to_dict()`` is ``diagnosis.json``.
 
     Raises:
         InputError: No evaluation batches, no seeds, a seed that is not an integer or is given twice
@@ -360,7 +360,7 @@ class _Diagnosis:
             "nonidealities": self.nonideal, "stress": self.stress, "batch_size": self.batch_size})
 
     def result(self, loop: ChipLoop[DiagnosisRow], on_row: Callable[[DiagnosisRow], Any] | None,
-               about: Mapping[str, Any] | None) -> dict[str, Any]:
+               about: Mapping[str, Any] | None) -> Diagnosis:
         digital_ppl = perplexity(self.digital, self.batches, batch_size=self.batch_size, progress=False)
         mine = shard(self.seeds, loop.ctx.rank, loop.ctx.world_size)
         for setup in self.setups:
@@ -401,7 +401,7 @@ class _Diagnosis:
         return DiagnosisRow(setup.kind, setup.component, setup.nonideality, seed, ppl, tuple(stats), weights)
 
     def _assemble(self, rows: dict[tuple, DiagnosisRow], digital_ppl: float,
-                  about: Mapping[str, Any] | None) -> dict[str, Any]:
+                  about: Mapping[str, Any] | None) -> Diagnosis:
         per_setup = {s: {seed: rows[(s.kind, s.component, s.nonideality, seed)] for seed in self.seeds}
                      for s in self.setups}
         full = per_setup[self.setups[0]]
@@ -424,9 +424,8 @@ class _Diagnosis:
         settings.update(about or {})
         result: dict[str, Any] = {"settings": settings, "digital_ppl": digital_ppl, "budget": budget,
                                   "layers": _merge_layers([full[s] for s in self.seeds])}
-        result["reading"] = reading(result)
-        result["seconds"] = time.perf_counter() - self.start
-        return result
+        return Diagnosis(settings, digital_ppl, budget, result["layers"], reading(result),
+                         time.perf_counter() - self.start)
 
 
 def _merge_layers(full: list[DiagnosisRow]) -> list[dict[str, Any]]:

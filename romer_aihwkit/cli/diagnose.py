@@ -68,7 +68,8 @@ def diagnose(
 ) -> None:
     """Where the analog error comes from: an error budget by component x non-ideality, per-layer statistics.
 
-    Writes DIR/diagnosis.json, DIR/report.md (with a ranked reading), DIR/layers_heatmap.png and DIR/budget.png.
+    Writes DIR/diagnosis.json, DIR/report.md (with a ranked reading), DIR/layers_heatmap.png and DIR/budget.png;
+    DIR/rows.jsonl holds each configuration x chip instance as it finishes, so a rerun resumes.
     """
     from romer_aihwkit.experiments.runner import MAX_SEEDS
 
@@ -81,9 +82,10 @@ def diagnose(
 
     parse_stress_spec(stress)  # a bad spec fails before the model loads
     text_limit = _parse_size(max_text_size)
+    from romer_aihwkit.evaluation.distributed import process_context
     from romer_aihwkit.outputs import output_folder
 
-    with output_folder(out, "diagnose", force) as out_dir:
+    with output_folder(out, "diagnose", force, lock=process_context().is_main) as out_dir:
         _diagnose_into(out_dir, model=model, device=device, seeds=seeds, first_seed=first_seed,
                        t_inference=t_inference, eval_text=eval_text, calib_text=calib_text, seq_len=seq_len,
                        eval_blocks=eval_blocks, calib_blocks=calib_blocks, batch_size=batch_size,
@@ -99,6 +101,7 @@ def _diagnose_into(out_dir: Path, *, model: str, device: str, seeds: int, first_
 
     from romer_aihwkit.data import text_blocks, text_size_limit
     from romer_aihwkit.evaluation.diagnosis_report import DIAGNOSIS_FILES
+    from romer_aihwkit.evaluation.distributed import process_context
     from romer_aihwkit.experiments.diagnose import diagnose as run_diagnosis
 
     digital, tokenizer = _load_model(model)
@@ -134,6 +137,8 @@ def _diagnose_into(out_dir: Path, *, model: str, device: str, seeds: int, first_
                                calib_batches=calib, t_inference=_parse_t(t_inference),
                                analog_attention=analog_attention, stress=stress, batch_size=batch_size,
                                progress=not json_output, out_dir=out_dir, about=about)
+    if not process_context().is_main:
+        return  # rank 0 writes and prints the merged diagnosis
     files = [out_dir / name for name in DIAGNOSIS_FILES]
     if json_output:
         data = result.to_dict()

@@ -51,11 +51,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters import find_moe_blocks
 from ..analog import convert_to_analog_moe
-from ..analog.convert import _find_blocks
 from ..analog.matrix import DigitalMatrix, WeightMatrix, matrix_seed
 from ..analog.model import AnalogMoEModel
 from ..analog.trace import find_routers
+from ..artifacts import code_fingerprint, device_fingerprint
 from ..atomic import atomic_write_text
 from ..devices import load_device_config
 from ..errors import InputError, ResultsFolderError
@@ -81,7 +82,7 @@ def _convert(digital: nn.Module, config, analog: frozenset[str], components: lis
     model = copy.deepcopy(digital)
     digital_experts = None
     if "expert" in components and "expert" not in analog:
-        digital_experts = {i: list(range(a.num_experts(b))) for i, (_, b, a) in enumerate(_find_blocks(model))}
+        digital_experts = {i: list(range(a.num_experts(b))) for i, (_, b, a) in enumerate(find_moe_blocks(model))}
     model = convert_to_analog_moe(model, config, analog_attention=analog_attention, digital_experts=digital_experts)
     roles = {c for c in ("router", "shared_expert", "attention") if c not in analog}
     for parent in list(model.modules()):
@@ -227,8 +228,6 @@ def _identity(digital: nn.Module, batches: torch.Tensor, calib_batches: torch.Te
               numbers: Mapping[str, Any]) -> str:
     """What a diagnosis folder's rows depend on (the seeds aside): the model's weights, the blocks,
     the settings and the simulation code."""
-    from ..artifacts import code_fingerprint, device_fingerprint
-
     digest = hashlib.sha256()
     for name, t in [*digital.state_dict().items(), ("batches", batches),
                     *([("calib_batches", calib_batches)] if calib_batches is not None else [])]:
@@ -347,7 +346,7 @@ class _Diagnosis:
         self.analog_attention, self.batch_size, self.progress = analog_attention, batch_size, progress
         self.components = ["router", "expert"]
         if any(any(getattr(b, a, None) is not None for a in ad.shared_expert_attrs)
-               for _, b, ad in _find_blocks(self.digital)):
+               for _, b, ad in find_moe_blocks(self.digital)):
             self.components.append("shared_expert")
         if analog_attention:
             self.components.append("attention")

@@ -36,7 +36,7 @@ _EXPORTS: dict[str, str] = {
     "load_calibration": "romer_aihwkit.calibration",
     # stress controls and diagnosis
     "apply_stress": "romer_aihwkit.stress",
-    "diagnose": "romer_aihwkit.evaluation.diagnose",
+    "diagnose": "romer_aihwkit.experiments.diagnose",
     # evaluation
     "perplexity": "romer_aihwkit.evaluation",
     "routing_stats": "romer_aihwkit.evaluation",

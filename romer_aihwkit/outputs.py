@@ -50,7 +50,7 @@ COMPARISON_PLOTS = ("expert_load", "ppl_by_method", "ppl_vs_drift", "recovery", 
 KIND_OUTPUTS: dict[str, tuple[str, ...]] = {
     "comparison": ("rows*.jsonl", "settings.json", "results.json", "results.csv", "report.md",
                    *(f"{prefix}_*.png" for prefix in COMPARISON_PLOTS), "hwa"),
-    "diagnosis": ("diagnosis.json", "report.md", "layers_heatmap.png", "budget.png"),
+    "diagnosis": ("rows*.jsonl", "settings.json", "diagnosis.json", "report.md", "layers_heatmap.png", "budget.png"),
     "calibration": ("calibration.safetensors", "calibration.json", "report.json"),
     "conversion": ("model", "analog_state.safetensors", "convert.json"),
 }

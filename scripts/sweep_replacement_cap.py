@@ -20,7 +20,6 @@ from pathlib import Path
 
 from romer_aihwkit.atomic import atomic_write_text
 from romer_aihwkit.calibration import Romer
-from romer_aihwkit.evaluation.records import ComparisonResults
 from romer_aihwkit.evaluation.report import controls_table
 from romer_aihwkit.experiments import CompareSettings, run_comparison
 from romer_aihwkit.experiments.methods import METHODS, Method, register_method
@@ -63,7 +62,7 @@ def main() -> None:
                                seeds=list(range(args.seeds)), eval_text=args.eval_text, calib_text=args.calib_text,
                                seq_len=args.seq_len, eval_blocks=args.eval_blocks, calib_blocks=args.calib_blocks,
                                batch_size=args.batch_size)
-    results = ComparisonResults.coerce(run_comparison(settings, args.out))
+    results = run_comparison(settings, args.out)
     from romer_aihwkit.evaluation.plots import write_plots
     from romer_aihwkit.evaluation.report import write_report
 

@@ -152,7 +152,7 @@ def test_compare_measures_the_edit_on_the_ideal_device(tiny, tmp_path, masking_m
     small = dict(devices=["pcm"], seq_len=32, eval_blocks=2, calib_blocks=2, batch_size=4)
     settings = CompareSettings(models=[tiny], methods=["test-mask"], seeds=[3], **small)
     assert settings.methods == ("global", "test-mask")  # frozen settings keep lists as tuples
-    results = run_comparison(settings, tmp_path / "out")
+    results = run_comparison(settings, tmp_path / "out").to_dict()
     row = next(r for r in results["rows"] if r["method"] == "test-mask")
     glob = next(r for r in results["rows"] if r["method"] == "global")
     # the control by hand: the same method on the ideal device, the same calibration blocks and chip seed
@@ -190,7 +190,7 @@ def test_edit_of_a_model_is_what_the_runner_records_for_the_ideal_device_itself(
 
     settings = CompareSettings(models=[tiny], devices=["ideal"], methods=["global", "test-mask"], seeds=[0],
                                seq_len=32, eval_blocks=2, calib_blocks=2, batch_size=4)
-    results = run_comparison(settings, tmp_path / "ideal")
+    results = run_comparison(settings, tmp_path / "ideal").to_dict()
     row = next(r for r in results["rows"] if r["method"] == "test-mask")
     assert row["edit_ppl"] == pytest.approx(row["ppl"] - row["digital_ppl"])
     assert torch.isfinite(torch.tensor(row["ppl"]))

@@ -102,3 +102,29 @@ def test_results_groups_and_digital_values():
     assert results.stress is None and results.digital_ppl("m") == 11.0 and results.digital_ppl("other") is None
     with pytest.raises(ResultsFolderError, match=r"x\.json, rows\[0\]"):
         ComparisonResults.from_dict({"rows": [{"model": "m"}]}, "x.json")
+
+
+def test_results_read_like_the_old_dict_with_a_deprecation_warning():
+    row = ResultRow("m", "pcm", "none", 3600.0, 0, 10.0, layers=({"load": [0.5, 0.5]},))
+    results = ComparisonResults({"methods": ["none"]}, (row,), ())
+    with pytest.warns(DeprecationWarning, match=r"use results\.rows"):
+        assert results["rows"] == [row.to_dict(layers=False)]
+    with pytest.warns(DeprecationWarning):
+        assert results["settings"] == {"methods": ["none"]}
+    assert ComparisonResults.from_dict(results.to_dict()) == ComparisonResults.from_dict(
+        {"settings": {"methods": ["none"]}, "rows": [row.to_dict(layers=False)], "summary": []})
+
+
+def test_calibration_report_reads_its_dict_and_the_replacements():
+    from romer_aihwkit.calibration import CalibrationReport
+
+    data = {"tokens": 64, "callbacks": {
+        "romer": {"replaced_experts": 3, "layers": [{"masked_share": 0.25}, {"masked_share": 0.0}]},
+        "router-align": {"layers": [{"scale": [1.0]}]},
+        "romer#2": {"replaced_experts": 1, "layers": [{"masked_share": 0.125}, {"masked_share": 0.125}]}}}
+    report = CalibrationReport.from_dict({**data, "input_range_tiles": 4})
+    assert report.to_dict() == data and json.dumps(report.to_dict()) == json.dumps(data)
+    assert report.replaced_experts == 4 and report.masked_share == [0.25, 0.125]
+    assert CalibrationReport.from_dict({}).masked_share is None and CalibrationReport.from_dict({}).replaced_experts == 0
+    with pytest.raises(AttributeError):
+        report.tokens = 1  # type: ignore[misc]

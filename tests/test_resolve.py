@@ -92,7 +92,7 @@ def test_fingerprint_of_committed_results_is_unchanged(stored):
 def test_device_fingerprints_of_current_results_are_unchanged(folder):
     """Device content hashes (settings.json ``inputs``) of folders computed with today's presets are what
     the resolved devices give (older folders were computed with presets that changed since)."""
-    from romer_aihwkit.artifacts import device_fingerprint
+    from romer_aihwkit.analog.fingerprint import device_fingerprint
 
     stored = json.loads((RESULTS / folder / "settings.json").read_text())
     resolved = resolve(CompareSettings(models=["m"], devices=stored["devices"], methods=["none"], controls=False))

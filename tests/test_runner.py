@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from romer_aihwkit.evaluation import (
+    ComparisonResults,
     RoutingAccumulator,
     layer_metrics,
     load_rows,
@@ -55,6 +56,8 @@ def finished(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("finished")
     settings = CompareSettings(models=[tiny], methods=METHODS, seeds=[0, 1], **SMALL)
     results = run_comparison(settings, out)
+    assert isinstance(results, ComparisonResults) and results.out_dir == out
+    results = results.to_dict()  # results.json's content
     return settings, out, results
 
 
@@ -218,7 +221,7 @@ def test_resume_extends_seeds_without_recomputing(finished, tmp_path, monkeypatc
     assert sorted(before) == [("global", 0), ("none", 0), ("romer", 0)]
     counter = CallCounter(monkeypatch)
     computed = []
-    results = run_comparison(settings, work, on_row=computed.append)  # seeds [0, 1]
+    results = run_comparison(settings, work, on_row=computed.append).to_dict()  # seeds [0, 1]
     assert sorted(counter.calls) == [("global", 1), ("none", 1), ("romer", 1)]
     assert counter.controls == [("romer", 1)]  # the noise-free control of the one model-editing method
     assert sorted((r.method, r.seed) for r in computed) == [("global", 1), ("none", 1), ("romer", 1)]
@@ -238,7 +241,7 @@ def test_killed_run_resumes_from_torn_line(finished, tmp_path, monkeypatch):
     rows_file.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # killed mid-write
     assert len(load_rows(work)) == 5  # the torn line is ignored
     counter = CallCounter(monkeypatch)
-    results = run_comparison(settings, work)
+    results = run_comparison(settings, work).to_dict()
     assert counter.calls == [(last["method"], last["seed"])]
     assert len(results["rows"]) == 6 and len(load_rows(work)) == 6
     assert {(r["method"], r["seed"]) for r in results["rows"]} == {(m, s) for m in METHODS for s in [0, 1]}
@@ -253,7 +256,7 @@ def test_different_configuration_is_refused_unless_forced(finished, tmp_path, mo
         run_comparison(other, work)
     assert len(load_rows(work)) == 6  # nothing lost
     counter = CallCounter(monkeypatch)
-    results = run_comparison(other, work, force=True)
+    results = run_comparison(other, work, force=True).to_dict()
     assert counter.calls == [("none", 0)]
     assert [(r["method"], r["seed"]) for r in results["rows"]] == [("none", 0)]
     assert json.loads((work / "results.json").read_text())["settings"]["seq_len"] == 48
@@ -267,7 +270,7 @@ def test_failed_run_without_rows_does_not_block_the_folder(tiny, tmp_path):
     with pytest.raises(ValueError, match="too short"):
         run_comparison(bad, tmp_path / "out")
     good = CompareSettings(models=[tiny], methods=["none"], seeds=[0], **SMALL)
-    results = run_comparison(good, tmp_path / "out")
+    results = run_comparison(good, tmp_path / "out").to_dict()
     assert len(results["rows"]) == 1
 
 
@@ -288,7 +291,7 @@ def test_results_do_not_depend_on_where_the_model_lives(tiny, tmp_path):
     rows = []
     for i, folder in enumerate((tiny, str(copy))):
         settings = CompareSettings(models=[folder], methods=["none"], seeds=[0], **SMALL)
-        rows.append(run_comparison(settings, tmp_path / f"out{i}")["rows"][0])
+        rows.append(run_comparison(settings, tmp_path / f"out{i}").to_dict()["rows"][0])
     assert rows[0]["model"] != rows[1]["model"]
     for metric in ("ppl", "load_cv", "router_fidelity"):
         assert rows[0][metric] == rows[1][metric], metric

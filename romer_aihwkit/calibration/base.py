@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +42,14 @@ class CalibrationCallback:
         return {}
 
 
-@dataclass
+@dataclass(frozen=True)
 class CalibrationReport:
-    """What each callback did, keyed by callback name, plus the tokens seen."""
+    """What each callback did, keyed by callback name, plus the tokens seen.
+
+    ``to_dict()`` is the JSON a calibration writes (``report.json``'s ``calibration``, and what
+    :func:`~romer_aihwkit.experiments.apply_method` returns besides its own keys); :meth:`from_dict`
+    reads it back.
+    """
 
     tokens: int
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -51,8 +57,32 @@ class CalibrationReport:
     def __getitem__(self, name: str) -> dict[str, Any]:
         return self.callbacks[name]
 
+    @property
+    def replaced_experts(self) -> int:
+        """Experts replaced by every callback together (all layers; ROMER's expert replacement)."""
+        return int(sum(cb.get("replaced_experts", 0) for cb in self.callbacks.values() if isinstance(cb, dict)))
+
+    @property
+    def masked_share(self) -> list[float] | None:
+        """Per MoE layer, the largest share of its experts a callback masked (``None``: no callback
+        reports it per layer, i.e. nothing calibrated routing)."""
+        shares: list[float] | None = None
+        for cb in self.callbacks.values():
+            layers = cb.get("layers") if isinstance(cb, dict) else None
+            if not layers or not all(isinstance(layer, dict) and "masked_share" in layer for layer in layers):
+                continue
+            values = [float(layer["masked_share"]) for layer in layers]
+            shares = values if shares is None else [max(a, b) for a, b in zip(shares, values)]
+        return shares
+
     def to_dict(self) -> dict[str, Any]:
         return {"tokens": self.tokens, "callbacks": self.callbacks}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalibrationReport:
+        """Read :meth:`to_dict`'s form (other keys, e.g. those :func:`apply_method
+        <romer_aihwkit.experiments.apply_method>` adds, are ignored); an empty dict is no calibration."""
+        return cls(int(data.get("tokens", 0)), dict(data.get("callbacks") or {}))
 
 
 @torch.no_grad()

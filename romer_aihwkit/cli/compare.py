@@ -10,7 +10,7 @@ import typer
 from romer_aihwkit.errors import UserError
 
 if TYPE_CHECKING:
-    from romer_aihwkit.evaluation.records import ResultRow
+    from romer_aihwkit.evaluation.records import ComparisonResults, ResultRow
 
 from .app import _stderr_console, _stdout_console, app, handle_user_errors
 from .options import (
@@ -67,7 +67,7 @@ def _already_done(out_dir: Any, settings: Any, keys: set[tuple], resume: bool, f
 
 
 def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output: bool,
-                 command: str = "compare", max_text_size: int | None = None) -> dict[str, Any]:
+                 command: str = "compare", max_text_size: int | None = None) -> ComparisonResults:
     """Run the comparison with a progress bar, then write report.md and plots (rank 0), holding the
     output folder's lock throughout so that a second run on the same --out is refused; a folder of
     other files or of another command is refused unless --force (:func:`romer_aihwkit.outputs.output_folder`)."""
@@ -82,7 +82,7 @@ def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output
 
 
 def _run_compare_unlocked(resolved: Any, out: str, resume: bool, force: bool, json_output: bool,
-                          max_text_size: int | None = None) -> dict[str, Any]:
+                          max_text_size: int | None = None) -> ComparisonResults:
     import warnings
     from pathlib import Path
 
@@ -136,7 +136,7 @@ def _run_compare_unlocked(resolved: Any, out: str, resume: bool, force: bool, js
     plots = write_plots(results, out_dir)
     report = write_report(results, out_dir, plots=plots)
     if json_output:
-        typer.echo(json.dumps(results["summary"], indent=2, default=str))
+        typer.echo(json.dumps([e.to_dict() for e in results.summary], indent=2, default=str))
     else:
         print_summary(results, _stdout_console())
     files = ["results.json", "results.csv", report.name] + [p.name for p in plots]

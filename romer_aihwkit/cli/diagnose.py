@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -68,7 +68,8 @@ def diagnose(
 ) -> None:
     """Where the analog error comes from: an error budget by component x non-ideality, per-layer statistics.
 
-    Writes DIR/diagnosis.json, DIR/report.md (with a ranked reading), DIR/layers_heatmap.png and DIR/budget.png.
+    Writes DIR/diagnosis.json, DIR/report.md (with a ranked reading), DIR/layers_heatmap.png and DIR/budget.png;
+    DIR/rows.jsonl holds each configuration x chip instance as it finishes, so a rerun resumes.
     """
     from romer_aihwkit.experiments.runner import MAX_SEEDS
 
@@ -81,9 +82,10 @@ def diagnose(
 
     parse_stress_spec(stress)  # a bad spec fails before the model loads
     text_limit = _parse_size(max_text_size)
+    from romer_aihwkit.evaluation.distributed import process_context
     from romer_aihwkit.outputs import output_folder
 
-    with output_folder(out, "diagnose", force) as out_dir:
+    with output_folder(out, "diagnose", force, lock=process_context().is_main) as out_dir:
         _diagnose_into(out_dir, model=model, device=device, seeds=seeds, first_seed=first_seed,
                        t_inference=t_inference, eval_text=eval_text, calib_text=calib_text, seq_len=seq_len,
                        eval_blocks=eval_blocks, calib_blocks=calib_blocks, batch_size=batch_size,
@@ -98,8 +100,9 @@ def _diagnose_into(out_dir: Path, *, model: str, device: str, seeds: int, first_
     from rich.markup import escape
 
     from romer_aihwkit.data import text_blocks, text_size_limit
-    from romer_aihwkit.evaluation.diagnose import diagnose as run_diagnosis
-    from romer_aihwkit.evaluation.diagnose import write_diagnosis
+    from romer_aihwkit.evaluation.diagnosis_report import DIAGNOSIS_FILES
+    from romer_aihwkit.evaluation.distributed import process_context
+    from romer_aihwkit.experiments.diagnose import diagnose as run_diagnosis
 
     digital, tokenizer = _load_model(model)
     notes: list[str] = []
@@ -123,21 +126,25 @@ def _diagnose_into(out_dir: Path, *, model: str, device: str, seeds: int, first_
                           _fewer_blocks("--calib-blocks", calib_blocks, int(calib.shape[0]), seq_len)) if w]
     for note in notes:
         _warn(note)
-    result = run_diagnosis(digital, device, blocks, seeds=list(range(first_seed, first_seed + seeds)),
-                           calib_batches=calib, t_inference=_parse_t(t_inference), analog_attention=analog_attention,
-                           stress=stress, batch_size=batch_size, progress=not json_output)
-    result["settings"].update(model=model, eval_text=eval_text, calib_text=calib_text, seq_len=seq_len,
-                              eval_blocks=int(blocks.shape[0]), batch_size=batch_size)
+    about: dict[str, Any] = {"model": model, "eval_text": eval_text, "calib_text": calib_text, "seq_len": seq_len,
+                             "eval_blocks": int(blocks.shape[0]), "batch_size": batch_size}
     if calib is not None:
-        result["settings"]["calib_blocks"] = int(calib.shape[0])
+        about["calib_blocks"] = int(calib.shape[0])
     if notes:
-        result["settings"]["warnings"] = notes
+        about["warnings"] = notes
     with _OSErrorsAsUserErrors():
-        files = write_diagnosis(result, out_dir)
+        result = run_diagnosis(digital, device, blocks, seeds=list(range(first_seed, first_seed + seeds)),
+                               calib_batches=calib, t_inference=_parse_t(t_inference),
+                               analog_attention=analog_attention, stress=stress, batch_size=batch_size,
+                               progress=not json_output, out_dir=out_dir, about=about)
+    if not process_context().is_main:
+        return  # rank 0 writes and prints the merged diagnosis
+    files = [out_dir / name for name in DIAGNOSIS_FILES]
     if json_output:
-        typer.echo(json.dumps({k: result[k] for k in ("settings", "digital_ppl", "budget", "reading")}, indent=2))
+        data = result.to_dict()
+        typer.echo(json.dumps({k: data[k] for k in ("settings", "digital_ppl", "budget", "reading")}, indent=2))
         return
     console = _stdout_console()
-    for i, line in enumerate(result["reading"], 1):
+    for i, line in enumerate(result.reading, 1):
         console.print(f"{i}. {line}", markup=False)
     _stderr_console().print(f"Wrote {escape(', '.join(f.name for f in files))} to [bold]{escape(str(out_dir))}[/bold]")

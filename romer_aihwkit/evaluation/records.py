@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar, overload
 
 from ..errors import ResultsFolderError
 
 __all__ = [
     "ComparisonResults",
+    "Record",
     "ResultRow",
     "Stat",
     "SummaryEntry",
@@ -259,6 +261,15 @@ class ComparisonResults:
     settings: dict[str, Any] = field(default_factory=dict)
     rows: tuple[ResultRow, ...] = ()
     summary: tuple[SummaryEntry, ...] = ()
+    out_dir: Path | None = field(default=None, compare=False)
+    """The results folder (set by :func:`~romer_aihwkit.experiments.run_comparison`; not in ``results.json``)."""
+
+    def __getitem__(self, key: str) -> Any:
+        """``results["rows"]`` etc.: the ``results.json`` dict's entry (deprecated; use the attributes)."""
+        warnings.warn(f'results["{key}"] is deprecated: run_comparison returns ComparisonResults; use '
+                      f"results.{key} (typed) or results.to_dict()[{key!r}] (the results.json dict)",
+                      DeprecationWarning, stacklevel=2)
+        return self.to_dict()[key]
 
     @property
     def methods(self) -> list[str]:
@@ -334,28 +345,53 @@ class ComparisonResults:
         return cls.from_dict(data, str(path))
 
 
-def load_rows(out_dir: str | Path) -> list[ResultRow]:
+class Record(Protocol):
+    """A row a per-chip loop appends to ``rows*.jsonl``: its identity and its JSON form."""
+
+    @property
+    def key(self) -> tuple: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+RowT = TypeVar("RowT")
+
+
+@overload
+def load_rows(out_dir: str | Path) -> list[ResultRow]: ...
+
+
+@overload
+def load_rows(out_dir: str | Path, parse: Callable[[Any, str], RowT]) -> list[RowT]: ...
+
+
+def load_rows(out_dir: str | Path, parse: Callable[[Any, str], Any] | None = None) -> list[Any]:
     """Finished rows of every process (``rows*.jsonl``); a torn last line from a kill is ignored.
+
+    Args:
+        out_dir: The results folder.
+        parse: Reads one decoded line, named ``"PATH, line N"`` in errors (default:
+            :meth:`ResultRow.from_dict`, the rows of a comparison).
 
     Raises:
         ResultsFolderError: A line that is not a row of this package (not JSON, not an object, or
             missing a key); the message names the file and the line.
     """
+    read = parse if parse is not None else ResultRow.from_dict
     rows = []
     for path in sorted(Path(out_dir).glob("rows*.jsonl")):
         lines = path.read_bytes().split(b"\n")[:-1]  # after the last newline: nothing, or a line cut by a kill
         for number, raw in enumerate(lines, start=1):
             if raw.strip():
-                rows.append(_parse_row(raw, path, number))
+                rows.append(read(_decode_row(raw, path, number), f"{path}, line {number}"))
     return rows
 
 
-def _parse_row(raw: bytes, path: Path, number: int) -> ResultRow:
+def _decode_row(raw: bytes, path: Path, number: int) -> Any:
     try:
-        data = json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ResultsFolderError(f"{path}, line {number}: not a JSON row written by romer-aihwkit; {_FIX}") from None
-    return ResultRow.from_dict(data, f"{path}, line {number}")
 
 
 def rows_of(rows: Iterable[ResultRow | Mapping[str, Any]]) -> list[ResultRow]:

@@ -15,16 +15,19 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..atomic import atomic_write_text
+from ..calibration.base import CalibrationReport
 from ..errors import ArtifactError, InputError, ResultsFolderError
 from ..evaluation.records import ComparisonResults, ResultRow, SummaryEntry, load_rows
 from ..evaluation.stats import summarize, with_recovery
-from ..outputs import LOCK_FILE, ResultsLockedError, discard_outputs, output_folder, results_folder_lock
+from ..outputs import LOCK_FILE, ResultsLockedError, discard_outputs, results_folder_lock
+from .chip_loop import ROW_FILE, ChipLoop, chip_folder, clear_rows, process, shard
 from .settings import (
     CONTROL_DEVICE,
     MAX_SEEDS,
@@ -38,6 +41,7 @@ from .settings import (
 __all__ = [
     "LOCK_FILE",
     "MAX_SEEDS",
+    "ROW_FILE",
     "CompareSettings",
     "ResultsExistError",
     "ResultsLockedError",
@@ -51,21 +55,12 @@ __all__ = [
     "write_results",
 ]
 
-ROW_FILE = "rows.jsonl"
 
 
 class ResultsExistError(ResultsFolderError):
     """The output folder holds results of a different configuration or of changed inputs."""
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a last line left unfinished by a killed run, so that appended rows start on a new line."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
 
 
 CSV_COLUMNS = ("model", "device", "method", "t_inference", "seed", "ppl", "load_cv", "max_load_ratio",
@@ -85,10 +80,19 @@ def write_results(out_dir: Path, settings: dict[str, Any],
     (:func:`~romer_aihwkit.evaluation.stats.with_recovery`); the summary follows the settings' order
     of models, devices and methods.
     """
+    return _write_results(out_dir, _assemble(settings, rows)).to_dict()
+
+
+def _assemble(settings: dict[str, Any], rows: Iterable[ResultRow | Mapping[str, Any]]) -> ComparisonResults:
+    """The results of the rows (see :func:`write_results`)."""
     unique: dict[tuple, ResultRow] = {r.key: r for r in map(ResultRow.coerce, rows)}
     ordered = [unique[key] for key in sorted(unique)]
     typed = with_recovery(ordered)
-    results = ComparisonResults(settings, tuple(typed), tuple(_in_settings_order(summarize(typed), settings)))
+    return ComparisonResults(settings, tuple(typed), tuple(_in_settings_order(summarize(typed), settings)))
+
+
+def _write_results(out_dir: Path, results: ComparisonResults) -> ComparisonResults:
+    typed = results.rows
     data = results.to_dict()
     atomic_write_text(out_dir / "results.json", json.dumps(data, indent=2, default=str))
     task_columns = list(dict.fromkeys(name for r in typed for name in r.task_values()))
@@ -100,7 +104,7 @@ def write_results(out_dir: Path, settings: dict[str, Any],
         lines.append(",".join([_csv(plain.get(c)) for c in CSV_COLUMNS + controls]
                               + [_csv(tasks.get(c)) for c in task_columns]))
     atomic_write_text(out_dir / "results.csv", "\n".join(lines) + "\n")
-    return data
+    return results
 
 
 def _in_settings_order(summary: list[SummaryEntry], settings: Mapping[str, Any]) -> list[SummaryEntry]:
@@ -140,11 +144,6 @@ def _read_settings(out_dir: Path) -> dict[str, Any] | None:
     except ArtifactError as exc:
         raise ResultsFolderError(f"{exc}. Pass --force to discard the folder's rows and start again, or choose "
                                  "another --out folder") from None
-
-
-def _clear_rows(out_dir: Path) -> None:
-    for p in out_dir.glob("rows*.jsonl"):
-        p.unlink()
 
 
 def _check_out_dir(out_dir: Path, settings: CompareSettings, inputs: dict[str, str], force: bool) -> None:
@@ -205,8 +204,7 @@ def planned_rows(settings: CompareSettings | ResolvedSettings, rank: int = 0, wo
     resolved = resolve(settings)
     return [
         (model, device, method, t, seed)
-        for i, (model, device, t, seed) in enumerate(resolved.chip_instances())
-        if i % world_size == rank
+        for model, device, t, seed in shard(list(resolved.chip_instances()), rank, world_size)
         for method in resolved.settings.methods
     ]
 
@@ -229,7 +227,7 @@ def run_comparison(
     rank: int | None = None,
     world_size: int | None = None,
     on_row: Callable[[ResultRow], Any] | None = None,
-) -> dict[str, Any]:
+) -> ComparisonResults:
     """Evaluate every method on the same chip instances and aggregate over instances.
 
     For each model, device, drift time and seed: every method's model is programmed with that seed
@@ -245,8 +243,8 @@ def run_comparison(
     rows equal those of a single-process run.
 
     Returns:
-        The ``results.json`` dict (:meth:`ComparisonResults.to_dict
-        <romer_aihwkit.evaluation.records.ComparisonResults.to_dict>`; read it typed with ``ComparisonResults.from_dict``).
+        The typed results (:class:`~romer_aihwkit.evaluation.records.ComparisonResults`: ``settings``,
+        ``rows``, ``summary``, ``out_dir``); ``to_dict()`` is ``results.json``'s content.
 
     Raises:
         ResultsLockedError: Another run holds ``out_dir``.
@@ -254,19 +252,16 @@ def run_comparison(
             changed (model files, device-config content, text files), unless ``force``.
         ResultsFolderError: A damaged ``settings.json`` or ``rows.jsonl`` (unless ``force``).
     """
-    from ..evaluation.distributed import ProcessContext, process_context
-
     resolved = resolve(settings)  # devices, drift times, dependencies and inputs: looked at once, before the folder
-    ctx = process_context() if rank is None else ProcessContext(rank, world_size or 1)
-    with output_folder(out_dir, "run_comparison", force, lock=ctx.is_main) as folder:
-        folder.mkdir(parents=True, exist_ok=True)
+    ctx = process(rank, world_size)
+    with chip_folder(out_dir, "run_comparison", force, ctx) as folder:
         return _run(resolved, folder, resume, force, ctx, on_row)
 
 
-def _run(resolved: ResolvedSettings, out_dir: Path, resume: bool, force: bool, ctx: Any, on_row: Any) -> dict[str, Any]:
+def _run(resolved: ResolvedSettings, out_dir: Path, resume: bool, force: bool, ctx: Any,
+         on_row: Any) -> ComparisonResults:
     from ..data import text_blocks
     from ..evaluation.perplexity import perplexity
-    from ..evaluation.routing import perplexity_and_routing
     from ..models import load_model
     from . import methods as protocol
 
@@ -275,13 +270,11 @@ def _run(resolved: ResolvedSettings, out_dir: Path, resume: bool, force: bool, c
         inputs = dict(resolved.inputs)
         _check_out_dir(out_dir, settings, inputs, force)
         if not resume:
-            _clear_rows(out_dir)
+            clear_rows(out_dir)
         atomic_write_text(_settings_file(out_dir), json.dumps(
             {"fingerprint": settings.fingerprint(), "inputs": inputs, **settings.to_dict()}, indent=2))
     ctx.wait_for_everyone()  # rank 0 has checked (and possibly cleared) the folder
-    done = {r.key for r in load_rows(out_dir)}
-    row_path = out_dir / (ROW_FILE if ctx.world_size == 1 else f"rows.rank{ctx.rank}.jsonl")
-    _drop_torn_tail(row_path)
+    loop = ChipLoop(out_dir, ctx, ResultRow.from_dict)
     notes: list[str] = []
     """Warnings about what the run could not do as asked; recorded in results.json (settings.warnings)."""
     overlap = _same_text(settings.eval_text, settings.calib_text)
@@ -291,7 +284,7 @@ def _run(resolved: ResolvedSettings, out_dir: Path, resume: bool, force: bool, c
         warnings.warn(notes[-1], stacklevel=2)
     blocks_used: dict[str, dict[str, int]] = {}
     methods = {m: protocol.get_method(m) for m in settings.methods}
-    todo = [key for key in planned_rows(resolved, ctx.rank, ctx.world_size) if key not in done]
+    todo = loop.todo(planned_rows(resolved, ctx.rank, ctx.world_size))
     digital_ppl: dict[str, float] = {}
     digital_tasks: dict[str, dict[str, dict[str, float]]] = {}
     hwa_records: dict[str, dict[str, Any]] = {}
@@ -319,63 +312,10 @@ def _run(resolved: ResolvedSettings, out_dir: Path, resume: bool, force: bool, c
         if settings.tasks and ctx.is_main:
             digital_tasks[model_name] = _run_tasks(digital, tokenizer, settings)
         convert = _Conversions(digital, tokenizer, model_name, resolved, out_dir, hwa_records, calib_blocks)
-        edits: dict[tuple, float] = {}
-        choices: dict[tuple, tuple[Any, dict[str, Any]]] = {}
-        fractions: dict[str, float] = {}
-        for key in mine:
-            _, device, method_name, t_value, seed = key
-            method = methods[method_name]
-            selection = None
-            if method.candidates:  # `best`: resolved once per model, device and drift time
-                if (device, method_name, t_value) not in choices:
-                    from .best import choose_method
-
-                    choices[(device, method_name, t_value)] = choose_method(
-                        digital, resolved.device(device), method, calib_blocks, t_value, batch_size=settings.batch_size)
-                method, selection = choices[(device, method_name, t_value)]
-            model = convert(device, method, device)
-            start = time.perf_counter()
-            _seed_everything(seed, model_id, device, method_name, t_value)
-            report = protocol.apply_method(model, method, seed, t_value, calib_blocks, batch_size=settings.batch_size)
-            extra: dict[str, Any] = {}
-            if selection is not None:
-                report["selection"] = selection
-                extra["choice"] = selection["choice"]
-            if method.name not in fractions:
-                fractions[method.name] = protocol.digital_parameter_fraction(digital, method)["fraction"]
-            extra["digital_fraction"] = fractions[method.name]
-            ppl, stats = perplexity_and_routing(model, eval_blocks, settings.batch_size, progress=False)
-            layers = tuple({"load": layer["load"], "reference_load": layer["reference_load"]}
-                           for layer in stats["layers"])
-            tasks = _run_tasks(model, tokenizer, settings) if settings.tasks else None
-            edit = None
-            if settings.controls:
-                edit = 0.0  # a setting of the chip alone: on a noise-free chip it is the digital model
-                if method.edits_model:
-                    control = (method.name, seed, device if method.hwa else None)  # best: the method it chose
-                    if device == CONTROL_DEVICE:  # this row is its own control
-                        edits[control] = ppl - digital_ppl[model_name]
-                    if control not in edits:
-                        edits[control] = _control_ppl(convert(CONTROL_DEVICE, method, device), method, seed, model_id,
-                                                      calib_blocks, eval_blocks, resolved) - digital_ppl[model_name]
-                    edit = edits[control]
-            row = ResultRow(
-                model=model_name, device=device, method=method_name, t_inference=t_value, seed=seed, ppl=ppl,
-                load_cv=stats["load_cv"], max_load_ratio=stats["max_load_ratio"],
-                tile_max_load_ratio=stats["tile_max_load_ratio"], router_fidelity=stats["router_fidelity"],
-                load_entropy=stats["load_entropy"], replaced_experts=_replaced(report),
-                digital_ppl=digital_ppl[model_name], stress=settings.stress or "none",
-                seconds=time.perf_counter() - start, layers=layers, tasks=tasks, edit_ppl=edit,
-                masked_share=_masked_share(report), extra=extra)
-            if not math.isfinite(ppl):
-                warnings.warn(f"non-finite perplexity for {key}", stacklevel=2)
-            with open(row_path, "a") as f:
-                f.write(json.dumps(row.to_dict()) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            if on_row is not None:
-                on_row(row)
-    ctx.wait_for_everyone()  # every process's rows are on disk now
+        rows = _ModelRows(model_name, model_id, digital, tokenizer, eval_blocks, calib_blocks,
+                          digital_ppl[model_name], convert, methods, resolved)
+        loop.run(mine, rows.row, on_row)
+    loop.wait()  # every process's rows are on disk now
     plain = settings.to_dict()
     plain["digital_ppl"] = digital_ppl
     if blocks_used:
@@ -390,14 +330,83 @@ def _run(resolved: ResolvedSettings, out_dir: Path, resume: bool, force: bool, c
         plain["digital_tasks"] = digital_tasks
     if hwa_records:
         plain["hwa_training"] = hwa_records
-    rows = load_rows(out_dir)
+    results = _assemble(plain, loop.rows())
     if ctx.is_main:
-        results = write_results(out_dir, plain, rows)
-    else:
-        typed = with_recovery(rows)
-        results = ComparisonResults(plain, tuple(typed), tuple(summarize(typed))).to_dict()
+        _write_results(out_dir, results)
     ctx.wait_for_everyone()
-    return results
+    return replace(results, out_dir=out_dir)
+
+
+class _ModelRows:
+    """The rows of one digital model: a method on a chip instance per key (conversions, ``best``
+    choices, controls and digital fractions shared by its chip instances)."""
+
+    def __init__(self, model_name: str, model_id: str, digital: torch.nn.Module, tokenizer: Any,
+                 eval_blocks: torch.Tensor, calib_blocks: torch.Tensor, digital_ppl: float, convert: _Conversions,
+                 methods: dict[str, Any], resolved: ResolvedSettings) -> None:
+        self.resolved, settings = resolved, resolved.settings
+        self.model_name, self.model_id, self.digital, self.tokenizer = model_name, model_id, digital, tokenizer
+        self.eval_blocks, self.calib_blocks, self.digital_ppl = eval_blocks, calib_blocks, digital_ppl
+        self.convert, self.methods, self.settings = convert, methods, settings
+        self.edits: dict[tuple, float] = {}
+        self.choices: dict[tuple, tuple[Any, dict[str, Any]]] = {}
+        self.fractions: dict[str, float] = {}
+
+    def row(self, key: tuple) -> ResultRow:
+        """Convert (cached), program with the chip seed, calibrate and measure the row of ``key``."""
+        from ..evaluation.routing import perplexity_and_routing
+        from . import methods as protocol
+
+        _, device, method_name, t_value, seed = key
+        method = self.methods[method_name]
+        selection = None
+        if method.candidates:  # `best`: resolved once per model, device and drift time
+            if (device, method_name, t_value) not in self.choices:
+                from .best import choose_method
+
+                self.choices[(device, method_name, t_value)] = choose_method(
+                    self.digital, self.resolved.device(device), method, self.calib_blocks, t_value, batch_size=self.settings.batch_size)
+            method, selection = self.choices[(device, method_name, t_value)]
+        model = self.convert(device, method, device)
+        start = time.perf_counter()
+        _seed_everything(seed, self.model_id, device, method_name, t_value)
+        report = protocol.apply_method(model, method, seed, t_value, self.calib_blocks,
+                                       batch_size=self.settings.batch_size)
+        extra: dict[str, Any] = {}
+        if selection is not None:
+            report["selection"] = selection
+            extra["choice"] = selection["choice"]
+        if method.name not in self.fractions:
+            self.fractions[method.name] = protocol.digital_parameter_fraction(self.digital, method)["fraction"]
+        extra["digital_fraction"] = self.fractions[method.name]
+        calibration = CalibrationReport.from_dict(report)
+        ppl, stats = perplexity_and_routing(model, self.eval_blocks, self.settings.batch_size, progress=False)
+        layers = tuple({"load": layer["load"], "reference_load": layer["reference_load"]}
+                       for layer in stats["layers"])
+        tasks = _run_tasks(model, self.tokenizer, self.settings) if self.settings.tasks else None
+        edit = None
+        if self.settings.controls:
+            edit = 0.0  # a setting of the chip alone: on a noise-free chip it is the digital model
+            if method.edits_model:
+                control = (method.name, seed, device if method.hwa else None)  # best: the method it chose
+                if device == CONTROL_DEVICE:  # this row is its own control
+                    self.edits[control] = ppl - self.digital_ppl
+                if control not in self.edits:
+                    self.edits[control] = _control_ppl(
+                        self.convert(CONTROL_DEVICE, method, device), method, seed, self.model_id,
+                        self.calib_blocks, self.eval_blocks, self.resolved) - self.digital_ppl
+                edit = self.edits[control]
+        row = ResultRow(
+            model=self.model_name, device=device, method=method_name, t_inference=t_value, seed=seed, ppl=ppl,
+            load_cv=stats["load_cv"], max_load_ratio=stats["max_load_ratio"],
+            tile_max_load_ratio=stats["tile_max_load_ratio"], router_fidelity=stats["router_fidelity"],
+            load_entropy=stats["load_entropy"], replaced_experts=calibration.replaced_experts,
+            digital_ppl=self.digital_ppl, stress=self.settings.stress or "none",
+            seconds=time.perf_counter() - start, layers=layers, tasks=tasks, edit_ppl=edit,
+            masked_share=calibration.masked_share, extra=extra)
+        if not math.isfinite(ppl):
+            warnings.warn(f"non-finite perplexity for {key}", stacklevel=2)
+        return row
 
 
 class _Conversions:
@@ -471,21 +480,6 @@ def _control_ppl(model: torch.nn.Module, method: Any, seed: int, model_id: str, 
     return perplexity(model, eval_blocks, batch_size=settings.batch_size, progress=False)
 
 
-def _masked_share(report: dict[str, Any]) -> list[float] | None:
-    """Per MoE layer, the share of its experts that calibration masked (``None``: nothing calibrated routing)."""
-    shares: list[float] | None = None
-    for cb in report.get("callbacks", {}).values():
-        layers = cb.get("layers") if isinstance(cb, dict) else None
-        if not layers or not all(isinstance(layer, dict) and "masked_share" in layer for layer in layers):
-            continue
-        values = [float(layer["masked_share"]) for layer in layers]
-        shares = values if shares is None else [max(a, b) for a, b in zip(shares, values)]
-    return shares
-
-
-def _replaced(report: dict[str, Any]) -> int:
-    callbacks = report.get("callbacks", {})
-    return int(sum(cb.get("replaced_experts", 0) for cb in callbacks.values()))
 
 
 def _same_text(a: str, b: str) -> str | None:

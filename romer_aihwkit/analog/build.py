@@ -3,22 +3,26 @@
 Adapters (:mod:`romer_aihwkit.adapters`) describe a family and call the builder methods of the
 :class:`~romer_aihwkit.adapters.ConversionContext` they are handed; this module implements them
 with the analog matrices, stacked expert banks, routers and blocks, so the adapters never import
-the analog layer.
+the analog layer. Each matrix asks the conversion's placement (:mod:`.placement`, resolved to a
+tile factory per site) once whether it goes analog and on which device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..adapters.base import ExpertLayout
 from ..adapters.routing import RoutingSpec
+from ..errors import InputError
 from .block import AnalogMoEBlock
 from .experts import AnalogExperts
 from .matrix import WeightMatrix, make_matrix
+from .placement import MatrixSite, matrix_site
 from .reference import ReferenceStore
 from .router import AnalogRouter
 from .stacked import AnalogStack
@@ -32,14 +36,13 @@ class AnalogConversionContext:
     :class:`romer_aihwkit.adapters.ConversionContext`)."""
 
     rpu_config_factory: Callable[[], Any]
-    """Callable returning a fresh ``TorchInferenceRPUConfig``."""
+    """Callable returning a fresh rpu_config of the model's main device (for a bank with no analog matrix)."""
     layer_index: int
-    """Index of this MoE block among the model's MoE blocks."""
+    """Index of this MoE block among the model's MoE blocks (``-1``: not in an MoE block, e.g. attention)."""
     block_name: str
     """Fully qualified module name of the block."""
-    analog_router: bool = True
-    digital_experts: frozenset[int] = field(default_factory=frozenset)
-    """Experts of this block kept digital."""
+    tiles: Callable[[MatrixSite], Callable[[], Any] | None]
+    """The resolved placement: a site's rpu_config factory (its device's), or ``None`` to keep it digital."""
     engine: str = "aihwkit"
     """``"stacked"`` or ``"aihwkit"`` (see :data:`romer_aihwkit.analog.matrix.ENGINES`)."""
     store: Any = None
@@ -47,15 +50,25 @@ class AnalogConversionContext:
     tile_dtype: torch.dtype | None = None
     """dtype of the stacked engine's expert tiles (``None``: the weights' dtype)."""
 
-    def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True) -> WeightMatrix:
-        rpu = self.rpu_config_factory() if analog else None
+    def site(self, role: str, name: str, expert: int | None = None) -> MatrixSite:
+        """The :class:`MatrixSite` of matrix ``name`` of this block."""
+        return matrix_site(self.layer_index, self.block_name, role, name, expert)
+
+    def _factory(self, site: MatrixSite, analog: bool = True) -> Callable[[], Any] | None:
+        return self.tiles(site) if analog else None
+
+    def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True,
+               expert: int | None = None) -> WeightMatrix:
+        factory = self._factory(self.site(role, name, expert), analog)
+        analog = factory is not None
+        rpu = factory() if factory is not None else None
         # routers are small and their clean weights are read on every traced forward: keep them in memory
         store = ReferenceStore("memory") if role == "router" else self.store
         return make_matrix(weight, bias, role, f"{self.block_name}.{name}", rpu_config=rpu, analog=analog,
                            engine=self.engine, store=store)
 
     def experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool = True, gate_up_bias: Any = None,
-                down_bias: Any = None, layout: dict[str, Any] | None = None) -> AnalogExperts:
+                down_bias: Any = None, layout: ExpertLayout | None = None) -> AnalogExperts:
         """The block's :class:`~romer_aihwkit.analog.experts.AnalogExperts`.
 
         Args:
@@ -70,34 +83,42 @@ class AnalogConversionContext:
                 for the default (fused, concatenated gate/up, no bias).
         """
         experts = self._experts(gate_up, down, act_fn, has_gate, gate_up_bias, down_bias)
-        if layout is not None:
-            experts.layout = dict(layout)
+        experts.layout = ExpertLayout.coerce(layout, has_gate)
         return experts
+
+    def _bank_tiles(self, part: str, n: int) -> tuple[list[bool], Callable[[], Any]]:
+        """Per expert of one bank (``gate_up`` or ``down``): analog or not; and the bank's rpu_config factory."""
+        factories = [self._factory(self.site("expert", f"experts.{e}.{part}", e)) for e in range(n)]
+        used = {id(f): f for f in factories if f is not None}
+        if len(used) > 1:
+            raise InputError(f"the placement puts the experts of {self.block_name}.experts.{part} on different devices, "
+                             "which one stacked bank cannot hold; convert with engine='aihwkit'")
+        return [f is not None for f in factories], next(iter(used.values()), self.rpu_config_factory)
 
     def _experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool, gate_up_bias: Any,
                  down_bias: Any) -> AnalogExperts:
         n = len(gate_up)
         if self.engine == "stacked":
-            analog = [e not in self.digital_experts for e in range(n)]
             banks = []
             for part, weights, bias in (("gate_up", gate_up, gate_up_bias), ("down", down, down_bias)):
+                analog, factory = self._bank_tiles(part, n)
                 stacked = weights if isinstance(weights, torch.Tensor) else torch.stack([w.detach() for w in weights])
                 bias_t = None if bias is None or bias[0] is None else torch.stack([b.detach() for b in bias])
                 names = [f"{self.block_name}.experts.{e}.{part}" for e in range(n)]
-                banks.append(AnalogStack(stacked.detach(), names, self.rpu_config_factory(), "expert", self.store,
+                banks.append(AnalogStack(stacked.detach(), names, factory(), "expert", self.store,
                                          key=f"{self.block_name}.experts.{part}", analog=analog, bias=bias_t,
                                          tile_dtype=self.tile_dtype))
             return AnalogExperts(banks[0], banks[1], act_fn, has_gate=has_gate)
         gate_up_bias = gate_up_bias or [None] * n
         down_bias = down_bias or [None] * n
-        gu = [self.matrix(gate_up[e], gate_up_bias[e], "expert", f"experts.{e}.gate_up", e not in self.digital_experts) for e in range(n)]
-        dn = [self.matrix(down[e], down_bias[e], "expert", f"experts.{e}.down", e not in self.digital_experts) for e in range(n)]
+        gu = [self.matrix(gate_up[e], gate_up_bias[e], "expert", f"experts.{e}.gate_up", expert=e) for e in range(n)]
+        dn = [self.matrix(down[e], down_bias[e], "expert", f"experts.{e}.down", expert=e) for e in range(n)]
         return AnalogExperts(gu, dn, act_fn, has_gate=has_gate)
 
     def router(self, weight: torch.Tensor, spec: RoutingSpec, correction_bias: torch.Tensor | None = None) -> AnalogRouter:
         if spec.fp32_logits:
             weight = weight.float()  # the family's router computes in float32: so does its tile
-        matrix = self.matrix(weight, None, "router", "router", analog=self.analog_router)
+        matrix = self.matrix(weight, None, "router", "router")
         return AnalogRouter(matrix, spec, correction_bias, layer_index=self.layer_index, name=self.block_name)
 
     def block(self, router: nn.Module, experts: nn.Module, shared_experts: nn.Module | None = None,

@@ -11,9 +11,9 @@ from tiny_models import FACTORIES, tiny_model
 from torch import nn
 
 import romer_aihwkit as ra
-from romer_aihwkit.analog import digital_state_dict
 from romer_aihwkit.adapters import ExpertLayout
 from romer_aihwkit.adapters.base import fused_expert_weights
+from romer_aihwkit.analog import digital_state_dict
 from romer_aihwkit.baselines.hwa import _attach_training_tiles, _digital_state, hwa_rpu_config
 
 

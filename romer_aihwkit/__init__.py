@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "AnalogMoEModel": "romer_aihwkit.analog",
     "DIGITAL": "romer_aihwkit.analog",
     "MatrixSite": "romer_aihwkit.analog",
+    "Placement": "romer_aihwkit.analog",
     "by_role": "romer_aihwkit.analog",
     "default_placement": "romer_aihwkit.analog",
     "register_adapter": "romer_aihwkit.adapters",

@@ -71,6 +71,12 @@ def test_router_on_another_device_is_programmed_with_that_device():
     assert state.placement["roles"]["router"] == {"rram-wan2022": 2}
     assert state.placement["roles"]["expert"] == {"pcm": 32}
     assert fingerprint(mixed)["device"] != fingerprint(pcm)["device"]
+    assert [d.name for d in state.devices] == ["rram-wan2022", "pcm"]
+    allowed = ra.load_device_config("pcm").replace(allowed_t_inference=[60.0], t_inference=60.0)
+    picky = _convert("olmoe", placement=by_role({"router": allowed}, default="pcm")).analog_state
+    assert picky.check_t_inference(60.0) == 60.0
+    with pytest.raises(InputError, match="not supported"):
+        picky.check_t_inference(3600.0)  # allowed by the experts' device, not by the routers'
 
 
 def test_digital_placement_leaves_the_matrix_exactly_digital():

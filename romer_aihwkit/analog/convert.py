@@ -282,7 +282,7 @@ def convert_to_analog_moe(
         pass
 
     state = _state(plan, placement is None, main, analog_router, analog_attention, digital_experts, n_experts)
-    state.engine, state.reference = engine, store
+    state.engine, state.reference, state.devices = engine, store, list(devices)
     bar = progress_bar(len(blocks), "converting", "layer", progress)
     for index, (name, block, adapter) in enumerate(blocks):
         device = _module_device(block)

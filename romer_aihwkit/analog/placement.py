@@ -381,7 +381,7 @@ def plan_placement(placement: Placement, sites: Iterable[MatrixSite], n_experts:
             raise InputError(f"two weight matrices are named {site.name!r}; a placement cannot tell them apart")
         plan.sites.append(site)
         plan.where[site.name] = resolve(placement(site), site)
-    used = sorted({i for i in plan.where.values() if i >= 0})
+    used = list(dict.fromkeys(i for i in plan.where.values() if i >= 0))  # in order of first use
     remap = {old: new for new, old in enumerate(used)}
     plan.devices = [resolve.devices[i] for i in used]
     plan.where = {name: remap.get(i, -1) for name, i in plan.where.items()}

@@ -40,6 +40,18 @@ class AnalogState:
     content), which the model's fingerprint compares in place of ``device_config``'s. The keyword
     fields then say: some router analog, some attention analog, experts with every matrix digital;
     ``device_config`` is the device holding the most analog matrices."""
+    devices: list[Any] = field(default_factory=list)
+    """Every device config the placement puts a matrix on (``[device_config]`` for the keywords)."""
+
+    def check_t_inference(self, t_inference: float) -> float:
+        """``t_inference`` checked against every device the model uses (their ``allowed_t_inference``).
+
+        Raises:
+            InputError: A device does not allow it.
+        """
+        for device in self.devices or [self.device_config]:
+            device.check_t_inference(t_inference)
+        return float(t_inference)
 
     @property
     def programmed(self) -> bool:

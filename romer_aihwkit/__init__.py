@@ -25,6 +25,11 @@ _EXPORTS: dict[str, str] = {
     "convert_to_analog_moe": "romer_aihwkit.analog",
     "analog_summary": "romer_aihwkit.analog",
     "AnalogMoEModel": "romer_aihwkit.analog",
+    "DIGITAL": "romer_aihwkit.analog",
+    "MatrixSite": "romer_aihwkit.analog",
+    "Placement": "romer_aihwkit.analog",
+    "by_role": "romer_aihwkit.analog",
+    "default_placement": "romer_aihwkit.analog",
     "register_adapter": "romer_aihwkit.adapters",
     "list_adapters": "romer_aihwkit.adapters",
     # calibration

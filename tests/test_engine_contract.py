@@ -35,8 +35,8 @@ def _weights() -> torch.Tensor:
 
 
 def _bank(engine: Engine) -> AnalogBank:
-    return engine.bank(_weights(), list(NAMES), "expert", "blk.experts.down", engine.rpu_config_factory(_config()),
-                       analog=list(ANALOG))
+    factory = engine.rpu_config_factory(_config())
+    return engine.bank(_weights(), list(NAMES), "expert", "blk.experts.down", [factory if a else None for a in ANALOG])
 
 
 def _holders(bank: AnalogBank) -> list[TileHolder]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import ConversionContext, MoEAdapter, UnsupportedLayoutError
+from .base import ConversionContext, ExpertLayout, MoEAdapter, UnsupportedLayoutError
 from .deepseek_v2 import DeepseekV2Adapter
 from .deepseek_v3 import DeepseekV3Adapter
 from .legacy import LegacyModuleListAdapter
@@ -22,6 +22,7 @@ from .routing import RoutingSpec, route
 __all__ = [
     "MoEAdapter",
     "ConversionContext",
+    "ExpertLayout",
     "RoutingSpec",
     "UnsupportedLayoutError",
     "route",

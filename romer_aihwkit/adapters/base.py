@@ -9,6 +9,8 @@ family routes (a :class:`RoutingSpec`). transformers-5 fused experts need no per
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -17,11 +19,97 @@ from torch import nn
 from ..errors import UserError
 from .routing import RoutingSpec
 
-__all__ = ["MoEAdapter", "ConversionContext", "fused_expert_weights", "convert_linears", "UnsupportedLayoutError"]
+__all__ = ["MoEAdapter", "ConversionContext", "ExpertLayout", "fused_expert_weights", "convert_linears",
+           "UnsupportedLayoutError"]
 
 
 class UnsupportedLayoutError(UserError, ValueError):
     """A MoE block whose layout this adapter cannot convert faithfully."""
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """How the original model stores a block's routed experts: what writing their digital weights back needs.
+
+    The converted experts always hold per-expert ``gate_up [2I or I, H]`` (gate rows, then up rows)
+    and ``down [H, I]`` matrices; :meth:`state_dict` puts them back under the original names.
+    """
+
+    kind: str = "fused"
+    """``"fused"``: transformers-5 experts (``gate_up_proj``/``up_proj`` and ``down_proj`` tensors);
+    ``"modulelist"``: an ``nn.ModuleList`` of MLPs with three ``nn.Linear`` each."""
+    has_gate: bool = True
+    transposed: bool = False
+    """Fused tensors stored ``[E, in, out]``."""
+    concatenated: bool = True
+    """Fused gate/up rows stored ``[g; u]`` (``False``: interleaved ``[g0, u0, g1, u1, ...]``)."""
+    has_bias: bool = False
+    names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+    """``"modulelist"``: the gate, up and down ``nn.Linear`` attributes of each expert."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("fused", "modulelist"):
+            raise UnsupportedLayoutError(f"expert layout kind {self.kind!r} is not 'fused' or 'modulelist'")
+
+    @classmethod
+    def coerce(cls, layout: ExpertLayout | Mapping[str, Any] | None, has_gate: bool = True) -> ExpertLayout:
+        """``layout`` as an :class:`ExpertLayout` (a mapping of its fields is accepted; ``None``: the default)."""
+        if layout is None:
+            return cls(has_gate=has_gate)
+        if isinstance(layout, ExpertLayout):
+            return layout
+        fields = dict(layout)
+        if "names" in fields:
+            fields["names"] = tuple(fields["names"])
+        return cls(**fields)
+
+    def state_dict(self, prefix: str, gate_up: Sequence[torch.Tensor], down: Sequence[torch.Tensor],
+                   gate_up_bias: torch.Tensor | None = None, down_bias: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
+        """The experts' weights under the original parameter names (``prefix`` ends with a dot).
+
+        Args:
+            prefix: The experts module's name plus ``"."``.
+            gate_up: Per-expert ``[2I or I, H]`` matrices (gate rows, then up rows).
+            down: Per-expert ``[H, I]`` matrices.
+            gate_up_bias: ``[E, 2I or I]`` biases (``has_bias``), same row order.
+            down_bias: ``[E, H]`` biases.
+        """
+        if self.kind == "modulelist":
+            g, u, d = self.names
+            out = {}
+            for e, (first, second) in enumerate(zip(gate_up, down)):
+                gate, up = first.chunk(2, dim=0)
+                out[f"{prefix}{e}.{g}.weight"] = gate
+                out[f"{prefix}{e}.{u}.weight"] = up
+                out[f"{prefix}{e}.{d}.weight"] = second
+            return out
+        first, second = torch.stack(list(gate_up)), torch.stack(list(down))
+        if self.has_gate and not self.concatenated:
+            first = _interleave(first)
+        if self.transposed:
+            first, second = first.transpose(1, 2), second.transpose(1, 2)
+        name = "gate_up_proj" if self.has_gate else "up_proj"
+        out = {f"{prefix}{name}": first.contiguous(), f"{prefix}down_proj": second.contiguous()}
+        if self.has_bias:
+            if gate_up_bias is None or down_bias is None:
+                raise ValueError(f"{prefix}: the layout has biases but none were given")
+            out[f"{prefix}{name}_bias"] = _interleave(gate_up_bias) if self.has_gate and not self.concatenated \
+                else gate_up_bias
+            out[f"{prefix}down_proj_bias"] = down_bias
+        return out
+
+    @classmethod
+    def of_fused(cls, experts: nn.Module, has_gate: bool, has_bias: bool) -> ExpertLayout:
+        """The layout of a transformers-5 fused experts module."""
+        return cls("fused", has_gate, transposed=bool(getattr(experts, "is_transposed", False)),
+                   concatenated=bool(getattr(experts, "is_concatenated", True)), has_bias=has_bias)
+
+
+def _interleave(rows: torch.Tensor) -> torch.Tensor:
+    """``[E, 2I, ...]`` concatenated ``[g; u]`` rows back to interleaved ``[g0, u0, g1, u1, ...]``."""
+    g, u = rows.chunk(2, dim=1)
+    return torch.stack([g, u], dim=2).reshape(rows.shape)
 
 
 class ConversionContext(Protocol):
@@ -30,6 +118,8 @@ class ConversionContext(Protocol):
     The adapters only describe a family (where its router and experts are, how it routes); the
     analog layer implements this interface (:class:`romer_aihwkit.analog.build.AnalogConversionContext`)
     and passes it to :meth:`MoEAdapter.convert`, so adapters never import the analog modules.
+    Hardware-aware training implements it too (:class:`romer_aihwkit.baselines.hwa.HWAConversionContext`,
+    training tiles over the same adapters).
     """
 
     layer_index: int
@@ -43,7 +133,7 @@ class ConversionContext(Protocol):
         ...
 
     def experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool = True, gate_up_bias: Any = None,
-                down_bias: Any = None, layout: dict[str, Any] | None = None) -> nn.Module:
+                down_bias: Any = None, layout: ExpertLayout | None = None) -> nn.Module:
         """The block's analog experts from per-expert ``gate_up`` and ``down`` matrices.
 
         ``layout`` says how the original model stored them (written back by ``save_pretrained``).
@@ -148,14 +238,8 @@ class MoEAdapter:
         gate_up, down, b1, b2, has_gate = fused_expert_weights(getattr(block, self.experts_attr))
         act_fn = getattr(block, self.experts_attr).act_fn
         setattr(block, self.router_attr, ctx.router(router.weight, spec, self.correction_bias(block)))
-        original = getattr(block, self.experts_attr)
-        experts = ctx.experts(gate_up, down, act_fn, has_gate, b1, b2, layout={
-            "kind": "fused",
-            "has_gate": has_gate,
-            "transposed": bool(getattr(original, "is_transposed", False)),
-            "concatenated": bool(getattr(original, "is_concatenated", True)),
-            "has_bias": b1 is not None,
-        })
+        layout = ExpertLayout.of_fused(getattr(block, self.experts_attr), has_gate, has_bias=b1 is not None)
+        experts = ctx.experts(gate_up, down, act_fn, has_gate, b1, b2, layout=layout)
         setattr(block, self.experts_attr, experts)
         for attr in self.shared_expert_attrs:
             shared = getattr(block, attr, None)

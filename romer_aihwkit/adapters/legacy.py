@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ConversionContext, MoEAdapter, UnsupportedLayoutError, convert_linears
+from .base import ConversionContext, ExpertLayout, MoEAdapter, UnsupportedLayoutError, convert_linears
 from .routing import RoutingSpec
 
 _NAMES = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))
@@ -141,7 +141,7 @@ class LegacyModuleListAdapter(MoEAdapter):
         shared = _first_attr((block,), ("shared_experts", "shared_expert"))
         if shared is not None:
             convert_linears(shared, ctx, "shared_expert", "shared_experts")
-        experts = ctx.experts(gate_up, down, act_fn, layout={"kind": "modulelist", "names": names})
+        experts = ctx.experts(gate_up, down, act_fn, layout=ExpertLayout("modulelist", names=names))
         return ctx.block(
             router=ctx.router(block.gate.weight, spec, getattr(block.gate, "e_score_correction_bias", None)),
             experts=experts,

@@ -6,6 +6,7 @@ from .convert import NoMoEBlocksError, UnsupportedMoEError, analog_summary, conv
 from .experts import AnalogExperts
 from .matrix import AnalogMatrix, DigitalMatrix, WeightMatrix
 from .model import AnalogMoEModel
+from .placement import DIGITAL, MatrixSite, Placement, by_role, default_placement
 from .programming import drift_analog_weights, program_analog_weights
 from .router import AnalogRouter
 from .state import AnalogState, analog_state
@@ -13,6 +14,11 @@ from .state_io import digital_state_dict, load_analog_state, save_analog_state
 from .trace import RouterEvent, experts_of, find_routers, trace_routing
 
 __all__ = [
+    "DIGITAL",
+    "MatrixSite",
+    "Placement",
+    "by_role",
+    "default_placement",
     "AnalogExperts",
     "AnalogMatrix",
     "AnalogMoEBlock",

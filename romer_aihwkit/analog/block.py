@@ -5,19 +5,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .experts import AnalogExperts
-from .router import AnalogRouter
-
 __all__ = ["AnalogMoEBlock"]
 
 
 class AnalogMoEBlock(nn.Module):
-    """``router -> experts (+ shared experts)``; returns ``(hidden, router_logits)`` if the original did."""
+    """``router -> experts (+ shared experts)``; returns ``(hidden, router_logits)`` if the original did.
+
+    ``router`` returns ``(logits, weights, indices)`` and ``experts`` takes ``(hidden, indices, weights)``
+    (the analog router and experts, or hardware-aware training's tiles).
+    """
 
     def __init__(
         self,
-        router: AnalogRouter,
-        experts: AnalogExperts,
+        router: nn.Module,
+        experts: nn.Module,
         shared_experts: nn.Module | None = None,
         shared_expert_gate: nn.Module | None = None,
         returns_router_logits: bool = False,

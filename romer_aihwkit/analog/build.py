@@ -3,7 +3,8 @@
 Adapters (:mod:`romer_aihwkit.adapters`) describe a family and call the builder methods of the
 :class:`~romer_aihwkit.adapters.ConversionContext` they are handed; this module implements them
 with the analog matrices, stacked expert banks, routers and blocks, so the adapters never import
-the analog layer.
+the analog layer. Each matrix asks the conversion's placement (:mod:`.placement`, resolved to a
+tile factory per site) once whether it goes analog and on which device.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters.base import ExpertLayout
 from ..adapters.routing import RoutingSpec
 from .block import AnalogMoEBlock
 from .engines import AIHWKitEngine, Engine
 from .experts import AnalogExperts
 from .matrix import WeightMatrix
+from .placement import MatrixSite, matrix_site
 from .router import AnalogRouter
 
 __all__ = ["AnalogConversionContext"]
@@ -31,23 +34,31 @@ class AnalogConversionContext:
     :class:`romer_aihwkit.adapters.ConversionContext`)."""
 
     rpu_config_factory: Callable[[], Any]
-    """Callable returning a fresh ``TorchInferenceRPUConfig``."""
+    """Callable returning a fresh rpu_config of the model's main device (for a bank with no analog matrix)."""
     layer_index: int
-    """Index of this MoE block among the model's MoE blocks."""
+    """Index of this MoE block among the model's MoE blocks (``-1``: not in an MoE block, e.g. attention)."""
     block_name: str
     """Fully qualified module name of the block."""
-    analog_router: bool = True
-    digital_experts: frozenset[int] = field(default_factory=frozenset)
-    """Experts of this block kept digital."""
+    tiles: Callable[[MatrixSite], Callable[[], Any] | None]
+    """The resolved placement: a site's rpu_config factory (its device's), or ``None`` to keep it digital."""
     engine: Engine = field(default_factory=AIHWKitEngine)
-    """The engine that builds the analog matrices (:func:`~romer_aihwkit.analog.engines.resolve_engine`)."""
+    """The engine that builds the matrices and banks (:func:`~romer_aihwkit.analog.engines.resolve_engine`)."""
 
-    def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True) -> WeightMatrix:
-        rpu = self.rpu_config_factory() if analog else None
-        return self.engine.matrix(weight, bias, role, f"{self.block_name}.{name}", rpu)
+    def site(self, role: str, name: str, expert: int | None = None) -> MatrixSite:
+        """The :class:`MatrixSite` of matrix ``name`` of this block."""
+        return matrix_site(self.layer_index, self.block_name, role, name, expert)
+
+    def _factory(self, site: MatrixSite, analog: bool = True) -> Callable[[], Any] | None:
+        return self.tiles(site) if analog else None
+
+    def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str, analog: bool = True,
+               expert: int | None = None) -> WeightMatrix:
+        factory = self._factory(self.site(role, name, expert), analog)
+        return self.engine.matrix(weight, bias, role, f"{self.block_name}.{name}",
+                                  factory() if factory is not None else None)
 
     def experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool = True, gate_up_bias: Any = None,
-                down_bias: Any = None, layout: dict[str, Any] | None = None) -> AnalogExperts:
+                down_bias: Any = None, layout: ExpertLayout | None = None) -> AnalogExperts:
         """The block's :class:`~romer_aihwkit.analog.experts.AnalogExperts`.
 
         Args:
@@ -62,23 +73,23 @@ class AnalogConversionContext:
                 for the default (fused, concatenated gate/up, no bias).
         """
         experts = self._experts(gate_up, down, act_fn, has_gate, gate_up_bias, down_bias)
-        if layout is not None:
-            experts.layout = dict(layout)
+        experts.layout = ExpertLayout.coerce(layout, has_gate)
         return experts
 
     def _experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool, gate_up_bias: Any,
                  down_bias: Any) -> AnalogExperts:
         n = len(gate_up)
-        analog = [e not in self.digital_experts for e in range(n)]
         gu, dn = (self.engine.bank(weights, [f"{self.block_name}.experts.{e}.{part}" for e in range(n)], "expert",
-                                   f"{self.block_name}.experts.{part}", self.rpu_config_factory, analog, bias)
+                                   f"{self.block_name}.experts.{part}",
+                                   [self._factory(self.site("expert", f"experts.{e}.{part}", e)) for e in range(n)],
+                                   bias, default=self.rpu_config_factory)
                   for part, weights, bias in (("gate_up", gate_up, gate_up_bias), ("down", down, down_bias)))
         return AnalogExperts(gu, dn, act_fn, has_gate=has_gate)
 
     def router(self, weight: torch.Tensor, spec: RoutingSpec, correction_bias: torch.Tensor | None = None) -> AnalogRouter:
         if spec.fp32_logits:
             weight = weight.float()  # the family's router computes in float32: so does its tile
-        matrix = self.matrix(weight, None, "router", "router", analog=self.analog_router)
+        matrix = self.matrix(weight, None, "router", "router")
         return AnalogRouter(matrix, spec, correction_bias, layer_index=self.layer_index, name=self.block_name)
 
     def block(self, router: nn.Module, experts: nn.Module, shared_experts: nn.Module | None = None,

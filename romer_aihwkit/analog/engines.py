@@ -33,6 +33,7 @@ __all__ = ["ENGINES", "AIHWKitEngine", "Engine", "StackedEngine", "engine_for", 
            "warn_fallback"]
 
 Biases = Sequence[torch.Tensor | None] | torch.Tensor | None
+Factory = Callable[[], Any]
 
 
 class Engine:
@@ -44,6 +45,8 @@ class Engine:
     """
 
     name: ClassVar[str]
+    mixed_banks: ClassVar[bool]
+    """Whether one bank may hold matrices on different devices."""
 
     def __init__(self, store: ReferenceStore | None = None, tile_dtype: torch.dtype | None = None) -> None:
         self.store = store
@@ -65,18 +68,21 @@ class Engine:
         return self.analog_matrix(weight, bias, role, name, rpu_config)
 
     def bank(self, weights: torch.Tensor | Sequence[torch.Tensor], names: list[str], role: str, key: str,
-             rpu_config_factory: Callable[[], Any], analog: list[bool] | None = None,
-             bias: Biases = None) -> AnalogBank:
-        """``M`` matrices of one shape as one bank (matrix ``m`` kept digital where ``analog[m]`` is ``False``).
+             factories: Sequence[Factory | None], bias: Biases = None, default: Factory | None = None) -> AnalogBank:
+        """``M`` matrices of one shape as one bank.
 
         Args:
             weights: ``[M, out, in]`` (the stacked engine takes over this tensor's storage) or ``M`` matrices.
             names: each matrix's name in the model.
             role: the matrices' role.
             key: the bank's key in the reference store.
-            rpu_config_factory: a fresh rpu_config per call.
-            analog: per matrix, ``False`` keeps it digital.
+            factories: per matrix, the rpu_config factory of its device (a fresh rpu_config per
+                call), or ``None`` to keep it digital.
             bias: ``M`` biases (``[M, out]`` or a list), or ``None``.
+            default: the factory of a bank whose matrices are all digital (the model's main device).
+
+        Raises:
+            InputError: devices this engine cannot hold in one bank (:attr:`mixed_banks`).
         """
         raise NotImplementedError
 
@@ -85,6 +91,7 @@ class StackedEngine(Engine):
     """The stacked engine (:mod:`romer_aihwkit.analog.stacked`)."""
 
     name = "stacked"
+    mixed_banks = False
 
     def rpu_config_factory(self, device_config: Any) -> Callable[[], Any]:
         return device_config.rpu_config
@@ -96,22 +103,29 @@ class StackedEngine(Engine):
         return StackedMatrix(weight, bias, rpu_config, role, name, store)
 
     def bank(self, weights: torch.Tensor | Sequence[torch.Tensor], names: list[str], role: str, key: str,
-             rpu_config_factory: Callable[[], Any], analog: list[bool] | None = None,
-             bias: Biases = None) -> AnalogBank:
+             factories: Sequence[Factory | None], bias: Biases = None, default: Factory | None = None) -> AnalogBank:
+        used = list({id(f): f for f in factories if f is not None}.values())
+        if len(used) > 1:
+            raise InputError(f"the placement puts the matrices of {key} on different devices, which one stacked bank "
+                             "cannot hold; convert with engine='aihwkit', which places every matrix on its own device")
+        factory = used[0] if used else default
+        if factory is None:
+            raise InputError(f"{key}: a bank of digital matrices needs the model's device (default=)")
         stacked = weights if isinstance(weights, torch.Tensor) else torch.stack([w.detach() for w in weights])
         if isinstance(bias, torch.Tensor) or bias is None:
             bias_t = bias
         else:
             bias_t = None if bias[0] is None else torch.stack([cast(torch.Tensor, b).detach() for b in bias])
-        return AnalogStack(stacked.detach(), names, rpu_config_factory(), role,
+        return AnalogStack(stacked.detach(), names, factory(), role,
                            self.store if self.store is not None else ReferenceStore("memory"), key=key,
-                           analog=analog, bias=bias_t, tile_dtype=self.tile_dtype)
+                           analog=[f is not None for f in factories], bias=bias_t, tile_dtype=self.tile_dtype)
 
 
 class AIHWKitEngine(Engine):
     """AIHWKit's per-matrix tiles (:class:`~romer_aihwkit.analog.matrix.AnalogMatrix`), the reference."""
 
     name = "aihwkit"
+    mixed_banks = True
 
     def rpu_config_factory(self, device_config: Any) -> Callable[[], Any]:
         # AIHWKit's own tiles need the C++ ones for the forward non-idealities its torch tiles reject
@@ -122,13 +136,10 @@ class AIHWKitEngine(Engine):
         return AnalogMatrix(weight, bias, rpu_config, role, name)
 
     def bank(self, weights: torch.Tensor | Sequence[torch.Tensor], names: list[str], role: str, key: str,
-             rpu_config_factory: Callable[[], Any], analog: list[bool] | None = None,
-             bias: Biases = None) -> AnalogBank:
-        n = len(names)
-        mask = [True] * n if analog is None else analog
-        biases = [None] * n if bias is None else bias
-        return MatrixBank([self.matrix(weights[m], biases[m], role, names[m], rpu_config_factory() if mask[m] else None)
-                           for m in range(n)])
+             factories: Sequence[Factory | None], bias: Biases = None, default: Factory | None = None) -> AnalogBank:
+        biases = [None] * len(names) if bias is None else bias
+        return MatrixBank([self.matrix(weights[m], biases[m], role, names[m], None if f is None else f())
+                           for m, f in enumerate(factories)])
 
 
 _ENGINE_CLASSES: dict[str, type[Engine]] = {cls.name: cls for cls in (StackedEngine, AIHWKitEngine)}
@@ -136,27 +147,30 @@ ENGINES = tuple(_ENGINE_CLASSES)
 """``stacked``: :mod:`romer_aihwkit.analog.stacked` (default); ``aihwkit``: one AIHWKit ``AnalogLinear`` per matrix (the reference)."""
 
 
-def resolve_engine(device_config: Any, engine: str = "stacked", reference: str = "auto",
+def resolve_engine(devices: Any, engine: str = "stacked", reference: str = "auto",
                    reference_dir: str | None = None, tile_dtype: torch.dtype | None = None) -> Engine:
-    """The engine that converts a model for ``device_config``.
+    """The engine that converts a model for ``devices`` (one device config, or every device a placement uses).
 
-    ``"stacked"`` falls back to ``"aihwkit"`` with a warning for a setting it does not reproduce.
-    The rpu_config is built once here, so an unusable device refuses before any model is touched.
+    ``"stacked"`` falls back to ``"aihwkit"`` with a warning for a setting of any of the devices it
+    does not reproduce. Each device's rpu_config is built once here, so an unusable device refuses
+    before any model is touched.
 
     Raises:
         InputError: an unknown engine or reference mode.
-        EngineError: the engine cannot run ``device_config`` here.
+        EngineError: the engine cannot run one of ``devices`` here.
     """
+    configs = list(devices) if isinstance(devices, (list, tuple)) else [devices]
     if engine not in _ENGINE_CLASSES:
         raise InputError(f"engine={engine!r} is not one of {', '.join(ENGINES)}")
     if engine == "stacked":
-        reason = unsupported_reason(device_config.rpu_config())
+        reason = next((r for r in (unsupported_reason(d.rpu_config()) for d in configs) if r is not None), None)
         if reason is not None:
             warn_fallback(reason, stacklevel=4)
             engine = "aihwkit"
     chosen = (StackedEngine(ReferenceStore(reference, reference_dir), tile_dtype) if engine == "stacked"
               else AIHWKitEngine())
-    chosen.rpu_config_factory(device_config)()  # refuse before touching the model
+    for config in configs:
+        chosen.rpu_config_factory(config)()  # refuse before touching the model
     return chosen
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..adapters.base import ExpertLayout
 from .bank import AnalogBank, MatrixBank
 from .matrix import WeightMatrix
 
@@ -54,7 +55,7 @@ class AnalogExperts(nn.Module):
         self.num_experts = len(gate_up)
         self.register_buffer("replica_of", torch.full((self.num_experts,), -1, dtype=torch.long))
         self.replica_mode = "average"
-        self.layout: dict = {"kind": "fused", "has_gate": has_gate, "transposed": False, "concatenated": True, "has_bias": False}
+        self.layout = ExpertLayout(has_gate=has_gate)
         """How the original model stored these experts (used to write its digital weights back)."""
 
     def banks(self) -> tuple[AnalogBank, AnalogBank]:
@@ -138,24 +139,4 @@ class AnalogExperts(nn.Module):
     def digital_state(self, prefix: str) -> dict[str, torch.Tensor]:
         """The experts' weights under the original model's parameter names."""
         gate_up, down = zip(*(self.own_weights(e) for e in range(self.num_experts)))
-        if self.layout["kind"] == "modulelist":
-            g, u, d = self.layout["names"]
-            out = {}
-            for e in range(self.num_experts):
-                first, second = gate_up[e].chunk(2, dim=0)
-                out[f"{prefix}{e}.{g}.weight"] = first
-                out[f"{prefix}{e}.{u}.weight"] = second
-                out[f"{prefix}{e}.{d}.weight"] = down[e]
-            return out
-        first, second = torch.stack(gate_up), torch.stack(down)
-        if self.layout["has_gate"] and not self.layout["concatenated"]:
-            g, u = first.chunk(2, dim=1)
-            first = torch.stack([g, u], dim=2).reshape(first.shape)
-        if self.layout["transposed"]:
-            first, second = first.transpose(1, 2), second.transpose(1, 2)
-        name = "gate_up_proj" if self.layout["has_gate"] else "up_proj"
-        out = {f"{prefix}{name}": first.contiguous(), f"{prefix}down_proj": second.contiguous()}
-        if self.layout.get("has_bias"):
-            out[f"{prefix}{name}_bias"] = self.gate_up.bias
-            out[f"{prefix}down_proj_bias"] = self.down.bias
-        return out
+        return self.layout.state_dict(prefix, gate_up, down, self.gate_up.bias, self.down.bias)

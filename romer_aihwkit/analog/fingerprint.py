@@ -150,15 +150,19 @@ def fingerprint(model: nn.Module) -> dict[str, Any]:
         ValueError: The model is not converted.
     """
     state = analog_state(model)
-    return {
+    placement = state.placement  # several devices or a mixed placement: compared by its digest
+    out = {
         "architecture": _architecture(model),
         "weights": weights_hash(model),
-        "device": device_fingerprint(state.device_config),
+        "device": device_fingerprint(state.device_config) if placement is None else f"placement:{placement['digest']}",
         "device_name": state.device_config.name,
         "seed": state.seed,
         "t_inference": state.t_inference,
         "analog": {k: int(v) for k, v in analog_summary(model).items()},
         "engine": str(getattr(state, "engine", "aihwkit")),
     }
+    if placement is not None:
+        out["placement"] = placement["roles"]
+    return out
 
 

@@ -152,5 +152,5 @@ def _drift_time(state: AnalogState, t_inference: float | None) -> float:
     Raises:
         InputError: (a ``ValueError``) Not a number of seconds the device accepts.
     """
-    config = state.device_config
-    return config.check_t_inference(float(config.t_inference if t_inference is None else t_inference))
+    default = state.device_config.t_inference
+    return state.check_t_inference(float(default if t_inference is None else t_inference))

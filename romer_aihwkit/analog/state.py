@@ -28,10 +28,30 @@ class AnalogState:
     analog_attention: bool = False
     analog_router: bool = True
     digital_experts: dict[int, list[int]] = field(default_factory=dict)
+    """``{moe_layer: [experts]}`` kept digital."""
     engine: str = "stacked"
     """The analog engine the model was converted with (see :data:`~romer_aihwkit.analog.engines.ENGINES`)."""
     reference: Any = None
     """The :class:`~romer_aihwkit.analog.reference.ReferenceStore` of the stacked engine (``None``: aihwkit engine)."""
+    placement: dict[str, Any] | None = None
+    """``None`` when ``device_config``, ``analog_router``, ``analog_attention`` and ``digital_experts`` say
+    where every matrix is; else the placement (:meth:`~romer_aihwkit.analog.placement.PlacementPlan.record`):
+    ``roles`` (``{role: {device name or "digital": matrices}}``) and ``digest`` (of every matrix's device
+    content), which the model's fingerprint compares in place of ``device_config``'s. The keyword
+    fields then say: some router analog, some attention analog, experts with every matrix digital;
+    ``device_config`` is the device holding the most analog matrices."""
+    devices: list[Any] = field(default_factory=list)
+    """Every device config the placement puts a matrix on (``[device_config]`` for the keywords)."""
+
+    def check_t_inference(self, t_inference: float) -> float:
+        """``t_inference`` checked against every device the model uses (their ``allowed_t_inference``).
+
+        Raises:
+            InputError: A device does not allow it.
+        """
+        for device in self.devices or [self.device_config]:
+            device.check_t_inference(t_inference)
+        return float(t_inference)
 
     @property
     def programmed(self) -> bool:

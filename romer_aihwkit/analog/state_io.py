@@ -218,7 +218,7 @@ def _metadata_problem(seed: Any, t_inference: Any, saved_fp: Any, state: Any) ->
         if isinstance(t_inference, bool) or not isinstance(t_inference, (int, float)):
             return f"metadata t_inference must be a number of seconds or null, got {t_inference!r}"
         try:
-            state.device_config.check_t_inference(t_inference)
+            state.check_t_inference(t_inference)
         except ValueError as exc:
             return f"metadata t_inference: {exc}"
     if saved_fp is not None:

@@ -4,11 +4,12 @@ router ensembles and hardware-aware training (:mod:`.hwa`, :mod:`.router_ensembl
 The named comparison methods that use them are in :mod:`romer_aihwkit.experiments.methods`.
 """
 
-from .hetero import max_neuron_norms, select_hetero_experts
+from .hetero import hetero_placement, max_neuron_norms, select_hetero_experts
 from .input_range import calibrate_static_input_ranges
 
 __all__ = [
     "calibrate_static_input_ranges",
+    "hetero_placement",
     "max_neuron_norms",
     "select_hetero_experts",
 ]

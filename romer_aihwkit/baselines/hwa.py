@@ -2,13 +2,16 @@
 
 AIHWKit's central method (Rasch et al., Nat. Electron. 2023, ``StandardHWATrainingPreset``): train
 with the analog forward pass in the loop, so the weights learn to tolerate the hardware's noise.
-Here every MoE router and expert matrix (and shared experts) runs on an AIHWKit ``AnalogLinear``
-with a torch tile in training mode: the device preset's periphery (DAC/ADC, output noise, weight
-remapping, clipping) plus a weight-noise modifier (``WeightModifierType.ADD_NORMAL``), since the
-torch tiles reject per-forward read noise (``forward.w_noise``) and the other C++-only forward
-non-idealities (trained without them; the evaluation has them all). Attention, embeddings and norms
-stay digital and frozen. The trained weights are written back into the original model's layout,
-so the result is a plain digital checkpoint that is converted and programmed like any model.
+Each MoE block is converted by its family adapter, like the analog conversion, but with an
+:class:`HWAConversionContext`: every router, expert and shared-expert matrix runs on an AIHWKit
+``AnalogLinear`` with a torch tile in training mode: the device preset's periphery (DAC/ADC, output
+noise, weight remapping, clipping) plus a weight-noise modifier (``WeightModifierType.ADD_NORMAL``),
+since the torch tiles reject per-forward read noise (``forward.w_noise``) and the other C++-only
+forward non-idealities (trained without them; the evaluation has them all). Attention, embeddings,
+norms and the shared-expert gate stay digital and frozen. The trained weights are written back into
+the original model's layout (the experts' :class:`~romer_aihwkit.adapters.ExpertLayout`, as
+``save_pretrained`` of a converted model does), so the result is a plain digital checkpoint that is
+converted and programmed like any model.
 
 :func:`hwa_finetune` trains one model; :func:`hwa_checkpoint` caches the trained checkpoint in a
 folder keyed by the content of everything that determines it (:func:`hwa_cache_key`), so every chip
@@ -32,10 +35,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..adapters.base import ExpertLayout
 from ..errors import InputError
 from ..validate import check_finite_fields, check_seed
 
-__all__ = ["HWAConfig", "HWA_MARK", "hwa_cache_key", "hwa_checkpoint", "hwa_finetune", "hwa_rpu_config",
+__all__ = ["HWAConfig", "HWAConversionContext", "HWA_MARK", "hwa_cache_key", "hwa_checkpoint", "hwa_finetune", "hwa_rpu_config",
            "is_hwa_trained"]
 
 HWA_MARK = "romer_hwa"
@@ -131,12 +135,14 @@ class _HWARouter(nn.Module):
 class _HWAExperts(nn.Module):
     """transformers-5 fused experts, one analog ``gate_up`` and ``down`` tile per expert."""
 
-    def __init__(self, gate_up: list[nn.Module], down: list[nn.Module], act_fn: Callable, has_gate: bool) -> None:
+    def __init__(self, gate_up: list[nn.Module], down: list[nn.Module], act_fn: Callable, has_gate: bool,
+                 layout: ExpertLayout) -> None:
         super().__init__()
         self.gate_up = nn.ModuleList(gate_up)
         self.down = nn.ModuleList(down)
         self.act_fn = act_fn
         self.has_gate = has_gate
+        self.layout = layout
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
         out = torch.zeros_like(hidden_states)
@@ -152,17 +158,57 @@ class _HWAExperts(nn.Module):
             out = out.index_add(0, token, y.to(out.dtype))
         return out
 
+    def digital_state(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The trained weights under the original model's parameter names (:meth:`ExpertLayout.state_dict`)."""
+        gate_up = [_weights(t) for t in self.gate_up]
+        down = [_weights(t) for t in self.down]
+        b1 = [b for _, b in gate_up if b is not None]
+        b2 = [b for _, b in down if b is not None]
+        return self.layout.state_dict(prefix, [w for w, _ in gate_up], [w for w, _ in down],
+                                      torch.stack(b1) if b1 else None, torch.stack(b2) if b2 else None)
 
-def _replace_linears(module: nn.Module, prefix: str, rpu_factory: Callable[[], Any], out: dict[str, nn.Module]) -> None:
-    """Swap every ``nn.Linear`` below ``module`` for an ``AnalogLinear``; record them by parameter prefix."""
-    for name, child in list(module.named_children()):
-        path = f"{prefix}.{name}"
-        if isinstance(child, nn.Linear):
-            analog = _analog_linear(child.weight, child.bias, rpu_factory)
-            setattr(module, name, analog)
-            out[path] = analog
-        else:
-            _replace_linears(child, path, rpu_factory, out)
+
+@dataclass
+class HWAConversionContext:
+    """Builds the training tiles of one MoE block for its adapter (implements
+    :class:`romer_aihwkit.adapters.ConversionContext`, like the analog layer's
+    :class:`~romer_aihwkit.analog.build.AnalogConversionContext`).
+
+    Every router, expert and shared-expert matrix goes on an AIHWKit ``AnalogLinear`` with a torch
+    training tile of ``rpu_config_factory``; the adapters decide what those are, exactly as for the
+    analog conversion.
+    """
+
+    rpu_config_factory: Callable[[], Any]
+    layer_index: int
+    block_name: str
+
+    def matrix(self, weight: torch.Tensor, bias: torch.Tensor | None, role: str, name: str,
+               analog: bool = True) -> nn.Module:
+        if analog:
+            return _analog_linear(weight, bias, self.rpu_config_factory)
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias)
+        return linear.requires_grad_(False)
+
+    def experts(self, gate_up: Any, down: Any, act_fn: Any, has_gate: bool = True, gate_up_bias: Any = None,
+                down_bias: Any = None, layout: ExpertLayout | None = None) -> nn.Module:
+        b1, b2 = gate_up_bias or [None] * len(gate_up), down_bias or [None] * len(down)
+        return _HWAExperts([_analog_linear(w, b, self.rpu_config_factory) for w, b in zip(gate_up, b1)],
+                           [_analog_linear(w, b, self.rpu_config_factory) for w, b in zip(down, b2)],
+                           act_fn, has_gate, ExpertLayout.coerce(layout, has_gate))
+
+    def router(self, weight: torch.Tensor, spec: Any, correction_bias: torch.Tensor | None = None) -> nn.Module:
+        return _HWARouter(_analog_linear(weight, None, self.rpu_config_factory), spec, correction_bias)
+
+    def block(self, router: nn.Module, experts: nn.Module, shared_experts: nn.Module | None = None,
+              shared_expert_gate: nn.Module | None = None, returns_router_logits: bool = False) -> nn.Module:
+        from ..analog.block import AnalogMoEBlock
+
+        return AnalogMoEBlock(router, experts, shared_experts, shared_expert_gate, returns_router_logits)
 
 
 def _moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
@@ -174,41 +220,27 @@ def _moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
     return found
 
 
-def _attach_training_tiles(model: nn.Module, rpu_factory: Callable[[], Any]) -> list[tuple[str, str, Any]]:
+def _attach_training_tiles(model: nn.Module, rpu_factory: Callable[[], Any]) -> list[tuple[str, nn.Module]]:
     """Put every router, expert and shared-expert matrix of ``model`` on a training tile, in place.
 
-    Returns:
-        ``(kind, parameter prefix, module)`` for the write-back: kind ``"linear"`` (an
-        ``nn.Linear`` swapped in place), ``"router"`` or ``"fused"`` (transformers-5 experts; the
-        module is the original experts module, the tiles are in ``model``).
-    """
-    from ..adapters.base import fused_expert_weights
+    Each block is converted by its adapter with an :class:`HWAConversionContext`.
 
-    plan: list[tuple[str, str, Any]] = []
-    for name, block, adapter in _moe_blocks(model):
-        linears: dict[str, nn.Module] = {}
-        experts = getattr(block, adapter.experts_attr)
-        router = getattr(block, adapter.router_attr)
-        if isinstance(experts, nn.ModuleList):  # older layout: the block routes itself through nn.Linear modules
-            _replace_linears(block, name, rpu_factory, linears)
-        else:
-            spec = adapter.routing_spec(block)
-            bias = adapter.correction_bias(block)
-            setattr(block, adapter.router_attr,
-                    _HWARouter(_analog_linear(router.weight, None, rpu_factory), spec, bias))
-            plan.append(("router", f"{name}.{adapter.router_attr}", getattr(block, adapter.router_attr)))
-            gate_up, down, b1, b2, has_gate = fused_expert_weights(experts)
-            b1, b2 = b1 or [None] * len(gate_up), b2 or [None] * len(down)
-            tiles = _HWAExperts([_analog_linear(w, b, rpu_factory) for w, b in zip(gate_up, b1)],
-                                [_analog_linear(w, b, rpu_factory) for w, b in zip(down, b2)],
-                                experts.act_fn, has_gate)
-            setattr(block, adapter.experts_attr, tiles)
-            plan.append(("fused", f"{name}.{adapter.experts_attr}", (experts, tiles)))
-            for attr in adapter.shared_expert_attrs:
-                shared = getattr(block, attr, None)
-                if shared is not None:
-                    _replace_linears(shared, f"{name}.{attr}", rpu_factory, linears)
-        plan.extend(("linear", path, module) for path, module in linears.items())
+    Returns:
+        ``(module name, module)`` of every training module: routers, experts and ``AnalogLinear``
+        matrices (what :func:`_digital_state` writes back and the optimizer trains).
+    """
+    from aihwkit.nn import AnalogLinear
+
+    for index, (name, block, adapter) in enumerate(_moe_blocks(model)):
+        new = adapter.convert(block, HWAConversionContext(rpu_factory, index, name))
+        if new is not block:
+            model.set_submodule(name, new)
+    plan: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{p}.") for p, _ in plan):
+            continue
+        if isinstance(module, (_HWARouter, _HWAExperts, AnalogLinear)):
+            plan.append((name, module))
     return plan
 
 
@@ -217,38 +249,19 @@ def _weights(tile: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight.detach().float(), None if bias is None else bias.detach().float()
 
 
-def _digital_state(plan: list[tuple[str, str, Any]]) -> dict[str, torch.Tensor]:
+def _digital_state(plan: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
     """The trained weights under the original model's parameter names (original layouts)."""
     state: dict[str, torch.Tensor] = {}
-    for kind, path, module in plan:
-        if kind == "linear":
+    for path, module in plan:
+        if isinstance(module, _HWAExperts):
+            state.update(module.digital_state(f"{path}."))
+        elif isinstance(module, _HWARouter):
+            state[f"{path}.weight"] = _weights(module.linear)[0]
+        else:
             weight, bias = _weights(module)
             state[f"{path}.weight"] = weight
             if bias is not None:
                 state[f"{path}.bias"] = bias
-        elif kind == "router":
-            state[f"{path}.weight"] = _weights(module.linear)[0]
-        else:
-            original, tiles = module
-            gate_up = [_weights(t) for t in tiles.gate_up]
-            down = [_weights(t) for t in tiles.down]
-            first = torch.stack([w for w, _ in gate_up])
-            second = torch.stack([w for w, _ in down])
-            if tiles.has_gate and not getattr(original, "is_concatenated", True):
-                g, u = first.chunk(2, dim=1)
-                first = torch.stack([g, u], dim=2).reshape(first.shape)  # back to interleaved rows
-            if getattr(original, "is_transposed", False):
-                first, second = first.transpose(1, 2), second.transpose(1, 2)
-            name = "gate_up_proj" if tiles.has_gate else "up_proj"
-            state[f"{path}.{name}"] = first.contiguous()
-            state[f"{path}.down_proj"] = second.contiguous()
-            if getattr(original, "has_bias", False):
-                b1 = torch.stack([b for _, b in gate_up if b is not None])
-                if tiles.has_gate and not getattr(original, "is_concatenated", True):
-                    g, u = b1.chunk(2, dim=1)
-                    b1 = torch.stack([g, u], dim=2).reshape(b1.shape)
-                state[f"{path}.{name}_bias"] = b1
-                state[f"{path}.down_proj_bias"] = torch.stack([b for _, b in down if b is not None])
     return state
 
 
@@ -310,7 +323,7 @@ def hwa_finetune(
     student = copy.deepcopy(trained)
     student.requires_grad_(False)
     plan = _attach_training_tiles(student, lambda: hwa_rpu_config(device, config.weight_noise))
-    params = [p for _, _, m in plan for p in (m[1] if isinstance(m, tuple) else m).parameters()]
+    params = [p for _, m in plan for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
     where = next(model.parameters()).device
@@ -350,7 +363,7 @@ def hwa_finetune(
     head = max(1, min(10, len(losses) // 5))
     info = {
         "device": device.name, "train_text": train_text, "config": asdict(config),
-        "trained_matrices": sum(1 if kind != "fused" else 2 * len(m[1].gate_up) for kind, _, m in plan),
+        "trained_matrices": sum(2 * len(m.gate_up) if isinstance(m, _HWAExperts) else 1 for _, m in plan),
         "trained_parameters": sum(p.numel() for p in params),
         "loss_first": sum(losses[:head]) / head, "loss_last": sum(losses[-head:]) / head,
         "losses": [round(x, 5) for x in losses],

@@ -52,9 +52,9 @@ import torch
 from torch import nn
 
 from ..adapters import find_moe_blocks
-from ..analog import convert_to_analog_moe
+from ..analog import DIGITAL, by_role, convert_to_analog_moe, default_placement
 from ..analog.fingerprint import device_fingerprint
-from ..analog.matrix import DigitalMatrix, WeightMatrix, matrix_seed
+from ..analog.matrix import matrix_seed
 from ..analog.model import AnalogMoEModel
 from ..analog.trace import find_routers
 from ..atomic import atomic_write_text
@@ -74,25 +74,11 @@ __all__ = ["COMPONENTS", "NONIDEALITIES", "DiagnosisRow", "diagnose", "nonideali
 
 def _convert(digital: nn.Module, config, analog: frozenset[str], components: list[str],
              analog_attention: bool) -> AnalogMoEModel:
-    """A converted copy of ``digital`` on ``config`` whose components outside ``analog`` are digital.
-
-    Routed experts that are off are converted with ``digital_experts`` = all; routers, shared
-    experts and attention that are off are swapped for :class:`~romer_aihwkit.analog.matrix.DigitalMatrix`
-    after conversion (the same weights and bias, computed exactly).
-    """
-    model = copy.deepcopy(digital)
-    digital_experts = None
-    if "expert" in components and "expert" not in analog:
-        digital_experts = {i: list(range(a.num_experts(b))) for i, (_, b, a) in enumerate(find_moe_blocks(model))}
-    model = convert_to_analog_moe(model, config, analog_attention=analog_attention, digital_experts=digital_experts)
-    roles = {c for c in ("router", "shared_expert", "attention") if c not in analog}
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, WeightMatrix) and child.is_analog and child.role in roles:
-                bias = child.bias.detach() if child.bias is not None else None
-                setattr(parent, name, DigitalMatrix(child.weight.detach().float(), bias, child.role, child.matrix_name)
-                        .to(child.weight.device))
-    return model
+    """A converted copy of ``digital`` on ``config`` whose components outside ``analog`` stay digital
+    (a placement: :func:`~romer_aihwkit.analog.placement.by_role` over the default one)."""
+    placed = default_placement(config, analog_attention=analog_attention)
+    off = {c: DIGITAL for c in components if c not in analog}
+    return convert_to_analog_moe(copy.deepcopy(digital), config, placement=by_role(off, default=placed) if off else placed)
 
 
 COMPONENTS = ("router", "expert", "shared_expert", "attention")

@@ -840,9 +840,9 @@ def _hwa_key_change(field, model, tok, text, tmp_path, monkeypatch):
     elif field == "train_text":
         text.write_text(text.read_text() + "Whether 'tis nobler in the mind to suffer.")
     elif field == "code":
-        import romer_aihwkit.checked_files as art
+        import romer_aihwkit.experiments.settings as resolving
 
-        monkeypatch.setattr(art, "code_fingerprint", lambda: "another engine")
+        monkeypatch.setattr(resolving, "code_fingerprint", lambda: "another engine")
     else:
         args["config"] = HWAConfig(**{field: {"steps": 7, "lr": 1e-3, "batch_size": 3, "seq_len": 64,
                                               "weight_noise": 0.1, "train_blocks": 9, "seed": 1}[field]})
@@ -980,9 +980,9 @@ def test_compare_input_fingerprints_follow_content(tiny, eval_text, tmp_path, mo
     elif which == "device":
         device.write_text("extends: pcm\nout_noise: 0.07\n")
     elif which == "engine":
-        import romer_aihwkit.checked_files as art
+        import romer_aihwkit.experiments.settings as resolving
 
-        monkeypatch.setattr(art, "code_fingerprint", lambda: "another engine")
+        monkeypatch.setattr(resolving, "code_fingerprint", lambda: "another engine")
     else:
         texts[which].write_text(texts[which].read_text() + "x")
     after = input_fingerprints(settings)
@@ -990,11 +990,11 @@ def test_compare_input_fingerprints_follow_content(tiny, eval_text, tmp_path, mo
 
 
 def test_compare_resume_after_engine_change_is_refused(tiny, eval_text, tmp_path, monkeypatch):
-    import romer_aihwkit.checked_files as art
+    import romer_aihwkit.experiments.settings as resolving
 
     _, out, args = fresh_run(tiny, eval_text, tmp_path)
     before = _folder_state(out)
-    monkeypatch.setattr(art, "code_fingerprint", lambda: "another engine")
+    monkeypatch.setattr(resolving, "code_fingerprint", lambda: "another engine")
     one_line_error(runner.invoke(app, args), "engine", "simulation code", "--force")
     assert _folder_state(out) == before
 

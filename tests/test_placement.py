@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from romer_aihwkit.artifacts import fingerprint
+from romer_aihwkit.analog.fingerprint import fingerprint
 from tiny_models import FACTORIES, tiny_model
 
 import romer_aihwkit as ra
@@ -140,11 +140,14 @@ def test_bad_placement_helpers_and_combinations():
 
 
 def test_each_matrix_asks_once_and_each_device_loads_once(monkeypatch):
+    import romer_aihwkit.analog.convert as convert_module
     import romer_aihwkit.devices as devices
 
     loads: list[str] = []
     real = devices.load_device_config
-    monkeypatch.setattr(devices, "load_device_config", lambda x: (loads.append(str(x)), real(x))[1])
+    counting = lambda x: (loads.append(str(x)), real(x))[1]  # noqa: E731
+    monkeypatch.setattr(devices, "load_device_config", counting)
+    monkeypatch.setattr(convert_module, "load_device_config", counting)
     asked: list[MatrixSite] = []
 
     def placement(site: MatrixSite):

@@ -81,44 +81,11 @@ KNOWN_UPWARD: set[tuple[str, str]] = set()
 KNOWN_CYCLES: list[set[str]] = []
 """Import cycles not yet removed; the list may only shrink."""
 
-KNOWN_PRIVATE: set[tuple[str, str]] = {
-    (f"{PACKAGE}.baselines.hetero", f"{PACKAGE}.analog.convert._find_blocks"),
-    (f"{PACKAGE}.evaluation.diagnose", f"{PACKAGE}.analog.convert._find_blocks"),
-    (f"{PACKAGE}.experiments.methods", f"{PACKAGE}.analog.convert._warn_fallback"),
-}
+KNOWN_PRIVATE: set[tuple[str, str]] = set()
 """Cross-package private imports not yet removed, as ``(importer, "module.name")``; may only shrink."""
 
-KNOWN_LAZY: set[tuple[str, str]] = {(f"{PACKAGE}.{a}", f"{PACKAGE}.{b}") for a, targets in {
-    "analog.convert": ("analog.reference", "analog.stacked", "devices"),
-    "analog.matrix": ("analog.reference", "analog.stacked"),
-    "analog.programming": ("validate",),
-    "analog.state_io": ("analog.fingerprint", "analog.trace", "checked_files", "errors"),
-    "baselines.hetero": ("analog.convert",),
-    "baselines.hwa": ("adapters", "adapters.base", "adapters.routing", "analog.fingerprint", "checked_files", "data",
-        "data.corpus", "devices", "errors", "models", "stress"),
-    "baselines.input_range": ("analog.matrix", "data"),
-    "baselines.router_ensemble": ("analog.convert", "analog.matrix", "analog.reference", "analog.trace"),
-    "calibration.base": ("analog.convert", "data"),
-    "calibration.romer": ("analog.convert", "errors", "validate"),
-    "cli.compare": ("data", "errors", "evaluation.distributed", "evaluation.plots", "evaluation.report",
-        "experiments.methods", "experiments.runner", "models", "outputs"),
-    "cli.diagnose": ("data", "evaluation.diagnose", "experiments.runner", "outputs", "stress"),
-    "cli.options": ("data", "models"),
-    "evaluation.diagnose": ("analog", "analog.convert", "analog.matrix", "analog.trace", "atomic",
-        "calibration.base", "devices", "evaluation.perplexity", "evaluation.plots", "evaluation.routing", "stress",
-        "validate"),
-    "evaluation.plots": ("atomic",),
-    "evaluation.report": ("evaluation.stats",),
-    "experiments.best": ("measures",),
-    "experiments.methods": ("adapters", "analog", "analog.convert", "baselines.hetero", "baselines.hwa",
-        "baselines.input_range", "baselines.router_ensemble", "baselines.smooth", "calibration", "devices"),
-    "experiments.runner": ("analog.fingerprint", "analog.matrix", "baselines.hwa", "checked_files", "data",
-        "data.corpus", "devices", "evaluation.distributed", "evaluation.perplexity", "evaluation.routing",
-        "evaluation.tasks", "experiments.best", "experiments.methods", "models", "stress", "validate"),
-}.items() for b in targets}
-"""Function-level project imports without a checked reason, as ``(importer, imported)``; may only shrink.
-(Left in modules other work on issue 22 was changing; each entry moves to the top of its module, or gets
-its ``# lazy:`` reason where the CLI start-up needs it.)"""
+KNOWN_LAZY: set[tuple[str, str]] = set()
+"""Function-level project imports without a checked reason, as ``(importer, imported)``; may only shrink."""
 
 MAX_CLASS_LINES = 300
 

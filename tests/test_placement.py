@@ -7,10 +7,10 @@ import warnings
 
 import pytest
 import torch
-from romer_aihwkit.analog.fingerprint import fingerprint
 from tiny_models import FACTORIES, tiny_model
 
 import romer_aihwkit as ra
+from romer_aihwkit.analog.fingerprint import fingerprint
 from romer_aihwkit.analog.matrix import WeightMatrix
 from romer_aihwkit.analog.placement import DIGITAL, MatrixSite, by_role, default_placement
 from romer_aihwkit.analog.state_io import _chip_tensors

@@ -37,6 +37,7 @@ from .trace import find_routers
 
 __all__ = [
     "convert_to_analog_moe",
+    "convertible_blocks",
     "analog_summary",
     "program_analog_weights",
     "drift_analog_weights",
@@ -65,7 +66,13 @@ def _looks_like_moe(module: nn.Module) -> bool:
     return ("moe" in name and "model" not in name and "decoder" not in name) or isinstance(getattr(module, "experts", None), nn.Module)
 
 
-def _find_blocks(model: nn.Module) -> list[tuple[str, nn.Module, MoEAdapter]]:
+def convertible_blocks(model: nn.Module) -> list[tuple[str, nn.Module, MoEAdapter]]:
+    """``(name, block, adapter)`` of every MoE block of ``model``, in module order.
+
+    Raises:
+        UnsupportedMoEError: MoE-looking blocks no registered adapter converts.
+        NoMoEBlocksError: No MoE block at all.
+    """
     found = find_moe_blocks(model)
     if found:
         return found
@@ -228,7 +235,7 @@ def convert_to_analog_moe(
         raise ValueError("this model is already converted; load a fresh copy to convert it again")
     config = load_device_config(device_config)
     chosen = _choose_placement(config, placement, analog_router, analog_attention, digital_experts)
-    blocks = _find_blocks(model)
+    blocks = convertible_blocks(model)
     n_experts = [adapter.num_experts(block) for _, block, adapter in blocks]
     loaded = {os.fspath(device_config): config} if isinstance(device_config, (str, os.PathLike)) else {}
     plan = plan_placement(chosen, _sites(model, blocks), n_experts, loaded)  # checked before the model is touched

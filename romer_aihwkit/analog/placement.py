@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ..devices import DeviceConfig, load_device_config
 from ..errors import InputError
 from .matrix import ROLES
 
@@ -103,7 +104,6 @@ def _check_answer(value: Any, where: str) -> None:
 
 
 def _is_device(value: Any) -> bool:
-    from ..devices import DeviceConfig
 
     return isinstance(value, DeviceConfig)
 
@@ -339,7 +339,6 @@ class _Resolver:
             raise InputError(f"placement answered {answer!r} ({type(answer).__name__}) for {site.role} matrix "
                              f"{site.name!r}; answer a DeviceConfig, a preset name or YAML path, or DIGITAL")
         if key not in self._index:
-            from ..devices import load_device_config
 
             try:
                 config = answer if key[0] == "id" else load_device_config(answer)

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..validate import check_seed
 from .bank import Programmable
 from .experts import AnalogExperts
 from .matrix import WeightMatrix
@@ -98,7 +99,6 @@ def program_analog_weights(model: nn.Module, seed: int = 0,
         ValueError: ``model`` is not converted, or ``t_inference`` is outside the device's range.
         InputError: ``seed`` is not an integer in [0, 2**31) (``0.7`` is not seed 0; a bool is refused).
     """
-    from ..validate import check_seed
 
     seed = check_seed(seed, "program_analog_weights seed")
     state = analog_state(model)

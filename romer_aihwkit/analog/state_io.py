@@ -11,11 +11,15 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write
+from ..checked_files import check_fingerprint, read_safetensors
+from ..errors import ArtifactError, InputError
 from .bank import TileHolder
 from .experts import AnalogExperts
+from .fingerprint import fingerprint
 from .matrix import WeightMatrix
 from .router import AnalogRouter
 from .state import analog_state
+from .trace import experts_of, find_routers
 
 __all__ = ["digital_state_dict", "save_pretrained_digital", "save_analog_state", "load_analog_state"]
 
@@ -106,8 +110,6 @@ def save_analog_state(model: nn.Module, path: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
-    from ..errors import InputError
-    from .fingerprint import fingerprint
 
     state = analog_state(model)
     if not state.programmed:
@@ -140,9 +142,6 @@ def load_analog_state(model: nn.Module, path: str | os.PathLike) -> None:
         ArtifactError: not a chip-state file, truncated or corrupted, or not matching this model
             (:class:`~romer_aihwkit.errors.FingerprintMismatchError` lists what differs).
     """
-    from ..checked_files import check_fingerprint, read_safetensors
-    from ..errors import ArtifactError
-    from .fingerprint import fingerprint
 
     path = Path(path)
     state = analog_state(model)
@@ -234,7 +233,6 @@ def _metadata_problem(seed: Any, t_inference: Any, saved_fp: Any, state: Any) ->
 def _value_problem(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
     """What makes the mask and replica tensors of a chip state unusable (``None``: every layer can
     still route its top-k experts, and every replica index names another expert)."""
-    from .trace import experts_of, find_routers
 
     names = {m: n for n, m in model.named_modules()}
     for router in find_routers(model):

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analog.convert import convertible_blocks
 from ..analog.placement import KeywordPlacement, default_placement
 
 __all__ = ["hetero_placement", "max_neuron_norms", "select_hetero_experts"]
@@ -41,12 +42,11 @@ def max_neuron_norms(gate_up: Sequence[torch.Tensor] | torch.Tensor, down: Seque
 
 def select_hetero_experts(model: nn.Module, fraction: float = 0.125) -> dict[int, list[int]]:
     """``{moe_layer: [experts kept digital]}`` for a digital (not yet converted) model."""
-    from ..analog.convert import _find_blocks
 
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"hetero fraction must be in [0, 1], got {fraction}")
     selection: dict[int, list[int]] = {}
-    for layer, (_, block, adapter) in enumerate(_find_blocks(model)):
+    for layer, (_, block, adapter) in enumerate(convertible_blocks(model)):
         gate_up, down, has_gate = adapter.expert_weights(block)
         scores = max_neuron_norms(gate_up, down, has_gate)
         n = math.ceil(fraction * len(scores) - 1e-9) if fraction > 0 else 0

@@ -35,8 +35,18 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..adapters import find_moe_blocks
 from ..adapters.base import ExpertLayout
-from ..errors import InputError
+from ..adapters.routing import route
+from ..analog.block import AnalogMoEBlock
+from ..analog.fingerprint import device_fingerprint, weights_hash
+from ..checked_files import code_fingerprint, read_json
+from ..data import max_positions_of, text_blocks
+from ..data.corpus import text_digest
+from ..devices import load_device_config
+from ..errors import ArtifactError, InputError
+from ..models import load_model
+from ..stress import stress_label
 from ..validate import check_finite_fields, check_seed
 
 __all__ = ["HWAConfig", "HWAConversionContext", "HWA_MARK", "hwa_cache_key", "hwa_checkpoint", "hwa_finetune", "hwa_rpu_config",
@@ -93,7 +103,6 @@ def hwa_rpu_config(device_config: Any, weight_noise: float) -> Any:
     from aihwkit.simulator.parameters import WeightModifierParameter
     from aihwkit.simulator.parameters.enums import WeightModifierType
 
-    from ..devices import load_device_config
 
     config = load_device_config(device_config)
     # training runs on torch tiles, which reject the C++-only forward non-idealities (read noise, IR
@@ -124,7 +133,6 @@ class _HWARouter(nn.Module):
         self.correction_bias = None if correction_bias is None else correction_bias.detach().float().clone()
 
     def forward(self, hidden_states: torch.Tensor):
-        from ..adapters.routing import route
 
         hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
         logits = self.linear(hidden).float()
@@ -206,13 +214,11 @@ class HWAConversionContext:
 
     def block(self, router: nn.Module, experts: nn.Module, shared_experts: nn.Module | None = None,
               shared_expert_gate: nn.Module | None = None, returns_router_logits: bool = False) -> nn.Module:
-        from ..analog.block import AnalogMoEBlock
 
         return AnalogMoEBlock(router, experts, shared_experts, shared_expert_gate, returns_router_logits)
 
 
 def _moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
-    from ..adapters import find_moe_blocks
 
     found: list[tuple[str, nn.Module, Any]] = list(find_moe_blocks(model))
     if not found:
@@ -266,7 +272,6 @@ def _digital_state(plan: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]
 
 
 def _train_batches(tokenizer: Any, train_text: str, config: HWAConfig) -> torch.Tensor:
-    from ..data import text_blocks
 
     blocks = text_blocks(train_text, tokenizer, seq_len=config.seq_len, split="train", max_blocks=config.train_blocks)
     if blocks.shape[0] < 1:
@@ -305,13 +310,11 @@ def hwa_finetune(
     """
     from aihwkit.optim import AnalogOptimizer
 
-    from ..devices import load_device_config
 
     if getattr(model, "analog_state", None) is not None:
         raise InputError("hwa_finetune trains the digital model: pass the model before convert_to_analog_moe "
                          "(which converts in place; convert a copy.deepcopy to keep the digital one)")
     config = config or HWAConfig()
-    from ..data import max_positions_of
 
     positions = max_positions_of(model)
     if positions is not None and config.seq_len > positions:
@@ -413,10 +416,6 @@ def hwa_cache_key(model: nn.Module, tokenizer: Any, device_config: Any, train_te
     ``config`` (every :class:`HWAConfig` field) and ``code`` (the simulation code and library
     versions, :func:`~romer_aihwkit.checked_files.code_fingerprint`).
     """
-    from ..analog.fingerprint import device_fingerprint, weights_hash
-    from ..checked_files import code_fingerprint
-    from ..data.corpus import text_digest
-    from ..stress import stress_label
 
     config = config or HWAConfig()
     return {"weights": weights_hash(model, full=True), "files": fingerprint, "stress": stress_label(stress),
@@ -448,8 +447,6 @@ def hwa_checkpoint(
     Returns:
         ``(trained model, training record)``.
     """
-    from ..devices import load_device_config
-    from ..models import load_model
 
     config = config or HWAConfig()
     device = load_device_config(device_config)
@@ -482,8 +479,6 @@ def hwa_checkpoint(
 
 def _read_record(path: Path) -> dict[str, Any]:
     """``hwa.json`` of a cached checkpoint (an empty record when it is damaged: the checkpoint is retrained)."""
-    from ..checked_files import read_json
-    from ..errors import ArtifactError
 
     try:
         return read_json(path, "HWA training record")

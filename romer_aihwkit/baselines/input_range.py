@@ -22,6 +22,7 @@ from torch import nn
 
 from ..analog.bank import TileHolder
 from ..compat import aihwkit as _aihwkit
+from ..data import iter_token_batches
 from ..errors import InputError
 
 __all__ = ["calibrate_static_input_ranges"]
@@ -37,7 +38,6 @@ def calibrate_static_input_ranges(model: nn.Module, calib_batches, batch_size: i
     abs-max of its input slice, over at most ``max_rows`` sampled tokens per tile (see the module
     docstring). Returns the number of tiles calibrated.
     """
-    from ..data import iter_token_batches
 
     device = next(model.parameters()).device
     batches: list[tuple[tuple[torch.Tensor, ...], dict[str, Any]]] = [

@@ -19,7 +19,10 @@ from typing import cast
 import torch
 from torch import nn
 
+from ..analog.convert import analog_state
+from ..analog.engines import engine_of
 from ..analog.matrix import WeightMatrix
+from ..analog.trace import find_routers
 
 __all__ = ["EnsembleMatrix", "install_router_ensemble", "router_tiles"]
 
@@ -111,8 +114,6 @@ def install_router_ensemble(model: nn.Module, copies: int = 4) -> int:
     Raises:
         ValueError: ``copies`` < 2, an unconverted model, or a model whose routers are digital.
     """
-    from ..analog.convert import analog_state
-    from ..analog.trace import find_routers
 
     if int(copies) < 2:
         raise ValueError(f"a router ensemble needs copies >= 2, got {copies}")
@@ -130,7 +131,6 @@ def install_router_ensemble(model: nn.Module, copies: int = 4) -> int:
 
 
 def _copy_matrix(base: WeightMatrix, name: str, state) -> WeightMatrix:
-    from ..analog.engines import engine_of
 
     engine = engine_of(state)
     bias = base.bias.detach() if base.bias is not None else None
@@ -146,8 +146,6 @@ def router_tiles(model: nn.Module) -> dict[str, int]:
     """
     import math
 
-    from ..analog.convert import analog_state
-    from ..analog.trace import find_routers
 
     config = analog_state(model).device_config
     rows, cols = config.max_input_size or 0, config.max_output_size or 0

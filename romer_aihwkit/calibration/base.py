@@ -9,8 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analog.convert import analog_state
 from ..analog.seeds import matrix_seed
 from ..analog.trace import RouterEvent, find_routers, trace_routing
+from ..data import count_tokens, iter_model_batches, iter_token_batches
 
 __all__ = ["CalibrationCallback", "CalibrationReport", "calibrate", "merge_reports", "split_holdout"]
 
@@ -90,7 +92,6 @@ def run_batches(model: nn.Module, batches, batch_size: int = 8, progress: bool =
     """Run ``model`` over token batches (any form the API accepts); returns the tokens processed."""
     from tqdm.auto import tqdm
 
-    from ..data import iter_model_batches
 
     was_training = model.training
     model.eval()
@@ -115,7 +116,6 @@ def _input_device(model: nn.Module) -> torch.device:
 
 def split_holdout(batches, fraction: float, batch_size: int = 8) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Split a calibration set into (fit, held-out) lists of batches; the held-out part is the tail."""
-    from ..data import iter_token_batches
 
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
@@ -164,8 +164,6 @@ def calibrate(
     Raises:
         ValueError: empty calibration set, fewer tokens than experts, no callbacks, unconverted model.
     """
-    from ..analog.convert import analog_state
-    from ..data import count_tokens, iter_model_batches
 
     if not callbacks:
         raise ValueError("calibrate() needs at least one callback, e.g. callbacks=[romer_aihwkit.Romer()]")
@@ -222,7 +220,6 @@ def _run_until(model: nn.Module, router, observe, batches, batch_size: int, prog
     """Forward every batch up to (and including) ``router``, handing its events to ``observe``."""
     from tqdm.auto import tqdm
 
-    from ..data import iter_model_batches
 
     def only_this(event: RouterEvent) -> None:
         if event.router is router:

@@ -10,9 +10,12 @@ from torch import nn
 
 from ..adapters.routing import route
 from ..analog.calibration_state import reset_replacements
+from ..analog.convert import analog_state
 from ..analog.experts import REPLICA_MODES
 from ..analog.trace import RouterEvent, experts_of
+from ..errors import InputError
 from ..measures import layer_metrics
+from ..validate import check_seed
 from .base import CalibrationCallback
 from .reservoir import RowReservoir
 
@@ -72,8 +75,6 @@ class Romer(CalibrationCallback):
         guard_tokens: int = 1024,
         max_masked_share: float | None = DEFAULT_MAX_MASKED_SHARE,
     ) -> None:
-        from ..errors import InputError
-        from ..validate import check_seed
 
         for label, value in (("percentiles", percentiles), ("tau", tau), ("super_expert_ratio", super_expert_ratio)):
             values = value if isinstance(value, (list, tuple)) else [value]
@@ -216,7 +217,6 @@ class Romer(CalibrationCallback):
 
     def install(self, model: nn.Module) -> dict[str, Any]:
         """Compute and install the corrections for the current settings from the collected statistics."""
-        from ..analog.convert import analog_state
 
         state = analog_state(model)
         layers = []

@@ -12,6 +12,9 @@ from romer_aihwkit.errors import UserError
 if TYPE_CHECKING:
     from romer_aihwkit.evaluation.records import ComparisonResults, ResultRow
 
+from romer_aihwkit.errors import ResultsFolderError
+from romer_aihwkit.outputs import output_folder
+
 from .app import _stderr_console, _stdout_console, app, handle_user_errors
 from .options import (
     DEMO_METHODS,
@@ -55,8 +58,7 @@ from .options import (
 
 
 def _already_done(out_dir: Any, settings: Any, keys: set[tuple], resume: bool, force: bool = False) -> int:
-    from romer_aihwkit.errors import ResultsFolderError
-    from romer_aihwkit.experiments.runner import finished_rows
+    from romer_aihwkit.experiments.runner import finished_rows  # lazy: CLI start-up
 
     try:
         return len(finished_rows(out_dir, settings) & keys) if resume else 0
@@ -71,9 +73,8 @@ def _run_compare(settings: Any, out: str, resume: bool, force: bool, json_output
     """Run the comparison with a progress bar, then write report.md and plots (rank 0), holding the
     output folder's lock throughout so that a second run on the same --out is refused; a folder of
     other files or of another command is refused unless --force (:func:`romer_aihwkit.outputs.output_folder`)."""
-    from romer_aihwkit.evaluation.distributed import process_context
-    from romer_aihwkit.experiments.settings import resolve
-    from romer_aihwkit.outputs import output_folder
+    from romer_aihwkit.evaluation.distributed import process_context  # lazy: CLI start-up
+    from romer_aihwkit.experiments.settings import resolve  # lazy: CLI start-up
 
     with _OSErrorsAsUserErrors():
         resolved = resolve(settings)  # devices, drift times, lm-eval, inputs: once, before the folder is touched
@@ -89,10 +90,10 @@ def _run_compare_unlocked(resolved: Any, out: str, resume: bool, force: bool, js
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from romer_aihwkit.data import text_size_limit
-    from romer_aihwkit.evaluation.plots import write_plots
-    from romer_aihwkit.evaluation.report import print_summary, write_report
-    from romer_aihwkit.experiments.runner import run_comparison
+    from romer_aihwkit.data import text_size_limit  # lazy: CLI start-up
+    from romer_aihwkit.evaluation.plots import write_plots  # lazy: CLI start-up
+    from romer_aihwkit.evaluation.report import print_summary, write_report  # lazy: CLI start-up
+    from romer_aihwkit.experiments.runner import run_comparison  # lazy: CLI start-up
 
     out_dir = Path(out)
     settings = resolved.settings
@@ -100,8 +101,8 @@ def _run_compare_unlocked(resolved: Any, out: str, resume: bool, force: bool, js
     if overlap:
         _warn(f"--calib-text and --eval-text are {overlap} ({settings.eval_text}, {settings.calib_text}): calibration "
               "and evaluation data overlap, so calibrated methods will look better than they are")
-    from romer_aihwkit.evaluation.distributed import process_context
-    from romer_aihwkit.experiments.runner import planned_rows
+    from romer_aihwkit.evaluation.distributed import process_context  # lazy: CLI start-up
+    from romer_aihwkit.experiments.runner import planned_rows  # lazy: CLI start-up
 
     ctx = process_context()
     rank, world_size = ctx.rank, ctx.world_size
@@ -148,7 +149,7 @@ def _compare_settings(*, models: list[str], devices: list[str], methods: list[st
                       t_inference: list[str] | None, eval_text: str, calib_text: str, seq_len: int,
                       eval_blocks: int, calib_blocks: int, batch_size: int, stress: str | None = None,
                       controls: bool = True) -> Any:
-    from romer_aihwkit.experiments.settings import MAX_SEEDS, CompareSettings
+    from romer_aihwkit.experiments.settings import MAX_SEEDS, CompareSettings  # lazy: CLI start-up
 
     _check_positive(seeds=seeds, seq_len=seq_len, eval_blocks=eval_blocks, calib_blocks=calib_blocks,
                     batch_size=batch_size)
@@ -282,7 +283,7 @@ def evaluate(
 @handle_user_errors
 def methods_command(json_output: JsonOpt = False) -> None:
     """List the comparison methods (baselines, ROMER and its ablations)."""
-    from romer_aihwkit.experiments.methods import METHODS
+    from romer_aihwkit.experiments.methods import METHODS  # lazy: CLI start-up
 
     if json_output:
         typer.echo(json.dumps({name: m.description for name, m in METHODS.items()}, indent=2))
@@ -315,7 +316,7 @@ def demo(
 
     Writes results.json, results.csv, report.md and PNG plots to demo-results/ and prints the table.
     """
-    from romer_aihwkit.models import list_bundled_models
+    from romer_aihwkit.models import list_bundled_models  # lazy: CLI start-up
 
     if model is None:
         bundled = list_bundled_models()

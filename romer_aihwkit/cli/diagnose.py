@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from romer_aihwkit.errors import UserError
+from romer_aihwkit.outputs import output_folder
 
 from .app import _stderr_console, _stdout_console, app, handle_user_errors
 from .options import (
@@ -71,19 +72,18 @@ def diagnose(
     Writes DIR/diagnosis.json, DIR/report.md (with a ranked reading), DIR/layers_heatmap.png and DIR/budget.png;
     DIR/rows.jsonl holds each configuration x chip instance as it finishes, so a rerun resumes.
     """
-    from romer_aihwkit.experiments.runner import MAX_SEEDS
+    from romer_aihwkit.experiments.runner import MAX_SEEDS  # lazy: CLI start-up
 
     _check_positive(seeds=seeds, seq_len=seq_len, eval_blocks=eval_blocks, calib_blocks=calib_blocks,
                     batch_size=batch_size)
     _check_at_most(seeds=(seeds, MAX_SEEDS), seq_len=(seq_len, MAX_SEQ_LEN), eval_blocks=(eval_blocks, MAX_BLOCKS),
                    calib_blocks=(calib_blocks, MAX_BLOCKS), batch_size=(batch_size, MAX_BLOCKS))
     _check_seed(first_seed, "--first-seed", last=first_seed + seeds - 1)
-    from romer_aihwkit.stress import parse_stress_spec
+    from romer_aihwkit.stress import parse_stress_spec  # lazy: CLI start-up
 
     parse_stress_spec(stress)  # a bad spec fails before the model loads
     text_limit = _parse_size(max_text_size)
-    from romer_aihwkit.evaluation.distributed import process_context
-    from romer_aihwkit.outputs import output_folder
+    from romer_aihwkit.evaluation.distributed import process_context  # lazy: CLI start-up
 
     with output_folder(out, "diagnose", force, lock=process_context().is_main) as out_dir:
         _diagnose_into(out_dir, model=model, device=device, seeds=seeds, first_seed=first_seed,
@@ -99,10 +99,10 @@ def _diagnose_into(out_dir: Path, *, model: str, device: str, seeds: int, first_
                    text_limit: int | None = None) -> None:
     from rich.markup import escape
 
-    from romer_aihwkit.data import text_blocks, text_size_limit
-    from romer_aihwkit.evaluation.diagnosis_report import DIAGNOSIS_FILES
-    from romer_aihwkit.evaluation.distributed import process_context
-    from romer_aihwkit.experiments.diagnose import diagnose as run_diagnosis
+    from romer_aihwkit.data import text_blocks, text_size_limit  # lazy: CLI start-up
+    from romer_aihwkit.evaluation.diagnosis_report import DIAGNOSIS_FILES  # lazy: CLI start-up
+    from romer_aihwkit.evaluation.distributed import process_context  # lazy: CLI start-up
+    from romer_aihwkit.experiments.diagnose import diagnose as run_diagnosis  # lazy: CLI start-up
 
     digital, tokenizer = _load_model(model)
     notes: list[str] = []

@@ -197,7 +197,7 @@ def _warn(message: str) -> None:
 
 def _same_file(a: str, b: str) -> str | None:
     """``"the same file"`` or ``"identical content"`` when the calibration text ``b`` is the evaluation text ``a``."""
-    from romer_aihwkit.data import same_text
+    from romer_aihwkit.data import same_text  # lazy: CLI start-up
 
     return same_text(a, b, split_a="test", split_b="validation")
 
@@ -224,7 +224,7 @@ class _OSErrorsAsUserErrors:
 
 
 def _load_model(name: str, require_tokenizer: bool = True):
-    from romer_aihwkit.models import load_model
+    from romer_aihwkit.models import load_model  # lazy: CLI start-up
 
     with _OSErrorsAsUserErrors():
         return load_model(name, require_tokenizer=require_tokenizer)

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..outputs import COMPARISON_PLOTS
 from .records import ComparisonResults, ResultRow, SummaryEntry, load_rows, rows_of
 from .report import Results, edit_flag, fmt_seconds, stress_suffix
@@ -42,7 +43,6 @@ def _pyplot():
 
 def _save(fig, path: Path) -> Path:
     """Save ``fig`` to ``path`` atomically and close it."""
-    from ..atomic import atomic_write
 
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 from .records import ComparisonResults, ResultRow, SummaryEntry
+from .stats import RECOVERY_BASELINE, edit_dominates, mean_std_ci, recovery_beyond_edit, task_values
 
 Results = ComparisonResults | Mapping[str, Any]
 """What the report functions accept: typed results or the ``results.json`` dict."""
@@ -160,7 +161,6 @@ def _max_masked(rows: Iterable[ResultRow], entry: SummaryEntry) -> float | None:
 def recovery_ppl(results: ComparisonResults, entry: SummaryEntry) -> dict[str, Any]:
     """Mean, std and CI95 over chip instances of the perplexity ``entry`` recovers beyond its edit
     (paired with ``global`` on each chip; :func:`~.stats.recovery_beyond_edit`)."""
-    from .stats import mean_std_ci, recovery_beyond_edit
 
     rows = [r for r in results.rows if (r.model, r.device, float(r.t_inference)) == entry.group
             and r.method in (entry.method, "global")]
@@ -170,7 +170,6 @@ def recovery_ppl(results: ComparisonResults, entry: SummaryEntry) -> dict[str, A
 
 def edit_flag(results: ComparisonResults, entries: list[SummaryEntry], entry: SummaryEntry) -> bool:
     """The edit of ``entry`` is at least as large as its recovery (see :func:`~.stats.edit_dominates`)."""
-    from .stats import edit_dominates
 
     recovered = recovery_ppl(results, entry)
     return recovered["n"] > 0 and edit_dominates(entry.mean("edit_ppl"), recovered["mean"])
@@ -193,7 +192,6 @@ def controls_table(results: Results, model: str, device: str, t_inference: float
 
     Empty when the results have no controls for this group.
     """
-    from .stats import RECOVERY_BASELINE, mean_std_ci
 
     results = ComparisonResults.coerce(results)
     entries = results.groups().get((model, device, float(t_inference)), [])
@@ -255,7 +253,6 @@ def _md_escape(text: str) -> str:
 
 def _flat_tasks(tasks: dict[str, dict[str, float]] | None) -> dict[str, float]:
     """``{"task/metric": value}`` of one evaluation (``acc``/``acc_norm``)."""
-    from .stats import task_values
 
     return task_values({"tasks": tasks or {}})
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..measures import token_nll
 from .methods import Method, apply_method, digital_parameter_fraction, get_method, prepare_model
 
 __all__ = ["SELECTION_SEED", "choose_method"]
@@ -47,7 +48,6 @@ def choose_method(digital_model: nn.Module, device_config, method: str | Method,
     Raises:
         InputError: not a selection method, fewer than 2 calibration blocks, or no candidate within budget.
     """
-    from ..measures import token_nll
 
     method = get_method(method)
     if not method.candidates:

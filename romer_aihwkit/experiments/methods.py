@@ -15,6 +15,16 @@ from typing import Any
 
 from torch import nn
 
+from ..adapters import find_moe_blocks
+from ..analog import AnalogMoEModel, convert_to_analog_moe
+from ..analog.engines import warn_fallback
+from ..baselines.hetero import select_hetero_experts
+from ..baselines.hwa import is_hwa_trained
+from ..baselines.input_range import calibrate_static_input_ranges
+from ..baselines.router_ensemble import install_router_ensemble
+from ..baselines.smooth import smooth_model
+from ..calibration import Romer, RomerAuto, RouterAlign, calibrate
+from ..devices import load_device_config
 from ..errors import InputError
 from ..validate import check_finite_fields
 
@@ -24,7 +34,6 @@ __all__ = ["Method", "METHODS", "apply_method", "compose_methods", "digital_para
 
 def _romer(**kwargs) -> Callable[[], list]:
     def make() -> list:
-        from ..calibration import Romer
 
         return [Romer(**kwargs)]
 
@@ -33,7 +42,6 @@ def _romer(**kwargs) -> Callable[[], list]:
 
 def _romer_auto() -> Callable[[], list]:
     def make() -> list:
-        from ..calibration import RomerAuto
 
         return [RomerAuto()]
 
@@ -41,7 +49,6 @@ def _romer_auto() -> Callable[[], list]:
 
 
 def _router_align() -> list:
-    from ..calibration import RouterAlign
 
     return [RouterAlign()]
 
@@ -277,9 +284,6 @@ def prepare_model(digital_model: nn.Module, device_config, method: str | Method,
     A selection method (``best``) must first be resolved with
     :func:`romer_aihwkit.experiments.best.choose_method`.
     """
-    from ..analog import convert_to_analog_moe
-    from ..baselines.hetero import select_hetero_experts
-    from ..devices import load_device_config
 
     method = get_method(method)
     if method.candidates:
@@ -288,7 +292,6 @@ def prepare_model(digital_model: nn.Module, device_config, method: str | Method,
     if method.smooth and calib_batches is None:
         raise InputError(f"method {method.name!r} chooses its channel scales on calibration data: pass calib_batches")
     if method.hwa:
-        from ..baselines.hwa import is_hwa_trained
 
         if not is_hwa_trained(digital_model):
             raise InputError(
@@ -299,18 +302,15 @@ def prepare_model(digital_model: nn.Module, device_config, method: str | Method,
         config = config.replace(**method.device_overrides)
     model = copy.deepcopy(digital_model) if copy_model else digital_model
     if method.smooth:
-        from ..baselines.smooth import smooth_model
 
         smooth_model(model, config, calib_batches, batch_size)
     digital = select_hetero_experts(model, method.hetero_fraction) if method.hetero_fraction > 0 else None
-    from ..analog.engines import warn_fallback
 
     # AIHWKit's calibrate_input_ranges works on its own tiles: such methods use the per-matrix reference path
     warn_fallback(f"static input ranges calibrated by AIHWKit (method {method.name!r})", method.engine)
     model = convert_to_analog_moe(model, config, analog_router=method.analog_router, digital_experts=digital,
                                   engine=method.engine, progress=False)
     if method.router_copies > 1:
-        from ..baselines.router_ensemble import install_router_ensemble
 
         install_router_ensemble(model, method.router_copies)
     return model
@@ -323,9 +323,6 @@ def apply_method(model: nn.Module, method: str | Method, seed: int, t_inference:
     Returns:
         The calibration report (empty when the method calibrates nothing).
     """
-    from ..analog import AnalogMoEModel
-    from ..baselines.input_range import calibrate_static_input_ranges
-    from ..calibration import calibrate
 
     method = get_method(method)
     if method.candidates:
@@ -360,8 +357,6 @@ def digital_parameter_fraction(digital_model: nn.Module, method: str | Method) -
     ``2 E`` per-layer correction parameters of router-align (counted as extra digital parameters).
     Shared experts stay analog in every method. Returns ``{"digital", "moe", "fraction"}``.
     """
-    from ..adapters import find_moe_blocks
-    from ..baselines.hetero import select_hetero_experts
 
     method = get_method(method)
     blocks = find_moe_blocks(digital_model)

@@ -21,12 +21,23 @@ from typing import Any
 
 import torch
 
+from ..analog.matrix import matrix_seed
 from ..atomic import atomic_write_text
+from ..baselines.hwa import HWAConfig, hwa_checkpoint
 from ..calibration.base import CalibrationReport
+from ..checked_files import read_json
+from ..data import same_text, text_blocks
 from ..errors import ArtifactError, InputError, ResultsFolderError
+from ..evaluation.perplexity import perplexity
 from ..evaluation.records import ComparisonResults, ResultRow, SummaryEntry, load_rows
+from ..evaluation.routing import perplexity_and_routing
 from ..evaluation.stats import summarize, with_recovery
+from ..evaluation.tasks import evaluate_tasks
+from ..models import load_model, model_digest
 from ..outputs import LOCK_FILE, ResultsLockedError, discard_outputs, results_folder_lock
+from ..stress import apply_stress
+from . import methods as protocol
+from .best import choose_method
 from .chip_loop import ROW_FILE, ChipLoop, chip_folder, clear_rows, process, shard
 from .settings import (
     CONTROL_DEVICE,
@@ -134,7 +145,6 @@ def _settings_file(out_dir: Path) -> Path:
 
 def _read_settings(out_dir: Path) -> dict[str, Any] | None:
     """``settings.json`` of a results folder (``None`` if absent); a damaged file is a clear error."""
-    from ..checked_files import read_json
 
     path = _settings_file(out_dir)
     if not path.exists():
@@ -214,7 +224,6 @@ def _seed_everything(seed: int, *parts: object) -> None:
 
     ``parts`` name the model by its content fingerprint (never by the folder it lives in), the
     device, the method and the drift time."""
-    from ..analog.matrix import matrix_seed
 
     torch.manual_seed(matrix_seed(int(seed), "|".join(map(str, parts)), "forward"))
 
@@ -260,10 +269,6 @@ def run_comparison(
 
 def _run(resolved: ResolvedSettings, out_dir: Path, resume: bool, force: bool, ctx: Any,
          on_row: Any) -> ComparisonResults:
-    from ..data import text_blocks
-    from ..evaluation.perplexity import perplexity
-    from ..models import load_model
-    from . import methods as protocol
 
     settings = resolved.settings
     if ctx.is_main:
@@ -293,7 +298,6 @@ def _run(resolved: ResolvedSettings, out_dir: Path, resume: bool, force: bool, c
         model_id = resolved.model_ids[model_name]  # seeds follow the model's content, not its folder
         digital, tokenizer = load_model(model_name, require_tokenizer=True)
         if settings.stress:
-            from ..stress import apply_stress
 
             apply_stress(digital, settings.stress)
         digital.eval()
@@ -354,15 +358,12 @@ class _ModelRows:
 
     def row(self, key: tuple) -> ResultRow:
         """Convert (cached), program with the chip seed, calibrate and measure the row of ``key``."""
-        from ..evaluation.routing import perplexity_and_routing
-        from . import methods as protocol
 
         _, device, method_name, t_value, seed = key
         method = self.methods[method_name]
         selection = None
         if method.candidates:  # `best`: resolved once per model, device and drift time
             if (device, method_name, t_value) not in self.choices:
-                from .best import choose_method
 
                 self.choices[(device, method_name, t_value)] = choose_method(
                     self.digital, self.resolved.device(device), method, self.calib_blocks, t_value, batch_size=self.settings.batch_size)
@@ -423,7 +424,6 @@ class _Conversions:
 
     def __call__(self, device: str, method: Any, hwa_device: str) -> torch.nn.Module:
         """``method`` converted for ``device``; an HWA method converts the model trained for ``hwa_device``."""
-        from . import methods as protocol
 
         key = (device, hwa_device if method.hwa else None, method.conversion_key())
         if key not in self.converted:
@@ -440,7 +440,6 @@ class _Conversions:
 
 
 def _run_tasks(model: torch.nn.Module, tokenizer: Any, settings: CompareSettings) -> dict[str, dict[str, float]]:
-    from ..evaluation.tasks import evaluate_tasks
 
     return evaluate_tasks(model, tokenizer, settings.tasks, include_path=settings.task_include_path,
                           trust_task_code=settings.trust_task_code,
@@ -451,8 +450,6 @@ def _run_tasks(model: torch.nn.Module, tokenizer: Any, settings: CompareSettings
 def _hwa_model(digital: torch.nn.Module, tokenizer: Any, model_name: str, device: str, settings: CompareSettings,
                out_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The HWA-trained model for ``device``, cached in ``out_dir/hwa`` (shared by all chip instances and reruns)."""
-    from ..baselines.hwa import HWAConfig, hwa_checkpoint
-    from ..models import model_digest
 
     config = HWAConfig() if settings.hwa_steps is None else HWAConfig(steps=settings.hwa_steps)
     return hwa_checkpoint(digital, tokenizer, model_name, device, out_dir / "hwa", train_text=settings.train_text,
@@ -470,8 +467,6 @@ def _blocks(option: str, text_blocks: Any, source: str, tokenizer: Any, **kwargs
 def _control_ppl(model: torch.nn.Module, method: Any, seed: int, model_id: str, calib_blocks: torch.Tensor,
                  eval_blocks: torch.Tensor, resolved: ResolvedSettings) -> float:
     """``method`` on the noise-free control device: the same calibration data and chip seed."""
-    from ..evaluation.perplexity import perplexity
-    from . import methods as protocol
 
     assert resolved.control is not None  # controls are on
     settings, t = resolved.settings, resolved.control.t_inference[0]
@@ -484,6 +479,5 @@ def _control_ppl(model: torch.nn.Module, method: Any, seed: int, model_id: str, 
 
 def _same_text(a: str, b: str) -> str | None:
     """``"the same file"`` / ``"identical content"`` when the calibration text is the evaluation text."""
-    from ..data import same_text
 
     return same_text(a, b, split_a="test", split_b="validation")

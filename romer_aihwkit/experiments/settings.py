@@ -37,6 +37,7 @@ from ..evaluation.tasks import check_task_code, require_lm_eval
 from ..models import MODELS_DIR, list_bundled_models, model_digest
 from ..stress import stress_label
 from ..validate import check_distinct, check_finite_fields
+from .methods import get_method
 
 if TYPE_CHECKING:
     from ..devices import DeviceConfig
@@ -124,7 +125,6 @@ class CompareSettings:
     (first) when a model-editing method is compared without it."""
 
     def __post_init__(self) -> None:
-        from .methods import get_method
 
         for name in _LIST_FIELDS:
             value = getattr(self, name)

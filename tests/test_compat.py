@@ -150,3 +150,30 @@ def test_leaf_tasks_reads_the_result_layout(lm_compat):
     with pytest.raises(LibraryChangedError) as excinfo:
         lm_compat.leaf_tasks({"results": {}})
     _loud(excinfo, "lm-eval", "simple_evaluate")
+
+
+# ------------------------------------------------------------------ torch
+def test_forward_hooks_are_seen_globally_and_per_module():
+    from romer_aihwkit.compat import torch as torch_compat
+
+    layer = torch.nn.Linear(2, 2)
+    assert not torch_compat.has_forward_hooks([layer])
+    handle = layer.register_forward_hook(lambda *args: None)
+    assert torch_compat.has_forward_hooks([layer])
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda *args: None)
+    try:
+        assert torch_compat.has_forward_hooks([layer])
+    finally:
+        handle.remove()
+    assert not torch_compat.has_forward_hooks([layer])
+
+
+def test_forward_hooks_refuse_a_missing_internal(monkeypatch):
+    from torch.nn.modules import module as torch_module
+
+    from romer_aihwkit.compat import torch as torch_compat
+
+    monkeypatch.delattr(torch_module, "_global_forward_hooks")
+    with pytest.raises(LibraryChangedError, match=r"torch .* changed torch\.nn\.modules\.module\._global_forward_hooks"):
+        torch_compat.has_forward_hooks([torch.nn.Linear(2, 2)])

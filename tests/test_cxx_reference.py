@@ -35,7 +35,7 @@ if _WHY is not None:  # pragma: no cover - depends on the environment
 from aihwkit.nn import AnalogLinear  # noqa: E402
 from aihwkit.simulator.presets import StandardHWATrainingPreset  # noqa: E402
 
-from romer_aihwkit.analog import fast  # noqa: E402
+from romer_aihwkit.analog import periphery  # noqa: E402
 from romer_aihwkit.analog.reference import ReferenceStore  # noqa: E402
 from romer_aihwkit.analog.stacked import AnalogStack  # noqa: E402
 
@@ -227,13 +227,13 @@ def test_standard_preset_drift_readout_matches_cxx():
     layer.eval()
     tile = layer.analog_module
     weights = tile.tile.get_weights()
-    io = fast._parse(cfg)
+    io = periphery.parse_periphery(cfg)
     assert not isinstance(io, str)
     eye = torch.eye(n_in)
     repeats = 150
     with torch.no_grad():
         a = torch.stack([tile.tile.forward(eye, False, False, False, True).T for _ in range(repeats)])
-        b = torch.stack([fast.one_hot_outputs(weights, io) for _ in range(repeats)])
+        b = torch.stack([periphery.one_hot_outputs(weights, io) for _ in range(repeats)])
     _assert_same_distribution(a.reshape(repeats, -1)[:, ::7], b.reshape(repeats, -1)[:, ::7], "drift read-out")
 
 

@@ -1,4 +1,4 @@
-"""The forward non-idealities of AIHWKit's C++ tiles in the shared periphery (:mod:`romer_aihwkit.analog.fast`).
+"""The forward non-idealities of AIHWKit's C++ tiles in the shared periphery (:mod:`romer_aihwkit.analog.periphery`).
 
 Each is checked against a literal, per-vector transcription of RPUCuda's forward IO manager
 (``ForwardBackwardPassIOManaged``: ``applyIrDrop``, ``applyVoltageOffsets``,
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import romer_aihwkit as ra
-from romer_aihwkit.analog import fast
+from romer_aihwkit.analog import periphery
 from romer_aihwkit.analog.reference import ReferenceStore
 from romer_aihwkit.analog.stacked import AnalogStack
 from romer_aihwkit.errors import DeviceConfigError
@@ -24,9 +24,9 @@ from romer_aihwkit.errors import DeviceConfigError
 N_IN, N_OUT = 12, 5
 
 
-def _io(**fields) -> fast._IO:
+def _io(**fields) -> periphery.Periphery:
     """A non-ideal periphery without DAC/ADC, bounds, noise management or output noise, plus ``fields``."""
-    base = fast._IO(perfect=False, nm=0, nm_thres=0.0, inp_res=0.0, inp_bound=math.inf, out_res=0.0,
+    base = periphery.Periphery(perfect=False, nm=0, nm_thres=0.0, inp_res=0.0, inp_bound=math.inf, out_res=0.0,
                     out_bound=math.inf, out_noise=0.0, out_scale=1.0, drift_compensation=False)
     return dataclasses.replace(base, **fields)
 
@@ -53,7 +53,7 @@ def _ir_drop_literal(w, x, ir_drop, g_ratio):
 @pytest.mark.parametrize("ir_drop, g_ratio", [(1.0, 1.0 / 0.35 / 5e-6), (3.0, 50.0)])
 def test_ir_drop_is_rpucuda_apply_ir_drop(ir_drop, g_ratio):
     w, x = _data()
-    y = fast.periphery_mvm(x.float(), w.float(), _io(ir_drop=ir_drop, ir_drop_g_ratio=g_ratio))
+    y = periphery.periphery_mvm(x.float(), w.float(), _io(ir_drop=ir_drop, ir_drop_g_ratio=g_ratio))
     ref = torch.tensor([_ir_drop_literal(w.tolist(), row.tolist(), ir_drop, g_ratio) for row in x], dtype=torch.float64)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
     assert (ref - x @ w.T).abs().max() > (1e-2 if g_ratio < 100 else 1e-6)  # the drop is there to compare
@@ -65,8 +65,8 @@ def test_ir_drop_depends_on_input_position():
     io = _io(ir_drop=1.0, ir_drop_g_ratio=4.0)
     first, last = torch.zeros(1, 8), torch.zeros(1, 8)
     first[0, 0], last[0, -1] = 1.0, 1.0
-    assert float(fast.periphery_mvm(first, w, io)) == pytest.approx(1.0)
-    assert float(fast.periphery_mvm(last, w, io)) < 0.9
+    assert float(periphery.periphery_mvm(first, w, io)) == pytest.approx(1.0)
+    assert float(periphery.periphery_mvm(last, w, io)) < 0.9
 
 
 def _finalize_literal(y, nl, factor, out_bound):
@@ -79,12 +79,12 @@ def test_output_nonlinearity_and_slope_calibration(slope):
     out_bound = 4.0
     cfg = ra.load_device_config("ideal").replace(out_nonlinearity=0.8, slope_calibration=slope, out_bound=out_bound,
                                                  noise_management="none")
-    io = fast._parse(cfg.rpu_config())
+    io = periphery.parse_periphery(cfg.rpu_config())
     assert not isinstance(io, str)
     nl = 0.8 / out_bound
     factor = (1.0 + nl * slope * out_bound) ** 2 if slope else 1.0  # RPUCuda populateFBParameter
     assert io.out_nonlinearity == pytest.approx(nl) and io.nl_factor == pytest.approx(factor)
-    y = fast.periphery_mvm(x.float(), w.float(), io)
+    y = periphery.periphery_mvm(x.float(), w.float(), io)
     ref = torch.tensor([_finalize_literal((w @ row).tolist(), nl, factor, out_bound) for row in x], dtype=torch.float64)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
 
@@ -93,7 +93,7 @@ def test_output_nonlinearity_and_slope_calibration(slope):
 def test_series_resistance_is_rpucuda_voltage_offsets(w_min):
     w, x = _data(2)
     rs = 0.3
-    y = fast.periphery_mvm(x.float(), w.float(), _io(r_series=rs, v_offset_w_min=w_min))
+    y = periphery.periphery_mvm(x.float(), w.float(), _io(r_series=rs, v_offset_w_min=w_min))
     rows = []
     for row in x:
         out = []
@@ -114,7 +114,7 @@ def test_weight_read_noise_std_and_mean(kind):
     w_noise, draws = 0.1, 20000
     io = _io(w_noise=w_noise, w_noise_type=kind)
     torch.manual_seed(0)
-    y = fast.periphery_mvm(x.float().repeat(draws, 1), w.float(), io).double().reshape(draws, 3, N_OUT)
+    y = periphery.periphery_mvm(x.float().repeat(draws, 1), w.float(), io).double().reshape(draws, 3, N_OUT)
     if kind == 2:
         expected = w_noise * (x.square() @ w.abs().T).sqrt()
     else:
@@ -132,7 +132,7 @@ def test_weight_read_noise_in_dac_units_with_noise_management_and_dac():
     io = _io(nm=1, inp_res=2 / 254, inp_bound=1.0, w_noise=0.05, w_noise_type=2)
     torch.manual_seed(0)
     draws = 20000
-    y = fast.periphery_mvm(x.float().repeat(draws, 1), w.float(), io).double().reshape(draws, 3, N_OUT)
+    y = periphery.periphery_mvm(x.float().repeat(draws, 1), w.float(), io).double().reshape(draws, 3, N_OUT)
     nm = x.abs().amax(dim=1, keepdim=True)
     u = torch.round(x / nm / (2 / 254)) * (2 / 254)
     expected = 0.05 * (u.square() @ w.abs().T).sqrt() * nm
@@ -145,7 +145,7 @@ def test_input_noise_after_the_dac():
     io = _io(inp_noise=0.05)
     torch.manual_seed(0)
     draws = 20000
-    y = fast.periphery_mvm(x.float().repeat(draws, 1), w.float(), io).double().reshape(draws, 3, N_OUT)
+    y = periphery.periphery_mvm(x.float().repeat(draws, 1), w.float(), io).double().reshape(draws, 3, N_OUT)
     expected = 0.05 * w.square().sum(1).sqrt()
     assert (y.std(0) / expected - 1).abs().max() < 0.04
 
@@ -154,7 +154,7 @@ def test_constant_noise_management_scales_by_nm_thres():
     w, x = _data(6)
     x = x * 3.0
     io = _io(nm=3, nm_thres=2.0, inp_res=2 / 254, inp_bound=1.0, out_res=2 * 10 / 254, out_bound=10.0)
-    y = fast.periphery_mvm(x.float(), w.float(), io).double()
+    y = periphery.periphery_mvm(x.float(), w.float(), io).double()
     u = torch.clamp(torch.round(x / 2.0 / (2 / 254)) * (2 / 254), -1, 1)  # clipped at the bound: |x| / 2 > 1
     step = 2 * 10 / 254
     ref = torch.clamp(torch.round((u @ w.T) / step) * step, -10, 10) * 2.0
@@ -168,13 +168,13 @@ def test_one_hot_read_out_is_the_periphery_on_the_identity():
     w = w.float()
     io = _io(nm=1, inp_res=2 / 254, inp_bound=1.0, out_res=2 * 10 / 254, out_bound=10.0, ir_drop=2.0,
              ir_drop_g_ratio=30.0, r_series=0.1, out_nonlinearity=0.05, nl_factor=1.1)
-    full = fast.periphery_mvm(torch.eye(N_IN), w, io).T
-    torch.testing.assert_close(fast.one_hot_outputs(w, io), full, atol=1e-5, rtol=1e-5)
+    full = periphery.periphery_mvm(torch.eye(N_IN), w, io).T
+    torch.testing.assert_close(periphery.one_hot_outputs(w, io), full, atol=1e-5, rtol=1e-5)
     noisy = dataclasses.replace(io, w_noise=0.1, w_noise_type=2, out_res=0.0, out_bound=math.inf, ir_drop=0.0,
                                 r_series=0.0, out_nonlinearity=0.0, nl_factor=1.0)
     torch.manual_seed(0)
-    a = torch.stack([fast.one_hot_outputs(w, noisy) for _ in range(3000)])
-    b = torch.stack([fast.periphery_mvm(torch.eye(N_IN), w, noisy).T for _ in range(3000)])
+    a = torch.stack([periphery.one_hot_outputs(w, noisy) for _ in range(3000)])
+    b = torch.stack([periphery.periphery_mvm(torch.eye(N_IN), w, noisy).T for _ in range(3000)])
     assert ((a.std(0) / b.std(0)) - 1).abs().max() < 0.12
     assert ((a.std(0) / (0.1 * (w.abs().sqrt() * 127 * (2 / 254))).clamp(min=1e-9)) - 1).abs().max() < 0.12
 

@@ -206,7 +206,7 @@ def test_compositions():
         assert name in list_methods()
     assert get_method("router-align").edits_model and get_method("best").edits_model
     # nm-max: AIHWKit's NoiseManagementType.MAX on every tile (the forward scales each input by its max)
-    from romer_aihwkit.analog.fast import _parse
+    from romer_aihwkit.analog.periphery import parse_periphery as _parse
 
     config = load_device_config("pcm").replace(**get_method("nm-max").device_overrides)
     assert _parse(config.rpu_config()).nm == 2

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from . import fast as _fast
+from . import periphery as _periphery
 from .seeds import tile_seed
 
 __all__ = [
@@ -190,7 +190,7 @@ def pcm_drift(prog: torch.Tensor, nu: torch.Tensor, pcm: PcmPhysics, t_inference
 class ProgramRecipe:
     """What AIHWKit does to a tile when programming and drifting it, read from a ``TorchInferenceRPUConfig``."""
 
-    io: _fast._IO
+    io: _periphery.Periphery
     """The periphery (drift-compensation read-outs go through it)."""
     omega: float
     columnwise: bool
@@ -238,7 +238,7 @@ def program_recipe(rpu_config) -> ProgramRecipe | str:
     from aihwkit.simulator.tiles.inference import InferenceTile
     from aihwkit.simulator.tiles.inference_torch import TorchInferenceTile
 
-    io = _fast._parse(rpu_config)
+    io = _periphery.parse_periphery(rpu_config)
     if isinstance(io, str):
         return io
     # the torch tiles' forward, or the C++ tiles' (InferenceRPUConfig) with their forward non-idealities
@@ -328,7 +328,7 @@ def _readout(w: torch.Tensor, r: ProgramRecipe) -> torch.Tensor:
     """
     noisy = not r.io.perfect
     # [out_t, in_t]: output column o for the one-hot input row i (with IR drop, read noise, ...)
-    y = _fast.one_hot_outputs(w, r.io).abs_() if noisy else w.abs()
+    y = _periphery.one_hot_outputs(w, r.io).abs_() if noisy else w.abs()
     value = y.mean(dim=1) if r.compensation == "per-column" else y.mean()
     return value.clamp_(min=1e-4)
 

@@ -11,7 +11,7 @@ and reproduces what AIHWKit does to each tile:
   calls too, so the same seed gives both engines the same chip (tile weights, mapping scales,
   drift compensation), bit for bit;
 * **the forward**: AIHWKit's eval-mode periphery per tile input slice (noise management, DAC,
-  output noise, ADC, bounds) from :func:`romer_aihwkit.analog.fast.periphery_mvm`.
+  output noise, ADC, bounds) from :func:`romer_aihwkit.analog.periphery.periphery_mvm`.
 
 Programming and drift happen in one pass per tile (nothing but the drifted tile is kept): a
 later drift to another time re-programs from the seed, which is bit-identical, and programming
@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import fast as _fast
+from . import periphery as _periphery
 from .bank import TileHolder
 from .physics import ProgramRecipe, TileGrid, program_recipe, program_tiles, split_sizes
 from .reference import ReferenceStore
@@ -217,7 +217,7 @@ class AnalogStack(nn.Module, TileHolder):
         """Matrix ``m`` applied to ``x [n, in]`` through its tiles: ``[n, out]`` float32."""
         w = self.tiles[m]
         if not self.analog[m]:
-            y = _fast._matmul(x, w)
+            y = _periphery.tile_matmul(x, w)
         else:
             if not self.programmed[m]:
                 raise RuntimeError(
@@ -228,7 +228,7 @@ class AnalogStack(nn.Module, TileHolder):
             y = None
             for s, (i0, i1) in enumerate(self.grid.in_bounds):
                 xs = x if len(self.grid.in_sizes) == 1 else x[:, i0:i1]
-                part = _fast.periphery_mvm(xs, w[:, i0:i1], io)
+                part = _periphery.periphery_mvm(xs, w[:, i0:i1], io)
                 if y is None:
                     y = part.mul_(self.scales[m, s])
                 else:

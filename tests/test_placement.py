@@ -141,13 +141,15 @@ def test_bad_placement_helpers_and_combinations():
 
 def test_each_matrix_asks_once_and_each_device_loads_once(monkeypatch):
     import romer_aihwkit.analog.convert as convert_module
+    import romer_aihwkit.analog.placement as placement_module
     import romer_aihwkit.devices as devices
 
     loads: list[str] = []
     real = devices.load_device_config
     counting = lambda x: (loads.append(str(x)), real(x))[1]  # noqa: E731
     monkeypatch.setattr(devices, "load_device_config", counting)
-    monkeypatch.setattr(convert_module, "load_device_config", counting)
+    for where in (convert_module, placement_module):  # the loader as each module of the conversion holds it
+        monkeypatch.setattr(where, "load_device_config", counting)
     asked: list[MatrixSite] = []
 
     def placement(site: MatrixSite):

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..compat import transformers as transformers_compat
 from ..errors import UserError
 from .routing import RoutingSpec
 
@@ -156,12 +157,10 @@ def fused_expert_weights(experts: Any) -> tuple[torch.Tensor, torch.Tensor, list
     Returns ``(gate_up [E, 2I or I, H], down [E, H, I], gate_up_bias, down_bias, has_gate)``; the two
     tensors are views of the module's parameters where the layout allows (no copy).
     """
-    from transformers.integrations.moe import _default_apply_gate
-
     has_gate = bool(getattr(experts, "has_gate", hasattr(experts, "gate_up_proj")))
     if getattr(experts, "has_post_expert_norm", False):
         raise UnsupportedLayoutError(f"{type(experts).__name__}: post-expert norms are not supported yet")
-    if has_gate and getattr(type(experts), "_apply_gate", _default_apply_gate) is not _default_apply_gate:
+    if has_gate and transformers_compat.has_custom_gate(experts):
         raise UnsupportedLayoutError(
             f"{type(experts).__name__} has a custom gating function; write an adapter that converts it"
         )

@@ -339,7 +339,6 @@ class _Resolver:
             raise InputError(f"placement answered {answer!r} ({type(answer).__name__}) for {site.role} matrix "
                              f"{site.name!r}; answer a DeviceConfig, a preset name or YAML path, or DIGITAL")
         if key not in self._index:
-
             try:
                 config = answer if key[0] == "id" else load_device_config(answer)
             except (FileNotFoundError, ValueError) as exc:

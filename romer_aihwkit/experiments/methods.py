@@ -16,9 +16,9 @@ from typing import Any
 from torch import nn
 
 from ..adapters import find_moe_blocks
-from ..analog import AnalogMoEModel, convert_to_analog_moe
+from ..analog import AnalogMoEModel, convert_to_analog_moe, default_placement
 from ..analog.engines import warn_fallback
-from ..baselines.hetero import select_hetero_experts
+from ..baselines.hetero import hetero_placement, select_hetero_experts
 from ..baselines.hwa import is_hwa_trained
 from ..baselines.input_range import calibrate_static_input_ranges
 from ..baselines.router_ensemble import install_router_ensemble
@@ -292,7 +292,6 @@ def prepare_model(digital_model: nn.Module, device_config, method: str | Method,
     if method.smooth and calib_batches is None:
         raise InputError(f"method {method.name!r} chooses its channel scales on calibration data: pass calib_batches")
     if method.hwa:
-
         if not is_hwa_trained(digital_model):
             raise InputError(
                 f"method {method.name!r} converts a hardware-aware trained model: pass the output of "
@@ -302,16 +301,14 @@ def prepare_model(digital_model: nn.Module, device_config, method: str | Method,
         config = config.replace(**method.device_overrides)
     model = copy.deepcopy(digital_model) if copy_model else digital_model
     if method.smooth:
-
         smooth_model(model, config, calib_batches, batch_size)
-    digital = select_hetero_experts(model, method.hetero_fraction) if method.hetero_fraction > 0 else None
+    placement = (hetero_placement(model, config, method.hetero_fraction, method.analog_router)
+                 if method.hetero_fraction > 0 else default_placement(config, analog_router=method.analog_router))
 
     # AIHWKit's calibrate_input_ranges works on its own tiles: such methods use the per-matrix reference path
     warn_fallback(f"static input ranges calibrated by AIHWKit (method {method.name!r})", method.engine)
-    model = convert_to_analog_moe(model, config, analog_router=method.analog_router, digital_experts=digital,
-                                  engine=method.engine, progress=False)
+    model = convert_to_analog_moe(model, config, placement=placement, engine=method.engine, progress=False)
     if method.router_copies > 1:
-
         install_router_ensemble(model, method.router_copies)
     return model
 

@@ -298,7 +298,6 @@ def _run(resolved: ResolvedSettings, out_dir: Path, resume: bool, force: bool, c
         model_id = resolved.model_ids[model_name]  # seeds follow the model's content, not its folder
         digital, tokenizer = load_model(model_name, require_tokenizer=True)
         if settings.stress:
-
             apply_stress(digital, settings.stress)
         digital.eval()
         eval_blocks = _blocks("eval_text (--eval-text)", text_blocks, settings.eval_text, tokenizer,
@@ -364,7 +363,6 @@ class _ModelRows:
         selection = None
         if method.candidates:  # `best`: resolved once per model, device and drift time
             if (device, method_name, t_value) not in self.choices:
-
                 self.choices[(device, method_name, t_value)] = choose_method(
                     self.digital, self.resolved.device(device), method, self.calib_blocks, t_value, batch_size=self.settings.batch_size)
             method, selection = self.choices[(device, method_name, t_value)]

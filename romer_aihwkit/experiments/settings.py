@@ -308,7 +308,6 @@ def resolve_device(device: str | Path | DeviceConfig, t_inference: Sequence[floa
 def _check_tasks(settings: CompareSettings) -> None:
     """The optional dependencies and task folders the settings need."""
     if settings.tasks:
-
         require_lm_eval()
     if settings.task_include_path is not None:
         if not Path(settings.task_include_path).expanduser().is_dir():

@@ -840,9 +840,9 @@ def _hwa_key_change(field, model, tok, text, tmp_path, monkeypatch):
     elif field == "train_text":
         text.write_text(text.read_text() + "Whether 'tis nobler in the mind to suffer.")
     elif field == "code":
-        import romer_aihwkit.experiments.settings as resolving
+        import romer_aihwkit.baselines.hwa as hwa_module
 
-        monkeypatch.setattr(resolving, "code_fingerprint", lambda: "another engine")
+        monkeypatch.setattr(hwa_module, "code_fingerprint", lambda: "another engine")
     else:
         args["config"] = HWAConfig(**{field: {"steps": 7, "lr": 1e-3, "batch_size": 3, "seq_len": 64,
                                               "weight_noise": 0.1, "train_blocks": 9, "seed": 1}[field]})

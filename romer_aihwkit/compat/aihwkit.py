@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import EngineError
+from . import changed_message, installed_version
 
 __all__ = [
     "PROGRAMMING_STATE", "TILE_STATE_ATTRS", "analog_module", "analog_tiles_of_model", "calibrate_input_ranges",
@@ -43,18 +44,11 @@ PROGRAMMING_STATE = re.compile(r"/\d+\.(programmed_weights|reference_combined_we
 
 def version() -> str:
     """The installed AIHWKit version (``"unknown"`` when it has no metadata)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as _version
-
-    try:
-        return _version("aihwkit")
-    except PackageNotFoundError:
-        return "unknown"
+    return installed_version("aihwkit", "unknown")
 
 
 def _changed(what: str, detail: object) -> EngineError:
-    return EngineError(f"AIHWKit {version()} changed {what} ({detail}); romer-aihwkit reads it as in {SUPPORTED}: "
-                       f"install a supported version (pip install '{SUPPORTED}')")
+    return EngineError(changed_message("AIHWKit", version(), what, detail, SUPPORTED, verb="reads"))
 
 
 @contextmanager

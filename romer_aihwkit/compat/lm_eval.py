@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import LibraryChangedError
+from . import changed_message, installed_version
 
 __all__ = ["ENV_REPORT", "SUPPORTED", "TQDM_MODULES", "leaf_tasks", "quiet", "version"]
 
@@ -33,18 +34,11 @@ ENV_REPORT = ("add_env_info", "get_git_commit_hash")
 
 def version() -> str:
     """The installed lm-eval version (``"not installed"`` without it)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as _version
-
-    try:
-        return _version("lm_eval")
-    except PackageNotFoundError:
-        return "not installed"
+    return installed_version("lm_eval")
 
 
 def _changed(what: str, detail: object) -> LibraryChangedError:
-    return LibraryChangedError(f"lm-eval {version()} changed {what} ({detail}); romer-aihwkit uses it as in "
-                               f"{SUPPORTED}: install a supported version (pip install '{SUPPORTED}')")
+    return LibraryChangedError(changed_message("lm-eval", version(), what, detail, SUPPORTED))
 
 
 def _no_env_info(*args: Any, **kwargs: Any) -> None:

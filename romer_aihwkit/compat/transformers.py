@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import LibraryChangedError
+from . import changed_message, installed_version
 
 __all__ = ["SUPPORTED", "has_custom_gate", "ignored_missing_keys", "install_capturing_hooks",
            "install_router_logits_hooks", "records_outputs", "saved_layout", "tied_weight_keys", "version"]
@@ -29,18 +30,11 @@ SUPPORTED = "transformers>=5,<6"
 
 def version() -> str:
     """The installed transformers version (``"not installed"`` without it)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as _version
-
-    try:
-        return _version("transformers")
-    except PackageNotFoundError:
-        return "not installed"
+    return installed_version("transformers")
 
 
 def _changed(what: str, detail: object) -> LibraryChangedError:
-    return LibraryChangedError(f"transformers {version()} changed {what} ({detail}); romer-aihwkit uses it as in "
-                               f"{SUPPORTED}: install a supported version (pip install '{SUPPORTED}')")
+    return LibraryChangedError(changed_message("transformers", version(), what, detail, SUPPORTED))
 
 
 def _internal(module: str, name: str) -> Any:

@@ -48,7 +48,7 @@ def test_digital_router_method_has_perfect_fidelity():
     apply_method(model, "digital-router", seed=0, t_inference=3600.0)
     tokens = torch.randint(3, 90, (4, 16), generator=torch.Generator().manual_seed(0))
     stats = routing_stats(model, tokens, progress=False)
-    assert stats["router_fidelity"] == 1.0
+    assert stats.router_fidelity == 1.0
     assert all(not r.matrix.is_analog for r in find_routers(model))
 
 
@@ -98,7 +98,7 @@ def test_every_method_runs_on_a_chip_instance(method):
     calib = torch.randint(3, 90, (4, 16), generator=torch.Generator().manual_seed(1))
     apply_method(model, method, seed=0, t_inference=3600.0, calib_batches=calib)
     ppl, stats = perplexity_and_routing(model, calib, progress=False)
-    assert ppl == ppl and ppl < 1e4 and 0.0 < stats["router_fidelity"] <= 1.0
+    assert ppl == ppl and ppl < 1e4 and 0.0 < stats.router_fidelity <= 1.0
 
 
 @pytest.mark.parametrize("engine", ["stacked", "aihwkit"])

@@ -241,16 +241,16 @@ def test_split_mode_halves_the_hottest_tile_load_in_routing_stats():
     tokens = calib_tokens(8, seed=4)
     ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(normalize=False, replacement="average")], progress=False)
     average = routing_stats(model, tokens, progress=False)
-    assert average["tile_max_load_ratio"] == pytest.approx(average["max_load_ratio"])
+    assert average.tile_max_load_ratio == pytest.approx(average.max_load_ratio)
     ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(normalize=False, replacement="split")], progress=False)
     split = routing_stats(model, tokens, progress=False)
-    for layer, experts in zip(split["layers"], [m for m in model.modules() if isinstance(m, AnalogExperts)]):
+    for layer, experts in zip(split.layers, [m for m in model.modules() if isinstance(m, AnalogExperts)]):
         (hot,) = (experts.replica_of >= 0).nonzero().flatten().tolist()
         cold = int(experts.replica_of[hot])
-        assert layer["load"][cold] == 0.0
-        assert layer["tile_load"][hot] == pytest.approx(layer["load"][hot] / 2)
-        assert layer["tile_load"][cold] == pytest.approx(layer["load"][hot] / 2)
-        assert layer["tile_max_load_ratio"] <= layer["max_load_ratio"] + 1e-12
+        assert layer.load[cold] == 0.0
+        assert layer.tile_load[hot] == pytest.approx(layer.load[hot] / 2)
+        assert layer.tile_load[cold] == pytest.approx(layer.load[hot] / 2)
+        assert layer.tile_max_load_ratio <= layer.max_load_ratio + 1e-12
 
 
 # ------------------------------------------------------------------ the definitions in docs/romer.md, one by one

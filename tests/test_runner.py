@@ -153,18 +153,18 @@ def test_routing_accumulator_fidelity_and_loads():
     acc(_Event(r0, sel, sel.clone()))  # identical selections: fidelity 1
     acc(_Event(r1, torch.tensor([[0, 1], [0, 1]]), torch.tensor([[2, 3], [3, 2]])))  # disjoint: 0
     out = acc.result()
-    l0, l1 = out["layers"]
-    assert l0["router_fidelity"] == pytest.approx(1.0) and l1["router_fidelity"] == pytest.approx(0.0)
-    assert l0["load"] == pytest.approx([0.25] * 4) and l0["load_cv"] == pytest.approx(0.0)
-    assert l0["max_load_ratio"] == pytest.approx(1.0)
-    assert l1["load"] == pytest.approx([0.5, 0.5, 0.0, 0.0]) and l1["max_load_ratio"] == pytest.approx(2.0)
-    assert l1["reference_load"] == pytest.approx([0.0, 0.0, 0.5, 0.5])
-    assert out["router_fidelity"] == pytest.approx(0.5)  # mean over layers
-    assert out["max_load_ratio"] == pytest.approx(1.5)
+    l0, l1 = out.layers
+    assert l0.router_fidelity == pytest.approx(1.0) and l1.router_fidelity == pytest.approx(0.0)
+    assert l0.load == pytest.approx([0.25] * 4) and l0.load_cv == pytest.approx(0.0)
+    assert l0.max_load_ratio == pytest.approx(1.0)
+    assert l1.load == pytest.approx([0.5, 0.5, 0.0, 0.0]) and l1.max_load_ratio == pytest.approx(2.0)
+    assert l1.reference_load == pytest.approx([0.0, 0.0, 0.5, 0.5])
+    assert out.router_fidelity == pytest.approx(0.5)  # mean over layers
+    assert out.max_load_ratio == pytest.approx(1.5)
     # half overlap: one of two experts shared per token
     acc2 = RoutingAccumulator([r0])
     acc2(_Event(r0, torch.tensor([[0, 1], [2, 3]]), torch.tensor([[1, 2], [3, 0]])))
-    assert acc2.result()["router_fidelity"] == pytest.approx(0.5)
+    assert acc2.result().router_fidelity == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------- run_comparison

@@ -6,14 +6,23 @@ The comparison protocol that produces result rows is :mod:`romer_aihwkit.experim
 
 from .perplexity import perplexity, token_nll
 from .records import ComparisonResults, ResultRow, Stat, SummaryEntry, load_rows
-from .routing import RoutingAccumulator, layer_metrics, perplexity_and_routing, routing_stats
+from .routing import (
+    LayerRouting,
+    RoutingAccumulator,
+    RoutingStats,
+    layer_metrics,
+    perplexity_and_routing,
+    routing_stats,
+)
 from .stats import edit_dominates, mean_std_ci, recovery_beyond_edit, summarize, summarize_rows, with_recovery
 from .tasks import evaluate_tasks
 
 __all__ = [
     "ComparisonResults",
+    "LayerRouting",
     "ResultRow",
     "RoutingAccumulator",
+    "RoutingStats",
     "Stat",
     "SummaryEntry",
     "edit_dominates",

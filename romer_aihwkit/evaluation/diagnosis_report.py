@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
+from ..measures import deprecated_item
 from .diagnosis_plots import LAYER_COLUMNS, plot_diagnosis
 from .probes import OUTLIER_RATIO
 
@@ -89,9 +89,7 @@ class Diagnosis:
 
     def __getitem__(self, key: str) -> Any:
         """``result["reading"]`` etc.: ``diagnosis.json``'s entry (deprecated; use the attributes)."""
-        warnings.warn(f'diagnosis["{key}"] is deprecated: diagnose returns a Diagnosis; use diagnosis.{key} '
-                      "(or diagnosis.to_dict() for diagnosis.json's content)", DeprecationWarning, stacklevel=2)
-        return self.to_dict()[key]
+        return deprecated_item(self, "diagnosis", key, "diagnose returns a Diagnosis", "diagnosis.json's content")
 
 
 _TARGETS = {

@@ -118,12 +118,11 @@ def layer_statistics(model: nn.Module, batches, batch_size: int,
             ppl = math.exp(nll / count)
         else:
             run_batches(model, batches, batch_size, progress=False)
-    routing = acc.result()["layers"]
     layers = []
-    for i, layer in enumerate(routing):
-        load = torch.tensor(layer["load"], dtype=torch.float64)
-        ref = torch.tensor(layer["reference_load"], dtype=torch.float64)
-        layers.append({**probe.result(i), "router_fidelity": layer["router_fidelity"],
+    for i, layer in enumerate(acc.result().layers):
+        load = torch.tensor(layer.load, dtype=torch.float64)
+        ref = torch.tensor(layer.reference_load, dtype=torch.float64)
+        layers.append({**probe.result(i), "router_fidelity": layer.router_fidelity,
                        "load_shift": float(0.5 * (load - ref).abs().sum()),
-                       "load_cv": layer["load_cv"], "reference_load_cv": layer["reference_load_cv"]})
+                       "load_cv": layer.load_cv, "reference_load_cv": layer.reference_load_cv})
     return ppl, layers

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, overload
 
 from ..errors import ResultsFolderError
+from ..measures import deprecated_item
 
 __all__ = [
     "ComparisonResults",
@@ -266,10 +266,8 @@ class ComparisonResults:
 
     def __getitem__(self, key: str) -> Any:
         """``results["rows"]`` etc.: the ``results.json`` dict's entry (deprecated; use the attributes)."""
-        warnings.warn(f'results["{key}"] is deprecated: run_comparison returns ComparisonResults; use '
-                      f"results.{key} (typed) or results.to_dict()[{key!r}] (the results.json dict)",
-                      DeprecationWarning, stacklevel=2)
-        return self.to_dict()[key]
+        return deprecated_item(self, "results", key, "run_comparison returns ComparisonResults",
+                               "the results.json dict")
 
     @property
     def methods(self) -> list[str]:

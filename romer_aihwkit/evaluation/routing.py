@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,10 +12,91 @@ from torch import nn
 
 from ..analog.trace import RouterEvent, experts_of, find_routers, trace_routing
 from ..calibration.base import run_batches
-from ..measures import layer_metrics
+from ..measures import deprecated_item, layer_metrics
 from .perplexity import token_nll
 
-__all__ = ["RoutingAccumulator", "routing_stats", "layer_metrics"]
+__all__ = ["LayerRouting", "RoutingAccumulator", "RoutingStats", "routing_stats", "perplexity_and_routing",
+           "layer_metrics"]
+
+_AVERAGED = ("load_cv", "max_load_ratio", "tile_max_load_ratio", "router_fidelity", "load_entropy",
+             "reference_load_cv")
+"""The per-layer metrics :class:`RoutingStats` averages over MoE layers, in its ``to_dict()`` order."""
+
+
+@dataclass(frozen=True)
+class LayerRouting:
+    """Routing statistics of one MoE layer (see :func:`routing_stats`)."""
+
+    layer: int
+    name: str
+    load: tuple[float, ...]
+    """Share of top-k slots per expert under the noisy, calibrated routing."""
+    reference_load: tuple[float, ...]
+    """The same under digital routing on the same hidden states."""
+    tile_load: tuple[float, ...]
+    """Share of the slots each *tile* computes (ROMER replica tiles take their hot expert's tokens)."""
+    tile_max_load_ratio: float
+    router_fidelity: float
+    reference_load_cv: float
+    load_cv: float
+    max_load_ratio: float
+    load_entropy: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The layer's dict as :func:`routing_stats` returned it before it was typed (same keys and order)."""
+        return {"layer": self.layer, "tile_load": list(self.tile_load), "tile_max_load_ratio": self.tile_max_load_ratio,
+                "name": self.name, "load": list(self.load), "reference_load": list(self.reference_load),
+                "router_fidelity": self.router_fidelity, "reference_load_cv": self.reference_load_cv,
+                "load_cv": self.load_cv, "max_load_ratio": self.max_load_ratio, "load_entropy": self.load_entropy}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerRouting:
+        return cls(int(data["layer"]), str(data["name"]), tuple(data["load"]), tuple(data["reference_load"]),
+                   tuple(data["tile_load"]), data["tile_max_load_ratio"], data["router_fidelity"],
+                   data["reference_load_cv"], data["load_cv"], data["max_load_ratio"], data["load_entropy"])
+
+    def __getitem__(self, key: str) -> Any:
+        """``layer["load"]`` etc. (deprecated; use the attributes)."""
+        return deprecated_item(self, "layer", key, "routing_stats' layers are LayerRouting records",
+                               "the layer's dict")
+
+
+@dataclass(frozen=True)
+class RoutingStats:
+    """Routing statistics of a converted model on a set of batches (see :func:`routing_stats`).
+
+    The model-level metrics are the means of the per-layer ones over MoE layers (NaN without layers).
+    """
+
+    tokens: int
+    layers: tuple[LayerRouting, ...]
+    load_cv: float
+    max_load_ratio: float
+    tile_max_load_ratio: float
+    router_fidelity: float
+    load_entropy: float
+    reference_load_cv: float
+
+    @classmethod
+    def of_layers(cls, tokens: int, layers: tuple[LayerRouting, ...]) -> RoutingStats:
+        """The statistics of ``layers``, averaged over them."""
+        means = {key: sum(getattr(layer, key) for layer in layers) / len(layers) if layers else float("nan")
+                 for key in _AVERAGED}
+        return cls(tokens, layers, **means)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict :func:`routing_stats` returned before it was typed (same keys, order and values)."""
+        return {"tokens": self.tokens, "layers": [layer.to_dict() for layer in self.layers],
+                **{key: getattr(self, key) for key in _AVERAGED}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoutingStats:
+        return cls(int(data["tokens"]), tuple(LayerRouting.from_dict(layer) for layer in data["layers"]),
+                   **{key: data[key] for key in _AVERAGED})
+
+    def __getitem__(self, key: str) -> Any:
+        """``stats["router_fidelity"]`` etc. (deprecated; use the attributes)."""
+        return deprecated_item(self, "stats", key, "routing_stats returns RoutingStats", "the former dict")
 
 
 class RoutingAccumulator:
@@ -39,7 +122,7 @@ class RoutingAccumulator:
         self.overlap[i] += float((sel.unsqueeze(-1) == ref.unsqueeze(-2)).any(-1).sum()) / k
         self.tokens[i] += sel.shape[0]
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> RoutingStats:
         layers = []
         for i, router in enumerate(self.routers):
             metrics = layer_metrics(self.counts[i])
@@ -52,25 +135,16 @@ class RoutingAccumulator:
                 tiles[cold] += moved
                 if mode == "split":
                     tiles[hot] -= moved
-            layers.append(
-                {
-                    "layer": i,
-                    "tile_load": (tiles / total).tolist(),
-                    "tile_max_load_ratio": float(tiles.max() * len(tiles) / total),
-                    "name": router.name,
-                    "load": (self.counts[i] / total).tolist(),
-                    "reference_load": (self.reference_counts[i] / ref_total).tolist(),
-                    "router_fidelity": self.overlap[i] / max(self.tokens[i], 1),
-                    "reference_load_cv": layer_metrics(self.reference_counts[i])["load_cv"],
-                    **metrics,
-                }
-            )
-        out: dict[str, Any] = {"tokens": max(self.tokens) if self.tokens else 0, "layers": layers}
-        for key in ("load_cv", "max_load_ratio", "tile_max_load_ratio", "router_fidelity", "load_entropy",
-                    "reference_load_cv"):
-            values = [layer[key] for layer in layers]
-            out[key] = sum(values) / len(values) if values else float("nan")
-        return out
+            layers.append(LayerRouting(
+                layer=i, name=router.name, load=tuple((self.counts[i] / total).tolist()),
+                reference_load=tuple((self.reference_counts[i] / ref_total).tolist()),
+                tile_load=tuple((tiles / total).tolist()),
+                tile_max_load_ratio=float(tiles.max() * len(tiles) / total),
+                router_fidelity=self.overlap[i] / max(self.tokens[i], 1),
+                reference_load_cv=layer_metrics(self.reference_counts[i])["load_cv"],
+                load_cv=metrics["load_cv"], max_load_ratio=metrics["max_load_ratio"],
+                load_entropy=metrics["load_entropy"]))
+        return RoutingStats.of_layers(max(self.tokens) if self.tokens else 0, tuple(layers))
 
 
 def _accumulator(model: nn.Module) -> RoutingAccumulator:
@@ -84,12 +158,13 @@ def _accumulator(model: nn.Module) -> RoutingAccumulator:
 
 
 @torch.no_grad()
-def routing_stats(model: nn.Module, batches, batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
+def routing_stats(model: nn.Module, batches, batch_size: int = 8, progress: bool = True) -> RoutingStats:
     """Per-layer and averaged routing metrics of a converted model on ``batches``.
 
     Returns:
-        ``{"layers": [...], "load_cv", "max_load_ratio", "router_fidelity", "load_entropy",
-        "reference_load_cv", "tokens"}``. Per layer: ``load`` (share of top-k slots per expert
+        A :class:`RoutingStats` (``layers``, ``load_cv``, ``max_load_ratio``, ``tile_max_load_ratio``,
+        ``router_fidelity``, ``load_entropy``, ``reference_load_cv``, ``tokens``;
+        ``to_dict()`` is the former dict). Per layer (:class:`LayerRouting`): ``load`` (share of top-k slots per expert
         under the noisy, calibrated routing), ``reference_load`` (digital routing on the same hidden
         states), ``load_cv`` = std/mean of loads, ``max_load_ratio`` = max load x E,
         ``tile_max_load_ratio`` = the same for what each *tile* computes (a ROMER replica tile takes
@@ -105,7 +180,7 @@ def routing_stats(model: nn.Module, batches, batch_size: int = 8, progress: bool
 
 
 @torch.no_grad()
-def perplexity_and_routing(model: nn.Module, batches, batch_size: int = 8, progress: bool = True) -> tuple[float, dict[str, Any]]:
+def perplexity_and_routing(model: nn.Module, batches, batch_size: int = 8, progress: bool = True) -> tuple[float, RoutingStats]:
     """Perplexity and routing statistics from one pass over ``batches``."""
 
     acc = _accumulator(model)

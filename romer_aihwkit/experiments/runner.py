@@ -380,8 +380,8 @@ class _ModelRows:
         extra["digital_fraction"] = self.fractions[method.name]
         calibration = CalibrationReport.from_dict(report)
         ppl, stats = perplexity_and_routing(model, self.eval_blocks, self.settings.batch_size, progress=False)
-        layers = tuple({"load": layer["load"], "reference_load": layer["reference_load"]}
-                       for layer in stats["layers"])
+        layers = tuple({"load": list(layer.load), "reference_load": list(layer.reference_load)}
+                       for layer in stats.layers)
         tasks = _run_tasks(model, self.tokenizer, self.settings) if self.settings.tasks else None
         edit = None
         if self.settings.controls:
@@ -397,9 +397,9 @@ class _ModelRows:
                 edit = self.edits[control]
         row = ResultRow(
             model=self.model_name, device=device, method=method_name, t_inference=t_value, seed=seed, ppl=ppl,
-            load_cv=stats["load_cv"], max_load_ratio=stats["max_load_ratio"],
-            tile_max_load_ratio=stats["tile_max_load_ratio"], router_fidelity=stats["router_fidelity"],
-            load_entropy=stats["load_entropy"], replaced_experts=calibration.replaced_experts,
+            load_cv=stats.load_cv, max_load_ratio=stats.max_load_ratio,
+            tile_max_load_ratio=stats.tile_max_load_ratio, router_fidelity=stats.router_fidelity,
+            load_entropy=stats.load_entropy, replaced_experts=calibration.replaced_experts,
             digital_ppl=self.digital_ppl, stress=self.settings.stress or "none",
             seconds=time.perf_counter() - start, layers=layers, tasks=tasks, edit_ppl=edit,
             masked_share=calibration.masked_share, extra=extra)

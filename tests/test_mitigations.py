@@ -127,12 +127,12 @@ def test_router_align_undoes_a_per_expert_affine_distortion():
     cb.start(None, [router])
     cb.observe(types.SimpleNamespace(router=router, noisy_logits=noisy, hidden=hidden))
     report = cb.finish(None)
-    layer = report["layers"][0]
-    assert layer["kept"] and layer["holdout_agreement_before"] == pytest.approx(before, abs=0.05)
-    assert layer["holdout_agreement_after"] > 0.97
+    layer = report.layers[0]
+    assert layer.kept and layer.holdout_agreement_before == pytest.approx(before, abs=0.05)
+    assert layer.holdout_agreement_after > 0.97
     _, fixed = route(router.spec, noisy * router.logit_scale + router.logit_bias, None, None)
     assert topk_agreement(fixed, ref_sel) > 0.97
-    assert report["digital_parameters"] == 2 * 8
+    assert report.digital_parameters == 2 * 8
 
 
 def test_router_align_reverts_when_it_cannot_help():
@@ -142,10 +142,10 @@ def test_router_align_reverts_when_it_cannot_help():
     cb = RouterAlign(capacity=512, steps=20)
     cb.start(None, [router])
     cb.observe(types.SimpleNamespace(router=router, noisy_logits=ref.clone(), hidden=hidden))
-    layer = cb.finish(None)["layers"][0]
-    assert layer["holdout_agreement_before"] == 1.0
-    assert layer["holdout_agreement_after"] <= 1.0
-    if not layer["kept"]:
+    layer = cb.finish(None).layers[0]
+    assert layer.holdout_agreement_before == 1.0
+    assert layer.holdout_agreement_after <= 1.0
+    if not layer.kept:
         assert torch.equal(router.logit_scale, torch.ones(8)) and torch.equal(router.logit_bias, torch.zeros(8))
 
 

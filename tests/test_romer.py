@@ -56,7 +56,7 @@ def test_normalization_undoes_per_expert_affine_distortion():
     after = fidelity(model, held_out)
     assert before < 0.85
     assert after > 0.97, (before, after)
-    assert report["romer-norm"]["summary"]["router_fidelity"]["after"] > 0.97
+    assert report["romer-norm"].summary["router_fidelity"]["after"] > 0.97
 
 
 def test_ideal_device_romer_changes_nothing():
@@ -67,10 +67,10 @@ def test_ideal_device_romer_changes_nothing():
     report = ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer()], progress=False)
     with torch.no_grad():
         out = model(x).logits
-    assert report["romer"]["replaced_experts"] == 0
+    assert report["romer"].replaced_experts == 0
     assert torch.allclose(out, ref, atol=1e-5)
-    for layer in report["romer"]["layers"]:
-        assert torch.allclose(torch.tensor(layer["scale"]), torch.ones(8), atol=1e-4)
+    for layer in report["romer"].layers:
+        assert torch.allclose(torch.tensor(layer.scale), torch.ones(8), atol=1e-4)
 
 
 def test_replacement_picks_exactly_the_cold_experts_and_replicas_match_under_ideal():
@@ -80,13 +80,13 @@ def test_replacement_picks_exactly_the_cold_experts_and_replicas_match_under_ide
     distort(model, torch.ones(8), shift)
     report = ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(normalize=False, tau=0.25, max_masked_share=None)],
                           progress=False)
-    for layer in report["romer-replace"]["layers"]:
-        load = torch.tensor(layer["normalized_load"])
+    for layer in report["romer-replace"].layers:
+        load = torch.tensor(layer.normalized_load)
         cold = {i for i in range(8) if load[i] < 0.25 / 8}
         assert cold == {3, 6}
-        assert {p["cold"] for p in layer["replaced"]} == cold
+        assert {p.cold for p in layer.replaced} == cold
         hottest = torch.argsort(load, descending=True)[:2].tolist()
-        assert sorted(p["hot"] for p in layer["replaced"]) == sorted(hottest)
+        assert sorted(p.hot for p in layer.replaced) == sorted(hottest)
     experts = next(m for m in model.modules() if isinstance(m, AnalogExperts))
     router = find_routers(model)[0]
     assert router.expert_mask.nonzero().flatten().tolist() == [3, 6]
@@ -130,9 +130,9 @@ def test_pcm_romer_report_and_save_load_round_trip(tmp_path):
     model.drift_analog_weights(3600.0)
     report = ra.calibrate(model, calib_tokens(), callbacks=[ra.Romer(tau=0.5)], progress=False)
     romer = report["romer"]
-    assert len(romer["layers"]) == 2
-    for layer in romer["layers"]:
-        assert {"scale", "bias", "replaced", "before", "after"} <= set(layer)
+    assert len(romer.layers) == 2
+    for layer in romer.layers:
+        assert {"scale", "bias", "replaced", "before", "after"} <= set(layer.to_dict())
     x = calib_tokens(2, seed=8)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -223,12 +223,12 @@ def test_romer_auto_selects_on_held_out_blocks():
     g = torch.Generator().manual_seed(2)
     distort(model, scale=torch.rand(8, generator=g) * 2 + 0.5, shift=torch.randn(8, generator=g))
     report = ra.calibrate(model, calib_tokens(8), callbacks=[ra.RomerAuto(tau_candidates=(0.0, 0.5))], progress=False)
-    selection = report["romer-auto"]["selection"]
+    selection = report["romer-auto"].selection
     assert len(selection["trials"]) == 3 + 1
     best = min(selection["trials"], key=lambda t: t["holdout_nll"])
     assert selection["holdout_nll"] == best["holdout_nll"]
     assert (selection["percentiles"], selection["tau"]) == (best["percentiles"], best["tau"])
-    assert report["romer-auto"]["settings"]["tau"] == selection["tau"]
+    assert report["romer-auto"].settings["tau"] == selection["tau"]
 
 
 def test_split_mode_halves_the_hottest_tile_load_in_routing_stats():

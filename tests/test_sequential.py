@@ -69,21 +69,21 @@ def test_sequential_sees_earlier_corrections(blocks):
 def test_sequential_romer_keeps_earlier_layers_replacements(blocks):
     model = _programmed()
     report = calibrate(model, blocks, [Romer(tau=0.9)], batch_size=3, progress=False, sequential=True)["romer"]
-    assert report["sequential"] and [layer["layer"] for layer in report["layers"]] == [0, 1]
-    assert report["replaced_experts"] == sum(len(layer["replaced"]) for layer in report["layers"]) > 0
-    assert report["settings"]["tau"] == 0.9 and report["settings"]["percentiles"] == [5.0, 50.0, 95.0]
-    for router, layer in zip(find_routers(model), report["layers"]):
+    assert report.sequential and [layer.layer for layer in report.layers] == [0, 1]
+    assert report.replaced_experts == sum(len(layer.replaced) for layer in report.layers) > 0
+    assert report.settings["tau"] == 0.9 and report.settings["percentiles"] == [5.0, 50.0, 95.0]
+    for router, layer in zip(find_routers(model), report.layers):
         # every layer keeps its own corrections after the later layers were calibrated
-        assert sorted(router.expert_mask.nonzero().flatten().tolist()) == sorted(p["cold"] for p in layer["replaced"])
-        torch.testing.assert_close(router.logit_scale.cpu(), torch.tensor(layer["scale"]))
-    assert set(report["summary"]) == {"load_cv", "max_load_ratio", "router_fidelity"}
+        assert sorted(router.expert_mask.nonzero().flatten().tolist()) == sorted(p.cold for p in layer.replaced)
+        torch.testing.assert_close(router.logit_scale.cpu(), torch.tensor(layer.scale))
+    assert set(report.summary) == {"load_cv", "max_load_ratio", "router_fidelity"}
 
 
 def test_one_pass_and_sequential_agree_on_the_first_layer(blocks):
     one = calibrate(_programmed(), blocks, [Romer()], batch_size=3, progress=False)["romer"]
     seq = calibrate(_programmed(), blocks, [Romer()], batch_size=3, progress=False, sequential=True)["romer"]
-    assert seq["layers"][0]["scale"] == pytest.approx(one["layers"][0]["scale"])
-    assert seq["layers"][0]["replaced"] == one["layers"][0]["replaced"]
+    assert seq.layers[0].scale == pytest.approx(one.layers[0].scale)
+    assert seq.layers[0].replaced == one.layers[0].replaced
 
 
 def test_romer_seq_method_is_registered(blocks):
@@ -111,4 +111,4 @@ def test_sequential_romer_auto_selects_per_layer(blocks):
 
     cb = RomerAuto(percentile_candidates=((5, 50, 95),), tau_candidates=(0.0, 0.9))
     report = calibrate(_programmed(), blocks, [cb], batch_size=2, progress=False, sequential=True)["romer-auto"]
-    assert len(report["selection"]) == 2 and all(s["tau"] in (0.0, 0.9) for s in report["selection"])
+    assert len(report.selection) == 2 and all(s["tau"] in (0.0, 0.9) for s in report.selection)

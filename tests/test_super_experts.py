@@ -29,20 +29,20 @@ def _calibrated(blocks, super_expert=None, **kwargs):
 
 def test_cold_super_expert_is_never_replaced(blocks):
     _, plain = _calibrated(blocks)
-    assert plain["super_experts"] == []  # no false alarm on a Gaussian model
-    cold = plain["layers"][0]["replaced"][0]["cold"]  # replaced without the outlier: it is cold
+    assert plain.super_experts == ()  # no false alarm on a Gaussian model
+    cold = plain.layers[0].replaced[0].cold  # replaced without the outlier: it is cold
     model, guarded = _calibrated(blocks, super_expert=(0, cold))
-    layer = guarded["layers"][0]
-    assert [s["expert"] for s in layer["super_experts"]] == [cold]
-    assert layer["super_experts"][0]["ratio_to_median"] > 10.0
-    assert guarded["super_experts"] == [{"layer": 0, **layer["super_experts"][0]}]
-    assert cold not in [p["cold"] for p in layer["replaced"]]
+    layer = guarded.layers[0]
+    assert [s["expert"] for s in layer.super_experts] == [cold]
+    assert layer.super_experts[0]["ratio_to_median"] > 10.0
+    assert guarded.super_experts == ({"layer": 0, **layer.super_experts[0]},)
+    assert cold not in [p.cold for p in layer.replaced]
     assert not bool(find_routers(model)[0].expert_mask[cold])
-    assert len(layer["expert_max_output"]) == 8
+    assert len(layer.expert_max_output) == 8
     # the guard is what protects it: turned off, the same cold expert is replaced
     _, unguarded = _calibrated(blocks, super_expert=(0, cold), super_expert_ratio=None)
-    assert cold in [p["cold"] for p in unguarded["layers"][0]["replaced"]]
-    assert unguarded["super_experts"] == []
+    assert cold in [p.cold for p in unguarded.layers[0].replaced]
+    assert unguarded.super_experts == ()
 
 
 def test_guard_options_are_validated():

@@ -13,8 +13,10 @@ from ..analog.convert import analog_state
 from ..analog.seeds import matrix_seed
 from ..analog.trace import RouterEvent, find_routers, trace_routing
 from ..data import count_tokens, iter_model_batches, iter_token_batches
+from .reports import CallbackReport, RomerReport, report_from_dict
 
-__all__ = ["CalibrationCallback", "CalibrationReport", "calibrate", "merge_reports", "split_holdout"]
+__all__ = ["CalibrationCallback", "CalibrationReport", "CallbackReport", "calibrate", "merge_reports",
+           "split_holdout"]
 
 
 class CalibrationCallback:
@@ -25,7 +27,9 @@ class CalibrationCallback:
 
     1. :meth:`start` (the analog routers of the model, in layer order),
     2. :meth:`observe` for every router forward of the pass,
-    3. :meth:`finish`: install the corrections into the model, return a JSON-able report.
+    3. :meth:`finish`: install the corrections into the model, return its report: a
+       :class:`~romer_aihwkit.calibration.reports.CallbackReport` (``to_dict()``: the JSON-able
+       dict written) or a JSON-able dict.
     """
 
     name: str = "callback"
@@ -40,7 +44,7 @@ class CalibrationCallback:
     def observe(self, event: RouterEvent) -> None:  # noqa: B027
         pass
 
-    def finish(self, model: nn.Module) -> dict[str, Any]:
+    def finish(self, model: nn.Module) -> CallbackReport | dict[str, Any]:
         return {}
 
 
@@ -48,21 +52,28 @@ class CalibrationCallback:
 class CalibrationReport:
     """What each callback did, keyed by callback name, plus the tokens seen.
 
+    ``callbacks`` holds typed reports for the package's callbacks
+    (:class:`~romer_aihwkit.calibration.reports.RomerReport`,
+    :class:`~romer_aihwkit.calibration.reports.RouterAlignReport`) and what other callbacks
+    returned (a :class:`~romer_aihwkit.calibration.reports.CallbackReport` or a JSON-able dict).
     ``to_dict()`` is the JSON a calibration writes (``report.json``'s ``calibration``, and what
     :func:`~romer_aihwkit.experiments.apply_method` returns besides its own keys); :meth:`from_dict`
     reads it back.
     """
 
     tokens: int
-    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    callbacks: dict[str, CallbackReport | dict[str, Any]] = field(default_factory=dict)
 
-    def __getitem__(self, name: str) -> dict[str, Any]:
+    def __getitem__(self, name: str) -> Any:
+        """The report of the callback ``name`` (e.g. ``report["romer"]``)."""
         return self.callbacks[name]
 
     @property
     def replaced_experts(self) -> int:
         """Experts replaced by every callback together (all layers; ROMER's expert replacement)."""
-        return int(sum(cb.get("replaced_experts", 0) for cb in self.callbacks.values() if isinstance(cb, dict)))
+        return int(sum(cb.replaced_experts if isinstance(cb, RomerReport)
+                       else cb.get("replaced_experts", 0) if isinstance(cb, dict) else 0
+                       for cb in self.callbacks.values()))
 
     @property
     def masked_share(self) -> list[float] | None:
@@ -70,21 +81,32 @@ class CalibrationReport:
         reports it per layer, i.e. nothing calibrated routing)."""
         shares: list[float] | None = None
         for cb in self.callbacks.values():
-            layers = cb.get("layers") if isinstance(cb, dict) else None
-            if not layers or not all(isinstance(layer, dict) and "masked_share" in layer for layer in layers):
-                continue
-            values = [float(layer["masked_share"]) for layer in layers]
-            shares = values if shares is None else [max(a, b) for a, b in zip(shares, values)]
+            values = _masked_shares(cb)
+            if values is not None:
+                shares = values if shares is None else [max(a, b) for a, b in zip(shares, values)]
         return shares
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "callbacks": self.callbacks}
+        return {"tokens": self.tokens,
+                "callbacks": {name: cb if isinstance(cb, dict) else cb.to_dict() for name, cb in self.callbacks.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CalibrationReport:
         """Read :meth:`to_dict`'s form (other keys, e.g. those :func:`apply_method
         <romer_aihwkit.experiments.apply_method>` adds, are ignored); an empty dict is no calibration."""
-        return cls(int(data.get("tokens", 0)), dict(data.get("callbacks") or {}))
+        return cls(int(data.get("tokens", 0)),
+                   {name: report_from_dict(name, cb) for name, cb in (data.get("callbacks") or {}).items()})
+
+
+def _masked_shares(cb: Any) -> list[float] | None:
+    """Per layer, the share of experts ``cb`` masked; ``None`` if it does not report it for every layer."""
+    if isinstance(cb, RomerReport):
+        values = [layer.masked_share for layer in cb.layers]
+        return [float(v) for v in values if v is not None] if values and None not in values else None
+    layers = cb.get("layers") if isinstance(cb, dict) else None
+    if not layers or not all(isinstance(layer, dict) and "masked_share" in layer for layer in layers):
+        return None
+    return [float(layer["masked_share"]) for layer in layers]
 
 
 @torch.no_grad()
@@ -207,7 +229,10 @@ def _calibrate(model: nn.Module, calib_batches, callbacks: list[CalibrationCallb
             cb.start(model, [router])
             _run_until(model, router, cb.observe, fit, batch_size, progress, f"calibrate [{cb.name}] {router.name}")
             per_layer.append(cb.finish(model))
-        report.callbacks[key] = {**merge_reports(per_layer), "sequential": True}
+        merged = {**merge_reports(per_layer), "sequential": True}
+        kinds = {type(r) for r in per_layer}  # a typed report with from_dict is read back typed
+        read = getattr(kinds.pop(), "from_dict", None) if len(kinds) == 1 else None
+        report.callbacks[key] = read(merged) if read is not None else merged
     return report
 
 
@@ -242,8 +267,8 @@ def _run_until(model: nn.Module, router, observe, batches, batch_size: int, prog
         model.train(was_training)
 
 
-def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge per-layer callback reports into one.
+def merge_reports(reports: list[CallbackReport | dict[str, Any]]) -> dict[str, Any]:
+    """Merge per-layer callback reports (typed, or dicts) into one dict.
 
     ``settings`` is taken from the first report; ``selection`` (per-layer choices, e.g. RomerAuto's)
     is listed per layer; lists are concatenated (e.g. ``layers``), integers summed (e.g.
@@ -252,9 +277,10 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """
     if not reports:
         return {}
+    dicts = [r if isinstance(r, dict) else r.to_dict() for r in reports]
     out: dict[str, Any] = {}
-    for k in dict.fromkeys(k for r in reports for k in r):
-        values = [r[k] for r in reports if k in r]
+    for k in dict.fromkeys(k for r in dicts for k in r):
+        values = [r[k] for r in dicts if k in r]
         out[k] = values[0] if k == "settings" else values if k == "selection" else _merge_values(values)
     return out
 

@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..measures import layer_metrics
 from ..validate import check_seed
 from .base import CalibrationCallback
+from .reports import ReplicaPair, RomerLayer, RomerReport
 from .reservoir import RowReservoir
 
 __all__ = ["Romer", "routing_metrics", "DEFAULT_MAX_MASKED_SHARE"]
@@ -212,10 +213,10 @@ class Romer(CalibrationCallback):
         return peaks, supers
 
     @torch.no_grad()
-    def finish(self, model: nn.Module) -> dict[str, Any]:
+    def finish(self, model: nn.Module) -> RomerReport:
         return self.install(model)
 
-    def install(self, model: nn.Module) -> dict[str, Any]:
+    def install(self, model: nn.Module) -> RomerReport:
         """Compute and install the corrections for the current settings from the collected statistics."""
 
         state = analog_state(model)
@@ -256,31 +257,20 @@ class Romer(CalibrationCallback):
                 experts.replica_mode = self.replacement
             _, sel_after = route(router.spec, corrected, cbias, router.expert_mask.cpu())
             after = routing_metrics(sel_after, ref_sel, e)
-            layers.append(
-                {
-                    "layer": router.layer_index,
-                    "name": router.name,
-                    "tokens": int(self._reservoirs[i].seen),
-                    "scale": scale.tolist(),
-                    "bias": bias.tolist(),
-                    "normalized_load": normalized_load.tolist(),
-                    "threshold": self.tau / e,
-                    "replaced": [{"cold": c, "hot": h} for c, h in pairs],
-                    "masked_share": len(pairs) / e,
-                    "expert_max_output": max_output,
-                    "super_experts": supers,
-                    "before": before,
-                    "after": after,
-                }
-            )
+            layers.append(RomerLayer(
+                layer=router.layer_index, name=router.name, tokens=int(self._reservoirs[i].seen),
+                scale=tuple(scale.tolist()), bias=tuple(bias.tolist()),
+                normalized_load=tuple(normalized_load.tolist()), threshold=self.tau / e,
+                replaced=tuple(ReplicaPair(c, h) for c, h in pairs), masked_share=len(pairs) / e,
+                expert_max_output=tuple(max_output), super_experts=tuple(supers), before=before, after=after))
         summary = {
             key: {
-                when: sum(layer[when][key] for layer in layers) / len(layers) for when in ("before", "after")
+                when: sum(getattr(layer, when)[key] for layer in layers) / len(layers) for when in ("before", "after")
             }
             for key in ("load_cv", "max_load_ratio", "router_fidelity")
         }
-        return {
-            "settings": {
+        return RomerReport(
+            settings={
                 "percentiles": list(self.percentiles),
                 "tau": self.tau,
                 "replacement": self.replacement,
@@ -289,9 +279,9 @@ class Romer(CalibrationCallback):
                 "super_expert_ratio": self.super_expert_ratio,
                 "max_masked_share": self.max_masked_share,
             },
-            "replaced_experts": sum(len(layer["replaced"]) for layer in layers),
-            "masked_share": [layer["masked_share"] for layer in layers],
-            "super_experts": [{"layer": layer["layer"], **s} for layer in layers for s in layer["super_experts"]],
-            "summary": summary,
-            "layers": layers,
-        }
+            replaced_experts=sum(len(layer.replaced) for layer in layers),
+            masked_share=tuple(layer.masked_share or 0.0 for layer in layers),
+            super_experts=tuple({"layer": layer.layer, **s} for layer in layers for s in layer.super_experts or ()),
+            summary=summary,
+            layers=tuple(layers),
+        )

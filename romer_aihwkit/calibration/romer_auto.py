@@ -9,11 +9,12 @@ costs more than it gains falls back to normalization only. Selection is greedy: 
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 from torch import nn
 
 from ..measures import token_nll
+from .reports import RomerReport
 from .romer import Romer, reset_replacements
 
 __all__ = ["RomerAuto"]
@@ -57,13 +58,13 @@ class RomerAuto(Romer):
         nll, count = token_nll(model, self.holdout_batches, progress=False)
         return nll / count
 
-    def _try(self, model: nn.Module, percentiles, tau) -> tuple[float, dict[str, Any]]:
+    def _try(self, model: nn.Module, percentiles, tau) -> tuple[float, RomerReport]:
         reset_replacements(model, self._routers)
         self.percentiles, self.tau = percentiles, tau
         report = self.install(model)
         return self._holdout_loss(model), report
 
-    def finish(self, model: nn.Module) -> dict[str, Any]:
+    def finish(self, model: nn.Module) -> RomerReport:
         if not self.holdout_batches:
             raise RuntimeError("RomerAuto needs held-out batches: run it through romer_aihwkit.calibrate()")
         trials = []
@@ -84,6 +85,6 @@ class RomerAuto(Romer):
             if loss < best_loss:
                 best_tau, best_loss = tau, loss
         _, report = self._try(model, best_p, best_tau)
-        report["selection"] = {"percentiles": list(best_p), "tau": best_tau, "holdout_nll": best_loss,
-                               "holdout_batches": len(self.holdout_batches), "trials": trials}
-        return report
+        selection = {"percentiles": list(best_p), "tau": best_tau, "holdout_nll": best_loss,
+                     "holdout_batches": len(self.holdout_batches), "trials": trials}
+        return dataclasses.replace(report, selection=selection)

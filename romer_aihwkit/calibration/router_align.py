@@ -23,14 +23,13 @@ Digital cost: ``2 E`` parameters per MoE layer (scale and bias per expert), repo
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from ..adapters.routing import route
 from ..analog.trace import RouterEvent
 from .base import CalibrationCallback
+from .reports import RouterAlignLayer, RouterAlignReport
 from .reservoir import RowReservoir
 
 __all__ = ["RouterAlign", "alignment_loss", "topk_agreement"]
@@ -120,7 +119,7 @@ class RouterAlign(CalibrationCallback):
             opt.step()
         return scale.detach(), bias.detach()
 
-    def finish(self, model: nn.Module) -> dict[str, Any]:
+    def finish(self, model: nn.Module) -> RouterAlignReport:
         layers = []
         params = 0
         for router in self._routers:
@@ -145,11 +144,10 @@ class RouterAlign(CalibrationCallback):
                 loss0 = float(alignment_loss(cpu, noisy[hold] * scale0 + bias0, ref[hold], ref_sel[hold]))
                 loss1 = float(alignment_loss(cpu, noisy[hold] * scale + bias, ref[hold], ref_sel[hold]))
             params += 2 * e
-            layers.append({"layer": router.layer_index, "name": router.name, "tokens": int(rows.shape[0]),
-                           "holdout_agreement_before": before, "holdout_agreement_after": after,
-                           "holdout_loss_before": loss0, "holdout_loss_after": loss1, "kept": kept})
-        return {"layers": layers, "digital_parameters": params,
-                "settings": {"capacity": self.capacity, "steps": self.steps, "lr": self.lr, "holdout": self.holdout}}
+            layers.append(RouterAlignLayer(router.layer_index, router.name, int(rows.shape[0]), before, after, loss0,
+                                           loss1, kept))
+        return RouterAlignReport(tuple(layers), params, {"capacity": self.capacity, "steps": self.steps, "lr": self.lr,
+                                                         "holdout": self.holdout})
 
 
 class _CpuRouter:

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from routing_fakes import FakeEvent, FakeRouter
 
 from romer_aihwkit.evaluation import (
     ComparisonResults,
@@ -135,23 +136,12 @@ def test_layer_metrics_balanced_and_collapsed():
     assert math.isnan(layer_metrics(torch.zeros(4))["load_cv"])
 
 
-class _Router:
-    def __init__(self, name, num_experts):
-        self.name, self.num_experts = name, num_experts
-
-
-class _Event:
-    def __init__(self, router, selected, reference):
-        self.router, self.num_experts = router, router.num_experts
-        self.selected, self.reference_selected = selected, reference
-
-
 def test_routing_accumulator_fidelity_and_loads():
-    r0, r1 = _Router("layer0", 4), _Router("layer1", 4)
+    r0, r1 = FakeRouter("layer0", 4), FakeRouter("layer1", 4)
     acc = RoutingAccumulator([r0, r1])
     sel = torch.tensor([[0, 1], [2, 3], [0, 2], [1, 3]])
-    acc(_Event(r0, sel, sel.clone()))  # identical selections: fidelity 1
-    acc(_Event(r1, torch.tensor([[0, 1], [0, 1]]), torch.tensor([[2, 3], [3, 2]])))  # disjoint: 0
+    acc(FakeEvent(r0, sel, sel.clone()))  # identical selections: fidelity 1
+    acc(FakeEvent(r1, torch.tensor([[0, 1], [0, 1]]), torch.tensor([[2, 3], [3, 2]])))  # disjoint: 0
     out = acc.result()
     l0, l1 = out.layers
     assert l0.router_fidelity == pytest.approx(1.0) and l1.router_fidelity == pytest.approx(0.0)
@@ -163,7 +153,7 @@ def test_routing_accumulator_fidelity_and_loads():
     assert out.max_load_ratio == pytest.approx(1.5)
     # half overlap: one of two experts shared per token
     acc2 = RoutingAccumulator([r0])
-    acc2(_Event(r0, torch.tensor([[0, 1], [2, 3]]), torch.tensor([[1, 2], [3, 0]])))
+    acc2(FakeEvent(r0, torch.tensor([[0, 1], [2, 3]]), torch.tensor([[1, 2], [3, 0]])))
     assert acc2.result().router_fidelity == pytest.approx(0.5)
 
 

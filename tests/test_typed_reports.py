@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from routing_fakes import FakeEvent, FakeRouter
 from tiny_models import tiny_model
 
 from romer_aihwkit.analog import convert_to_analog_moe
@@ -28,22 +29,11 @@ from romer_aihwkit.calibration import (
 from romer_aihwkit.evaluation import LayerRouting, RoutingAccumulator, RoutingStats
 
 
-class _Router:
-    def __init__(self, name, num_experts):
-        self.name, self.num_experts = name, num_experts
-
-
-class _Event:
-    def __init__(self, router, selected, reference):
-        self.router, self.num_experts = router, router.num_experts
-        self.selected, self.reference_selected = selected, reference
-
-
 def _stats() -> RoutingStats:
-    r0, r1 = _Router("model.layers.0.mlp.gate", 4), _Router("model.layers.1.mlp.gate", 4)
+    r0, r1 = FakeRouter("model.layers.0.mlp.gate", 4), FakeRouter("model.layers.1.mlp.gate", 4)
     acc = RoutingAccumulator([r0, r1], [({0: 3}, "split"), ({}, "average")])
-    acc(_Event(r0, torch.tensor([[0, 1], [0, 2], [0, 1]]), torch.tensor([[0, 1], [2, 3], [0, 1]])))
-    acc(_Event(r1, torch.tensor([[0, 1], [0, 1]]), torch.tensor([[2, 3], [3, 2]])))
+    acc(FakeEvent(r0, torch.tensor([[0, 1], [0, 2], [0, 1]]), torch.tensor([[0, 1], [2, 3], [0, 1]])))
+    acc(FakeEvent(r1, torch.tensor([[0, 1], [0, 1]]), torch.tensor([[2, 3], [3, 2]])))
     return acc.result()
 
 

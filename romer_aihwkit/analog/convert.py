@@ -57,10 +57,6 @@ class UnsupportedMoEError(UserError, ValueError):
     """The model has MoE-looking blocks that no registered adapter converts."""
 
 
-def _normalise_digital_experts(digital_experts, n_blocks: int, n_experts: list[int]) -> dict[int, frozenset[int]]:
-    return normalise_digital_experts(digital_experts, n_experts[:n_blocks])
-
-
 def _looks_like_moe(module: nn.Module) -> bool:
     name = type(module).__name__.lower()
     return ("moe" in name and "model" not in name and "decoder" not in name) or isinstance(getattr(module, "experts", None), nn.Module)

@@ -114,11 +114,6 @@ def stress_suffix(results: Results) -> str:
     return f" · stress {spec}" if spec else ""
 
 
-def digital_ppl_of(results: Results, model: str) -> float | None:
-    """The digital (unconverted) model's perplexity on the evaluation blocks, if known."""
-    return ComparisonResults.coerce(results).digital_ppl(model)
-
-
 def group_summary(results: Results) -> dict[tuple[str, str, float], list[SummaryEntry]]:
     """Summary entries grouped by (model, device, t_inference), methods in the settings' order."""
     return ComparisonResults.coerce(results).groups()

@@ -8,7 +8,6 @@ the other.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,20 +16,7 @@ import torch.nn.functional as F
 
 from .data.blocks import iter_model_batches
 
-__all__ = ["deprecated_item", "layer_metrics", "perplexity", "token_nll"]
-
-
-def deprecated_item(record: Any, name: str, key: str, returns: str, content: str) -> Any:
-    """``record[key]`` of a typed record that replaced a dict: warns, then returns ``record.to_dict()[key]``.
-
-    The one deprecation path of the typed records (comparison results, diagnosis, routing statistics,
-    calibration reports): ``name`` is how the message calls the record (``results``), ``returns``
-    what now returns it (``run_comparison returns ComparisonResults``) and ``content`` what
-    ``to_dict()`` is (``the results.json dict``).
-    """
-    warnings.warn(f'{name}["{key}"] is deprecated: {returns}; use {name}.{key} (typed) or '
-                  f"{name}.to_dict()[{key!r}] ({content})", DeprecationWarning, stacklevel=3)
-    return record.to_dict()[key]
+__all__ = ["layer_metrics", "perplexity", "token_nll"]
 
 
 def layer_metrics(counts: torch.Tensor) -> dict[str, float]:

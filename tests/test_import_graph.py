@@ -4,7 +4,8 @@
 
 0. ``errors``: imports nothing of the project.
 1. ``atomic``, ``outputs`` (output folders), ``validate`` (value checks), ``checked_files`` (checked
-   readers and content digests), ``compat`` (third-party internals, one module per library).
+   readers and content digests), ``compat`` (third-party internals, one module per library),
+   ``deprecation`` (dict-style reading of the typed records).
 2. ``data``, ``models``, ``devices``, ``adapters`` (family descriptions; they build analog modules only
    through the ``ConversionContext`` protocol the analog layer implements), ``stress``, ``measures``.
 3. ``analog`` (with the fingerprints of converted models, ``analog.fingerprint``).
@@ -56,7 +57,7 @@ PACKAGE = "romer_aihwkit"
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("atomic", "outputs", "validate", "checked_files", "compat"),
+    ("atomic", "outputs", "validate", "checked_files", "compat", "deprecation"),
     ("data", "models", "devices", "adapters", "stress", "measures"),
     ("analog",),
     ("calibration", "baselines"),

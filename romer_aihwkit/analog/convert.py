@@ -17,7 +17,7 @@ from ..compat import transformers as transformers_compat
 from ..devices import load_device_config
 from ..errors import InputError, UserError
 from .build import AnalogConversionContext
-from .engines import resolve_engine
+from .engines import mixed_bank_error, resolve_engine
 from .model import AnalogMoEModel, mark_converted
 from .placement import (
     MatrixSite,
@@ -238,9 +238,7 @@ def convert_to_analog_moe(
     devices = plan.devices or [config]
     tile_engine = resolve_engine(devices, engine, reference, reference_dir, tile_dtype)  # refuses before touching
     if plan.mixed_banks() and not tile_engine.mixed_banks:
-        raise InputError(f"the placement puts the experts of {plan.mixed_banks()[0]} on different devices; the stacked "
-                         "engine holds one device per expert bank (one MoE layer's gate_up or down matrices): "
-                         "convert with engine='aihwkit', which places every matrix on its own device")
+        raise mixed_bank_error(plan.mixed_banks()[0])
     factories = [tile_engine.rpu_config_factory(d) for d in devices]
     tiles = _tiles(plan, factories)
     main = plan.main_device() or config

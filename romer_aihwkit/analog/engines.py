@@ -29,11 +29,19 @@ from .matrix import AnalogMatrix, DigitalMatrix, StackedMatrix, WeightMatrix
 from .reference import ReferenceStore
 from .stacked import AnalogStack, unsupported_reason
 
-__all__ = ["ENGINES", "AIHWKitEngine", "Engine", "StackedEngine", "engine_for", "engine_of", "resolve_engine",
-           "warn_fallback"]
+__all__ = ["ENGINES", "AIHWKitEngine", "Engine", "StackedEngine", "engine_for", "engine_of", "mixed_bank_error",
+           "resolve_engine", "warn_fallback"]
 
 Biases = Sequence[torch.Tensor | None] | torch.Tensor | None
 Factory = Callable[[], Any]
+
+
+def mixed_bank_error(bank: str) -> InputError:
+    """The refusal of a bank (one MoE layer's ``gate_up`` or ``down`` matrices) placed on several devices
+    by an engine that holds one device per bank (:attr:`Engine.mixed_banks` false)."""
+    return InputError(f"the placement puts the experts of {bank} on different devices; the stacked engine holds one "
+                      "device per expert bank (one MoE layer's gate_up or down matrices): convert with "
+                      "engine='aihwkit', which places every matrix on its own device")
 
 
 class Engine:
@@ -106,8 +114,7 @@ class StackedEngine(Engine):
              factories: Sequence[Factory | None], bias: Biases = None, default: Factory | None = None) -> AnalogBank:
         used = list({id(f): f for f in factories if f is not None}.values())
         if len(used) > 1:
-            raise InputError(f"the placement puts the matrices of {key} on different devices, which one stacked bank "
-                             "cannot hold; convert with engine='aihwkit', which places every matrix on its own device")
+            raise mixed_bank_error(key)
         factory = used[0] if used else default
         if factory is None:
             raise InputError(f"{key}: a bank of digital matrices needs the model's device (default=)")

@@ -104,7 +104,6 @@ def _check_answer(value: Any, where: str) -> None:
 
 
 def _is_device(value: Any) -> bool:
-
     return isinstance(value, DeviceConfig)
 
 
@@ -305,9 +304,9 @@ class PlacementPlan:
         return out
 
     def record(self) -> dict[str, Any]:
-        """JSON-ready description: the per-role summary and a digest of every matrix's device content."""
-        contents = [hashlib.sha256(json.dumps(d.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
-                    for d in self.devices]
+        """JSON-ready description: the per-role summary and a digest of every matrix's device content
+        (:meth:`~romer_aihwkit.devices.DeviceConfig.content_hash`)."""
+        contents = [d.content_hash() for d in self.devices]
         rows = sorted((name, "digital" if i < 0 else contents[i]) for name, i in self.where.items())
         digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
         return {"roles": self.summary(), "digest": digest}

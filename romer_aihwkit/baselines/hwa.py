@@ -133,7 +133,6 @@ class _HWARouter(nn.Module):
         self.correction_bias = None if correction_bias is None else correction_bias.detach().float().clone()
 
     def forward(self, hidden_states: torch.Tensor):
-
         hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
         logits = self.linear(hidden).float()
         weights, selected = route(self.spec, logits, self.correction_bias)
@@ -219,7 +218,6 @@ class HWAConversionContext:
 
 
 def _moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
-
     found: list[tuple[str, nn.Module, Any]] = list(find_moe_blocks(model))
     if not found:
         raise InputError(f"{type(model).__name__} has no MoE block an adapter recognises: nothing to train with HWA")
@@ -272,7 +270,6 @@ def _digital_state(plan: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]
 
 
 def _train_batches(tokenizer: Any, train_text: str, config: HWAConfig) -> torch.Tensor:
-
     blocks = text_blocks(train_text, tokenizer, seq_len=config.seq_len, split="train", max_blocks=config.train_blocks)
     if blocks.shape[0] < 1:
         raise InputError(f"training text {train_text!r} gives no block of {config.seq_len} tokens")

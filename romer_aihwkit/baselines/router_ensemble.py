@@ -131,7 +131,6 @@ def install_router_ensemble(model: nn.Module, copies: int = 4) -> int:
 
 
 def _copy_matrix(base: WeightMatrix, name: str, state) -> WeightMatrix:
-
     engine = engine_of(state)
     bias = base.bias.detach() if base.bias is not None else None
     return engine.matrix(base.weight.detach().float(), bias, base.role, name,

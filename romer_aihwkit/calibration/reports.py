@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from ..measures import deprecated_item
+from ..deprecation import deprecated_item
 
 __all__ = ["CallbackReport", "ReplicaPair", "RomerLayer", "RomerReport", "RouterAlignLayer", "RouterAlignReport",
            "report_from_dict"]

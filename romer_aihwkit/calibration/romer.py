@@ -76,7 +76,6 @@ class Romer(CalibrationCallback):
         guard_tokens: int = 1024,
         max_masked_share: float | None = DEFAULT_MAX_MASKED_SHARE,
     ) -> None:
-
         for label, value in (("percentiles", percentiles), ("tau", tau), ("super_expert_ratio", super_expert_ratio)):
             values = value if isinstance(value, (list, tuple)) else [value]
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):

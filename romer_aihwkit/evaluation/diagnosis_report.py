@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
-from ..measures import deprecated_item
+from ..deprecation import deprecated_item
 from .diagnosis_plots import LAYER_COLUMNS, plot_diagnosis
 from .probes import OUTLIER_RATIO
 

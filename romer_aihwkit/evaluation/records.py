@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, overload
 
+from ..deprecation import deprecated_item
 from ..errors import ResultsFolderError
-from ..measures import deprecated_item
 
 __all__ = [
     "ComparisonResults",

@@ -12,7 +12,8 @@ from torch import nn
 
 from ..analog.trace import RouterEvent, experts_of, find_routers, trace_routing
 from ..calibration.base import run_batches
-from ..measures import deprecated_item, layer_metrics
+from ..deprecation import deprecated_item
+from ..measures import layer_metrics
 from .perplexity import token_nll
 
 __all__ = ["LayerRouting", "RoutingAccumulator", "RoutingStats", "routing_stats", "perplexity_and_routing",

@@ -34,7 +34,6 @@ __all__ = ["Method", "METHODS", "apply_method", "compose_methods", "digital_para
 
 def _romer(**kwargs) -> Callable[[], list]:
     def make() -> list:
-
         return [Romer(**kwargs)]
 
     return make
@@ -42,14 +41,12 @@ def _romer(**kwargs) -> Callable[[], list]:
 
 def _romer_auto() -> Callable[[], list]:
     def make() -> list:
-
         return [RomerAuto()]
 
     return make
 
 
 def _router_align() -> list:
-
     return [RouterAlign()]
 
 

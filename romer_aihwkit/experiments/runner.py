@@ -438,7 +438,6 @@ class _Conversions:
 
 
 def _run_tasks(model: torch.nn.Module, tokenizer: Any, settings: CompareSettings) -> dict[str, dict[str, float]]:
-
     return evaluate_tasks(model, tokenizer, settings.tasks, include_path=settings.task_include_path,
                           trust_task_code=settings.trust_task_code,
                           limit=settings.task_limit, num_fewshot=settings.num_fewshot,

@@ -125,7 +125,6 @@ class CompareSettings:
     (first) when a model-editing method is compared without it."""
 
     def __post_init__(self) -> None:
-
         for name in _LIST_FIELDS:
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):

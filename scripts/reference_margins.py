@@ -28,6 +28,7 @@ _CHECKS = {
     "inp_noise": ref.test_input_noise_matches_cxx,
     "StandardHWATrainingPreset": ref.test_standard_preset_forward_matches_cxx,
     "drift read-out": ref.test_standard_preset_drift_readout_matches_cxx,
+    "engine='aihwkit' on C++ tiles": ref.test_aihwkit_engine_runs_cxx_tiles_for_the_standard_preset,
 }
 
 

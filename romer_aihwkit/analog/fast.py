@@ -147,7 +147,7 @@ def _key(grid) -> tuple:
 @torch.no_grad()
 def _build(linear: nn.Module) -> FastPlan | str:
     module = _compat.analog_module(linear)
-    found = _compat.tile_grid(module)
+    found = _compat.fast_forward_grid(module)
     if isinstance(found, str):
         return found
     grid, in_sizes, out_sizes, bias = found

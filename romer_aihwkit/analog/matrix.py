@@ -109,7 +109,8 @@ class AnalogMatrix(WeightMatrix, TileHolder):
     ``ROMER_AIHWKIT_FAST_FORWARD=0``), or per matrix with ``matrix.fast_forward = False``.
 
     Programming (:meth:`program`): the shared per-tile physics writes each tile's weights, mapping
-    scales, drift-compensation ``alpha`` and ``drift_baseline``; what is held per matrix is the
+    scales, drift-compensation ``alpha`` and ``drift_baseline`` (into AIHWKit's torch tiles, or its
+    C++ tiles, whose own drift-compensation read-out could not be seeded); what is held per matrix is the
     digital reference ``weight`` (in the model's dtype) and the tiles' current weights. A drift to
     another time re-programs from the seed (bit-identical), and programming without a drift time
     may be recorded lazily (computed at the first forward or drift, in one pass).

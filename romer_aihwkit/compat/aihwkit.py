@@ -25,9 +25,9 @@ from . import changed_message, installed_version
 
 __all__ = [
     "PROGRAMMING_STATE", "TILE_STATE_ATTRS", "analog_module", "analog_tiles_of_model", "calibrate_input_ranges",
-    "clear_programming_state", "clip_tile_weights", "load_tile_state", "programming_state_released",
-    "redraw_out_noise", "release_programming_state", "set_tile_input_range", "slice_weights", "tile_grid", "tile_state",
-    "write_tile_chip",
+    "clear_programming_state", "clip_tile_weights", "fast_forward_grid", "is_cxx_tile", "load_tile_state", "programming_state_released",
+    "redraw_out_noise", "release_programming_state", "set_tile_input_range", "set_tile_weight", "slice_weights", "tile_grid",
+    "tile_state", "tile_weight", "write_tile_chip",
 ]
 
 SUPPORTED = "aihwkit>=1.1,<1.2"
@@ -74,12 +74,34 @@ def analog_module(layer: nn.Module) -> nn.Module:
 
 
 CXX_TILES = "AIHWKit's C++ tiles"
-""":func:`tile_grid`'s answer for C++ tiles (not a limitation: their own forward is the reference)."""
+""":func:`fast_forward_grid`'s answer for C++ tiles (not a limitation: their own forward is the reference)."""
+
+
+def is_cxx_tile(tile: Any) -> bool:
+    """Whether ``tile`` is one of AIHWKit's C++ inference tiles (weights behind ``get/set_weights``)."""
+    return type(tile).__name__ == "InferenceTile" and type(tile).__module__ == "aihwkit.simulator.tiles.inference"
+
+
+def tile_weight(tile: Any) -> torch.Tensor:
+    """The conductance-mapped weights ``[out_t, in_t]`` of an inference tile (live for torch tiles, a
+    copy for C++ tiles)."""
+    with _internal("the simulator tile's weights (tile.tile.weight, or get_weights on C++ tiles)"):
+        return tile.tile.get_weights() if is_cxx_tile(tile) else tile.tile.weight.detach()
+
+
+def set_tile_weight(tile: Any, weight: torch.Tensor) -> None:
+    """Write ``weight`` into an inference tile, as they are (no clipping, no remapping)."""
+    with _internal("the simulator tile's weights (tile.tile.weight, or set_weights on C++ tiles)"):
+        if is_cxx_tile(tile):
+            tile.tile.set_weights(weight.detach().to("cpu", torch.float32).contiguous())
+        else:
+            tile.tile.weight.data.copy_(weight)
 
 
 def tile_grid(module: nn.Module) -> tuple[list[list[Any]], list[int], list[int], torch.Tensor | None] | str:
     """``(tiles by input slice, input sizes, output sizes, array bias)`` of a tile module, or a string
-    naming why it is no grid of ``TorchInferenceTile`` s with AIHWKit's own analog MVM."""
+    naming why it is no grid of inference tiles (``TorchInferenceTile`` s with AIHWKit's own analog
+    MVM, or C++ ``InferenceTile`` s) that the shared physics can program."""
     from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
     from aihwkit.simulator.tiles.array import TileModuleArray
     from aihwkit.simulator.tiles.inference_torch import TorchInferenceTile
@@ -99,8 +121,10 @@ def tile_grid(module: nn.Module) -> tuple[list[list[Any]], list[int], list[int],
     with _internal("the simulator tile's analog MVM class (tile.tile._analog_mvm)"):
         for row in grid:
             for tile in row:
-                if type(tile).__name__ == "InferenceTile" and type(tile).__module__ == "aihwkit.simulator.tiles.inference":
-                    return CXX_TILES
+                if is_cxx_tile(tile):
+                    if tile.analog_bias or tile.in_trans or tile.out_trans:
+                        return "analog bias or transposed tiles"
+                    continue
                 if type(tile) is not TorchInferenceTile or type(tile.tile) is not TorchSimulatorTile:
                     return f"tile class {type(tile).__name__}/{type(tile.tile).__name__}"
                 if tile.tile._analog_mvm is not AnalogMVM:
@@ -110,6 +134,15 @@ def tile_grid(module: nn.Module) -> tuple[list[list[Any]], list[int], list[int],
                 _require(tile, _FORWARD_ATTRS, "the inference tile's forward attributes")
                 _require(tile.tile, ("weight", "out_noise_values"), "the simulator tile's forward attributes")
     return grid, in_sizes, out_sizes, bias
+
+
+def fast_forward_grid(module: nn.Module) -> tuple[list[list[Any]], list[int], list[int], torch.Tensor | None] | str:
+    """:func:`tile_grid` for the batched forward, which reproduces the torch tiles only: C++ tiles
+    give :data:`CXX_TILES` (they run their own forward)."""
+    found = tile_grid(module)
+    if not isinstance(found, str) and any(is_cxx_tile(tile) for row in found[0] for tile in row):
+        return CXX_TILES
+    return found
 
 
 _FORWARD_ATTRS = ("rpu_config", "out_size", "input_range", "mapping_scales", "alpha", "out_scaling_alpha",
@@ -152,8 +185,8 @@ def write_tile_chip(tile: Any, weight: torch.Tensor, mapping: torch.Tensor | Non
     """
     _require(tile, _PROGRAMMING_ATTRS + (("drift_baseline", "alpha") if compensated else ()),
              "the inference tile's programming attributes")
-    with _internal("the inference tile's weights and mapping scales (tile.tile.weight, set_mapping_scales)"):
-        tile.tile.weight.data.copy_(weight)
+    set_tile_weight(tile, weight)
+    with _internal("the inference tile's mapping scales (set_mapping_scales)"):
         if mapping is not None:
             tile.set_mapping_scales(mapping)
     if compensated:
@@ -224,7 +257,7 @@ def tile_state(tile: Any) -> dict[str, torch.Tensor]:
     _require(tile, TILE_STATE_ATTRS + ("drift_noise_parameters",), "the inference tile's chip-state attributes")
     out: dict[str, torch.Tensor] = {}
     with _internal("the inference tile's chip-state attributes"):
-        out["weight"] = tile.tile.weight.detach()
+        out["weight"] = tile_weight(tile)
         for attr in TILE_STATE_ATTRS:
             value = getattr(tile, attr)
             if isinstance(value, torch.Tensor):
@@ -241,8 +274,8 @@ def load_tile_state(tile: Any, part: dict[str, torch.Tensor]) -> None:
     """Write tensors of :func:`tile_state`'s form into ``tile``."""
     _require(tile, TILE_STATE_ATTRS + ("drift_noise_parameters",), "the inference tile's chip-state attributes")
     with _internal("the inference tile's chip-state attributes"):
-        device = tile.tile.weight.device
-        tile.tile.weight.data.copy_(part["weight"])
+        device = tile_weight(tile).device
+        set_tile_weight(tile, part["weight"])
         for attr in TILE_STATE_ATTRS:
             if attr in part:
                 value = part[attr].to(device)

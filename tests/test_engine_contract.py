@@ -133,6 +133,37 @@ def test_chip_state_round_trips_in_both_engines(engine):
     assert all(torch.equal(x, y) for x, y in zip(_outputs(bank), _outputs(fresh)))
 
 
+@pytest.mark.parametrize("compensation", ["global", "per-column"])
+@pytest.mark.parametrize("drift", [None, 3600.0], ids=["not-drifted", "drifted"])
+@pytest.mark.parametrize("target", ["fresh", "another-chip"])
+def test_a_chip_state_file_loads_onto_any_model_converted_alike(engine, compensation, drift, target, tmp_path, tokens):
+    """Whether the saved chip was drifted and whether the model it is loaded onto was programmed (with
+    another seed, drifted to another time) or not, the file's chip is what the model holds after."""
+    from tiny_models import tiny_model
+
+    device = ra.load_device_config("pcm").replace(drift_compensation=compensation)
+
+    def converted():
+        return ra.convert_to_analog_moe(tiny_model("olmoe"), device, engine=engine.name, progress=False)
+
+    saved = converted()
+    if drift is None:
+        saved.program_analog_weights(seed=1, progress=False)
+    else:
+        saved.program_analog_weights(seed=1, t_inference=drift, progress=False)
+    path = saved.save_chip_state(tmp_path / "chip.safetensors")
+    model = converted()
+    if target == "another-chip":
+        model.program_analog_weights(seed=5, t_inference=100.0, progress=False)
+    model.load_chip_state(path)
+    assert (model.analog_state.seed, model.analog_state.t_inference) == (1, saved.analog_state.t_inference)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        expected = saved(tokens).logits
+        torch.manual_seed(0)
+        assert torch.equal(model(tokens).logits, expected)
+
+
 def test_resolve_engine_refuses_and_falls_back():
     config = ra.load_device_config("pcm")
     assert resolve_engine(config, "stacked").name == "stacked"

@@ -290,9 +290,20 @@ class AnalogMatrix(WeightMatrix, TileHolder):
 
     # ------------------------------------------------------------------ chip state (TileHolder)
     def chip_state(self) -> dict[str, torch.Tensor]:
-        """Every tile's chip-state tensors, as ``"<tile index>.<part>"``."""
-        return {f"{i}.{part}": value for i, tile in enumerate(self._tiles())
-                for part, value in _compat.tile_state(tile).items()}
+        """Every tile's chip-state tensors, as ``"<tile index>.<part>"``.
+
+        A matrix the shared physics has not programmed yet holds no drift compensation: it reports
+        the compensation's parts in the shape programming gives them, so that a chip-state file
+        loads onto a freshly converted model as it does onto a programmed one.
+        """
+        state = {f"{i}.{part}": value for i, tile in enumerate(self._tiles())
+                 for part, value in _compat.tile_state(tile).items()}
+        compensation = None if self._recipe is None else self._recipe.compensation
+        if not self.programmed and self.native_reason is None and compensation is not None:
+            for i, tile in enumerate(self._tiles()):
+                shape = (int(tile.out_size),) if compensation == "per-column" else ()
+                state[f"{i}.drift_baseline"] = state[f"{i}.alpha"] = torch.ones(shape)
+        return state
 
     def ignores_chip_part(self, part: str) -> bool:
         """AIHWKit programming state a file may hold (written while :func:`set_keep_programming_state`,

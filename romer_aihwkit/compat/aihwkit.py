@@ -179,7 +179,7 @@ def write_tile_chip(tile: Any, weight: torch.Tensor, mapping: torch.Tensor | Non
         tile: an inference tile.
         weight: its conductance-mapped weights.
         mapping: its per-row digital mapping scales, or ``None`` (no weight remapping).
-        alpha: its drift compensation (``None``: 1).
+        alpha: its drift compensation (``None``: not drifted, 1 in the baseline's shape).
         baseline: the compensation's read-out after programming.
         compensated: whether the rpu_config has drift compensation (``alpha`` and ``baseline`` are set).
     """
@@ -190,9 +190,13 @@ def write_tile_chip(tile: Any, weight: torch.Tensor, mapping: torch.Tensor | Non
         if mapping is not None:
             tile.set_mapping_scales(mapping)
     if compensated:
+        if baseline is None:
+            raise ValueError("a compensated tile needs the compensation's read-out after programming (baseline)")
         tile.drift_baseline = baseline
         tile.__dict__.pop("alpha", None)  # as AIHWKit's drift_weights (legacy attribute)
-        tile.alpha = alpha if alpha is not None else torch.ones(1, device=weight.device)
+        # not drifted: alpha 1 in the compensation's shape (the baseline's), so that the chip-state
+        # layout does not depend on whether a chip was drifted
+        tile.alpha = alpha if alpha is not None else torch.ones_like(baseline)
     clear_programming_state(tile, readout=True)
 
 

@@ -87,13 +87,20 @@ def _draws(fn, x: torch.Tensor, repeats: int) -> torch.Tensor:
     return fn(x.repeat(repeats, 1)).reshape(repeats, x.shape[0], -1)
 
 
-def _assert_same_distribution(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    """Per token and output, the means and the stds of ``a`` and ``b`` ``[R, ...]`` agree within
-    Monte-Carlo error (z-scores: mean square near 1, no outlier)."""
+def z_scores(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token and output of ``a`` and ``b`` ``[R, ...]``: the z-scores of the difference of the
+    means and of the log ratio of the stds (each ~N(0, 1) when both come from one distribution)."""
     r = a.shape[0]
     ma, mb, sa, sb = a.mean(0), b.mean(0), a.std(0), b.std(0)
     z_mean = (ma - mb) / ((sa.square() + sb.square()) / r).sqrt().clamp(min=1e-12)
     z_std = torch.log(sa / sb) / math.sqrt(1.0 / (r - 1))
+    return z_mean, z_std
+
+
+def _assert_same_distribution(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Per token and output, the means and the stds of ``a`` and ``b`` ``[R, ...]`` agree within
+    Monte-Carlo error (z-scores: mean square near 1, no outlier)."""
+    z_mean, z_std = z_scores(a, b)
     k = z_mean.numel()
     for name, z, slack in (("mean", z_mean, 0.0), ("std", z_std, 0.3)):  # std: sample-kurtosis slack
         msq = float(z.square().mean())
@@ -188,17 +195,30 @@ def _standard_preset():
     return cfg
 
 
-def _copy_chip(layer, stack: AnalogStack) -> None:
-    """Put the C++ tiles' programmed and drifted chip into ``stack`` (weights, mapping scales x drift alpha)."""
-    module = layer.analog_module
-    grid = module.array if hasattr(module, "array") else [[module]]
+def _tile_blocks(stack: AnalogStack, layer):
+    """Per C++ tile of ``layer`` (an ``AnalogLinear``): ``(name, tile, stack weights view, stack scales
+    view)``, the views being the stack's block of the same tile."""
+    from romer_aihwkit.compat import aihwkit as aihwkit_compat
+
+    grid, _, _, _ = aihwkit_compat.tile_grid(aihwkit_compat.analog_module(layer))
     for s, ((i0, i1), row) in enumerate(zip(stack.grid.in_bounds, grid)):
         o0 = 0
-        for tile in row:
+        for r, tile in enumerate(row):
             o1 = o0 + tile.out_size
-            stack.tiles[0, o0:o1, i0:i1] = tile.tile.get_weights()
-            stack.scales[0, s, o0:o1] = tile.get_mapping_scales().reshape(-1) * tile.alpha.reshape(-1)
+            yield f"{s}.{r}", tile, stack.tiles[0, o0:o1, i0:i1], stack.scales[0, s, o0:o1]
             o0 = o1
+
+
+def _tile_scales(tile) -> torch.Tensor:
+    """A C++ tile's output scales: mapping scales x drift-compensation alpha."""
+    return tile.get_mapping_scales().reshape(-1) * tile.alpha.reshape(-1)
+
+
+def _copy_chip(layer, stack: AnalogStack) -> None:
+    """Put the C++ tiles' programmed and drifted chip into ``stack`` (weights, mapping scales x drift alpha)."""
+    for _, tile, weights, scales in _tile_blocks(stack, layer):
+        weights.copy_(tile.tile.get_weights())
+        scales.copy_(_tile_scales(tile))
 
 
 def test_standard_preset_forward_matches_cxx():
@@ -247,25 +267,6 @@ def test_standard_preset_drift_readout_matches_cxx():
 
 
 # ----------------------------------------------------------------------------- engine="aihwkit"
-def _chip_of_stack(stack: AnalogStack, matrix) -> dict[str, torch.Tensor]:
-    """The stacked engine's chip in the C++ tiles' layout: per tile, its weights and its output
-    scales (mapping scales x drift-compensation alpha)."""
-    from romer_aihwkit.compat import aihwkit as aihwkit_compat
-
-    grid, _, _, _ = aihwkit_compat.tile_grid(aihwkit_compat.analog_module(matrix.analog))
-    ours, theirs = {}, {}
-    for s, ((i0, i1), row) in enumerate(zip(stack.grid.in_bounds, grid)):
-        o0 = 0
-        for r, tile in enumerate(row):
-            o1 = o0 + tile.out_size
-            ours[f"{s}.{r}.weight"] = stack.tiles[0, o0:o1, i0:i1]
-            ours[f"{s}.{r}.scales"] = stack.scales[0, s, o0:o1]
-            theirs[f"{s}.{r}.weight"] = aihwkit_compat.tile_weight(tile)
-            theirs[f"{s}.{r}.scales"] = tile.get_mapping_scales().reshape(-1) * tile.alpha.reshape(-1)
-            o0 = o1
-    return {"stacked": ours, "aihwkit": theirs}
-
-
 def test_aihwkit_engine_runs_cxx_tiles_for_the_standard_preset():
     """engine='aihwkit' builds AIHWKit's C++ tiles for aihwkit-standard and programs them with the shared
     physics: one seed is one chip (drift compensation included, which the C++ read-out could not seed),
@@ -291,8 +292,8 @@ def test_aihwkit_engine_runs_cxx_tiles_for_the_standard_preset():
 
     stack = AnalogStack(w.clone()[None], ["m"], cfg.rpu_config(), "expert", ReferenceStore("memory"), "k")
     stack.program(seed=4, t_inference=3600.0)
-    chips = _chip_of_stack(stack, matrices[0])
-    assert all(torch.equal(chips["stacked"][k], chips["aihwkit"][k]) for k in chips["stacked"])
+    for _, tile, weights, scales in _tile_blocks(stack, matrices[0].analog):
+        assert torch.equal(weights, tile.tile.get_weights()) and torch.equal(scales, _tile_scales(tile))
 
     fresh = AnalogMatrix(w, None, cfg.aihwkit_rpu_config(), "expert", "m")
     fresh.load_chip_state(first)

@@ -296,11 +296,11 @@ class AnalogMatrix(WeightMatrix, TileHolder):
         the compensation's parts in the shape programming gives them, so that a chip-state file
         loads onto a freshly converted model as it does onto a programmed one.
         """
-        state = {f"{i}.{part}": value for i, tile in enumerate(self._tiles())
-                 for part, value in _compat.tile_state(tile).items()}
+        tiles = self._tiles()
+        state = {f"{i}.{part}": value for i, tile in enumerate(tiles) for part, value in _compat.tile_state(tile).items()}
         compensation = None if self._recipe is None else self._recipe.compensation
         if not self.programmed and self.native_reason is None and compensation is not None:
-            for i, tile in enumerate(self._tiles()):
+            for i, tile in enumerate(tiles):
                 shape = (int(tile.out_size),) if compensation == "per-column" else ()
                 state[f"{i}.drift_baseline"] = state[f"{i}.alpha"] = torch.ones(shape)
         return state

@@ -109,7 +109,7 @@ def tile_grid(module: nn.Module) -> tuple[list[list[Any]], list[int], list[int],
 
     grid: list[list[Any]]
     with _internal("TileModuleArray's tile grid (array, in_sizes, out_sizes, bias)"):
-        if type(module) is TorchInferenceTile:
+        if type(module) is TorchInferenceTile or is_cxx_tile(module):
             tile: Any = module
             grid, in_sizes, out_sizes, bias = [[tile]], [int(tile.in_size)], [int(tile.out_size)], None
         elif type(module) is TileModuleArray:
@@ -236,7 +236,7 @@ def clip_tile_weights(tile: Any) -> None:
     if clip is None or clip.type.name == "NONE":
         return
     with _internal("the simulator tile's clip_weights"):
-        if type(tile.tile).__module__.startswith("aihwkit.simulator.rpu_base"):  # C++ tiles take their bindings
+        if is_cxx_tile(tile):  # C++ tiles take their bindings
             from aihwkit.simulator.parameters.helpers import parameters_to_bindings
 
             tile.tile.clip_weights(parameters_to_bindings(clip, tile.get_data_type()))
